@@ -1,0 +1,380 @@
+//! The typed settings tree. Every struct rejects unknown keys; every field
+//! has a default so that a file only names what it changes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::secret::Secret;
+use super::types::{IpNet, LogFormat, PortRange, RedisUrl, Transport};
+
+/// Default registration lifetime asked of the registrar, in seconds.
+pub const DEFAULT_EXPIRES_SECS: u32 = 3600;
+/// Default CRLF keepalive interval on TCP/TLS flows, in seconds.
+pub const DEFAULT_KEEPALIVE_SECS: u32 = 25;
+/// DigitalOcean metadata address that returns the droplet's public IPv4.
+pub const DO_METADATA_PUBLIC_IPV4: &str =
+    "http://169.254.169.254/metadata/v1/interfaces/public/0/ipv4/address";
+
+/// The whole configuration of one dialerd instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Identity of this instance and the address it advertises.
+    pub instance: InstanceSettings,
+    /// Log level and format.
+    pub log: LogSettings,
+    /// SIP listeners, TLS server material, timers and peer allow-list.
+    pub sip: SipSettings,
+    /// Defaults for every account that leaves a field unset.
+    pub account_defaults: AccountDefaults,
+    /// The SIP accounts this instance registers.
+    pub accounts: Vec<AccountSettings>,
+    /// RTP ports and media timeouts.
+    pub media: MediaSettings,
+    /// The Redis control channel.
+    pub redis: RedisSettings,
+    /// The HTTP status server.
+    pub http: HttpSettings,
+    /// Call admission limits.
+    pub limits: LimitSettings,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownSettings,
+}
+
+/// `[instance]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceSettings {
+    /// Instance id, used in Redis keys and events; defaults to the host name.
+    pub id: String,
+    /// Where the public address for Via, Contact and SDP comes from.
+    pub public_address: PublicAddress,
+}
+
+impl Default for InstanceSettings {
+    fn default() -> Self {
+        Self {
+            id: default_instance_id(),
+            public_address: PublicAddress::default(),
+        }
+    }
+}
+
+fn default_instance_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "dialerd".to_owned())
+}
+
+/// `[instance.public_address]`: how the advertised public address is found.
+///
+/// A flat table rather than a tagged enum, so that a later layer (say the
+/// environment) can switch `source` while an earlier one set another
+/// source's field; fields of other sources are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublicAddress {
+    /// Which source applies.
+    pub source: AddressSource,
+    /// The address, for `static`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    /// Name of the environment variable, for `env`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub var: Option<String>,
+    /// Metadata URL answering with the address as plain text, for `do_metadata`.
+    pub url: String,
+    /// How long one metadata request may take, milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for PublicAddress {
+    fn default() -> Self {
+        Self {
+            source: AddressSource::Local,
+            address: None,
+            var: None,
+            url: DO_METADATA_PUBLIC_IPV4.to_owned(),
+            timeout_ms: 2000,
+        }
+    }
+}
+
+/// Where the public address comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressSource {
+    /// No public address: advertise the local address of each flow.
+    Local,
+    /// `address`.
+    Static,
+    /// The environment variable named by `var`, read at start (e.g. set by
+    /// the Kubernetes downward API).
+    Env,
+    /// The DigitalOcean droplet metadata service at `url`.
+    DoMetadata,
+}
+
+impl AddressSource {
+    /// The name used in configuration and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressSource::Local => "local",
+            AddressSource::Static => "static",
+            AddressSource::Env => "env",
+            AddressSource::DoMetadata => "do_metadata",
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// A tracing filter such as `info` or `dialerd=debug,info`; `RUST_LOG` wins.
+    pub level: String,
+    /// `text` or `json`; the `--log-format` flag wins.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[sip]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipSettings {
+    /// UDP listen addresses.
+    pub udp_listen: Vec<SocketAddr>,
+    /// TCP listen addresses.
+    pub tcp_listen: Vec<SocketAddr>,
+    /// TLS listen addresses (need `sip.tls.cert_file` and `sip.tls.key_file`).
+    pub tls_listen: Vec<SocketAddr>,
+    /// TLS server material for inbound connections.
+    pub tls: SipTlsSettings,
+    /// RFC 3261 T1 (round-trip estimate), milliseconds.
+    pub t1_ms: u64,
+    /// RFC 3261 T2 (maximum retransmit interval), milliseconds.
+    pub t2_ms: u64,
+    /// RFC 3261 T4 (maximum time a message stays in the network), milliseconds.
+    pub t4_ms: u64,
+    /// Sources allowed to send requests; empty allows any source.
+    pub allowed_peers: Vec<IpNet>,
+    /// User-Agent header value.
+    pub user_agent: String,
+}
+
+impl Default for SipSettings {
+    fn default() -> Self {
+        Self {
+            udp_listen: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
+            tcp_listen: Vec::new(),
+            tls_listen: Vec::new(),
+            tls: SipTlsSettings::default(),
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            allowed_peers: Vec::new(),
+            user_agent: concat!("dialerd/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+/// `[sip.tls]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipTlsSettings {
+    /// PEM certificate chain presented to inbound TLS peers.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key for `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundle for verifying peers that present client certificates.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[account_defaults]`: per-PBX defaults, usually set by a sip-profile.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountDefaults {
+    /// Transport toward the registrar.
+    pub transport: Option<Transport>,
+    /// Registration lifetime asked for, seconds.
+    pub expires_secs: Option<u32>,
+    /// CRLF keepalive interval on TCP/TLS, seconds; 0 disables.
+    pub keepalive_secs: Option<u32>,
+    /// Use RFC 5626 outbound (`+sip.instance`, `reg-id`).
+    pub outbound: Option<bool>,
+    /// PEM CA bundle that signs the PBX's TLS certificate.
+    pub tls_ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprint of the PBX's (often self-signed) certificate.
+    pub tls_fingerprint_sha256: Option<String>,
+}
+
+/// `[[accounts]]`: one SIP account.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountSettings {
+    /// Name used in commands, events and status; unique per instance.
+    pub name: String,
+    /// Registrar URI, e.g. `sips:pbx.example.com:5061`.
+    pub registrar: String,
+    /// User part of the address of record.
+    pub username: String,
+    /// Digest user name when it differs from `username`.
+    pub auth_username: Option<String>,
+    /// Digest password (prefer `password_file`).
+    pub password: Option<Secret>,
+    /// File holding the digest password (e.g. a mounted Kubernetes secret).
+    pub password_file: Option<PathBuf>,
+    /// Outbound proxy URI that every request is routed through.
+    pub outbound_proxy: Option<String>,
+    /// sip-profile whose `account_defaults` apply to this account.
+    pub profile: Option<String>,
+    /// Transport; default from the profile or `account_defaults`.
+    pub transport: Option<Transport>,
+    /// Registration lifetime, seconds.
+    pub expires_secs: Option<u32>,
+    /// CRLF keepalive interval, seconds; 0 disables.
+    pub keepalive_secs: Option<u32>,
+    /// RFC 5626 outbound.
+    pub outbound: Option<bool>,
+    /// PEM CA bundle for the registrar's certificate.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Pinned SHA-256 fingerprint of the registrar's certificate.
+    pub tls_fingerprint_sha256: Option<String>,
+}
+
+impl AccountSettings {
+    /// Fills every unset default field from `defaults`.
+    pub fn inherit(&mut self, defaults: &AccountDefaults) {
+        fn fill<T: Clone>(slot: &mut Option<T>, from: &Option<T>) {
+            if slot.is_none() {
+                slot.clone_from(from);
+            }
+        }
+        fill(&mut self.transport, &defaults.transport);
+        fill(&mut self.expires_secs, &defaults.expires_secs);
+        fill(&mut self.keepalive_secs, &defaults.keepalive_secs);
+        fill(&mut self.outbound, &defaults.outbound);
+        fill(&mut self.tls_ca_file, &defaults.tls_ca_file);
+        fill(
+            &mut self.tls_fingerprint_sha256,
+            &defaults.tls_fingerprint_sha256,
+        );
+    }
+}
+
+/// `[media]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSettings {
+    /// UDP ports used for RTP (and RTCP).
+    pub rtp_port_range: PortRange,
+    /// A call with no RTP received for this long is ended, seconds.
+    pub inactivity_timeout_secs: u32,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        Self {
+            rtp_port_range: PortRange {
+                start: 10000,
+                end: 20000,
+            },
+            inactivity_timeout_secs: 30,
+        }
+    }
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://`, `rediss://` or `unix://` URL (a password in it is redacted).
+    pub url: RedisUrl,
+    /// Prefix of every channel and key.
+    pub prefix: String,
+    /// PING interval on the subscribed connection, seconds.
+    pub keepalive_secs: u32,
+    /// PEM CA bundle for `rediss://`.
+    pub tls_ca_file: Option<PathBuf>,
+    /// ACL user name.
+    pub username: Option<String>,
+    /// ACL password (prefer `password_file`).
+    pub password: Option<Secret>,
+    /// File holding the ACL password.
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: RedisUrl::new("redis://127.0.0.1:6379"),
+            prefix: "dialer".to_owned(),
+            keepalive_secs: 30,
+            tls_ca_file: None,
+            username: None,
+            password: None,
+            password_file: None,
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Listen address of the status server.
+    pub bind: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Calls that may exist at once; more are refused.
+    pub max_concurrent_calls: u32,
+    /// New outbound calls per second (may be fractional).
+    pub calls_per_second: f64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_calls: 100,
+            calls_per_second: 10.0,
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// Longest a graceful shutdown may take before it is abandoned, seconds.
+    pub deadline_secs: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self { deadline_secs: 30 }
+    }
+}

@@ -1,0 +1,13 @@
+//! dialerd: a SIP user-agent dialer daemon.
+//!
+//! The library holds every part of the daemon; `main.rs` is only the CLI.
+
+pub mod config;
+pub mod daemon;
+pub mod health;
+pub mod http;
+pub mod lifecycle;
+pub mod logging;
+pub mod metrics;
+pub mod public_address;
+pub mod status;
