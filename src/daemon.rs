@@ -1,0 +1,117 @@
+//! Wiring and lifecycle of `dialerd run`: start, serve, drain, shut down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::config::Settings;
+use crate::lifecycle::{DeadlineExceeded, ShutdownSteps, Signals, StopSignal};
+use crate::public_address::{self, PublicAddressError};
+use crate::status::Shared;
+
+/// Why the daemon stopped without a clean shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The public address could not be resolved.
+    #[error("instance.public_address: {0}")]
+    PublicAddress(#[from] PublicAddressError),
+    /// The HTTP listener could not be bound.
+    #[error("http.bind {addr}: {source}")]
+    HttpBind {
+        /// Address from configuration.
+        addr: std::net::SocketAddr,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// Graceful shutdown took too long.
+    #[error(transparent)]
+    Deadline(#[from] DeadlineExceeded),
+    /// A second signal arrived during shutdown.
+    #[error("shutdown interrupted by a second {0:?} signal")]
+    Forced(StopSignal),
+}
+
+/// Runs the daemon until a signal stops it. `env` is the process
+/// environment (for `env` public-address sources).
+pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(), DaemonError> {
+    let mut signals = Signals::install().map_err(DaemonError::Signals)?;
+
+    let source = &settings.instance.public_address;
+    let public_address = public_address::resolve(source, &env).await?;
+    let shared = Arc::new(Shared::new(
+        settings.instance.id.clone(),
+        public_address,
+        source.source.as_str(),
+    ));
+    shared
+        .readiness
+        .set("config", true, "configuration loaded and valid");
+    shared
+        .readiness
+        .set("http_listener", false, "not bound yet");
+
+    let heartbeat = {
+        let shared = shared.clone();
+        tokio::spawn(async move { shared.heartbeat.run().await })
+    };
+
+    let bind = settings.http.bind;
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|source| DaemonError::HttpBind { addr: bind, source })?;
+    let local = listener.local_addr().unwrap_or(bind);
+    shared
+        .readiness
+        .set("http_listener", true, format!("listening on {local}"));
+    let (http_stop, http_stopped) = oneshot::channel::<()>();
+    let http = tokio::spawn(crate::http::serve(listener, shared.clone(), async move {
+        // Either an explicit stop or the sender being dropped ends serving.
+        let _ = http_stopped.await;
+    }));
+
+    if !settings.accounts.is_empty() {
+        tracing::warn!(
+            accounts = settings.accounts.len(),
+            "accounts are configured but SIP registration is not built yet; none will register"
+        );
+    }
+    shared.lifecycle.started();
+    tracing::info!(
+        instance = %shared.instance_id,
+        http = %local,
+        public_address = ?shared.public_address,
+        version = env!("CARGO_PKG_VERSION"),
+        "dialerd running"
+    );
+
+    let signal = signals.recv().await;
+    tracing::info!(?signal, "stop requested; shutting down");
+    shared.lifecycle.stopping();
+
+    let mut steps = ShutdownSteps::default();
+    // Later features add their drain steps here, before the server stops.
+    steps.add("http_server", async move {
+        let _ = http_stop.send(());
+        match http.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+        }
+    });
+    let deadline = Duration::from_secs(settings.shutdown.deadline_secs);
+    let outcome = tokio::select! {
+        done = steps.run(deadline) => done.map_err(DaemonError::from),
+        second = signals.recv() => Err(DaemonError::Forced(second)),
+    };
+    heartbeat.abort();
+    if outcome.is_ok() {
+        tracing::info!("shutdown complete");
+    }
+    outcome
+}

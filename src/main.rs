@@ -1,0 +1,164 @@
+//! The `dialerd` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use dialerd::config::{self, ConfigError, LogFormat, Settings, Sources};
+use dialerd::{daemon, logging};
+
+/// Exit code for a configuration or usage error.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a runtime failure (including an overrun shutdown deadline).
+const EXIT_RUNTIME: u8 = 1;
+
+/// SIP user-agent dialer daemon.
+#[derive(Debug, Parser)]
+#[command(name = "dialerd", version, about)]
+struct Cli {
+    /// Log format; overrides `log.format`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon until SIGTERM or SIGINT.
+    Run(ConfigArgs),
+    /// Print the effective configuration (secrets redacted), or every problem found.
+    CheckConfig(ConfigArgs),
+    /// Print the version.
+    Version,
+}
+
+/// Where the configuration comes from: defaults < --config < --profile < DIALERD__* environment.
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "DIALERD_CONFIG")]
+    config: Option<PathBuf>,
+    /// sip-profile name (looked up in --profile-dir) or path to a profile file.
+    #[arg(long, short = 'p', env = "DIALERD_PROFILE")]
+    profile: Option<String>,
+    /// Directory holding sip-profiles.
+    #[arg(long, env = "DIALERD_PROFILE_DIR", default_value = "sip-profiles")]
+    profile_dir: PathBuf,
+}
+
+impl ConfigArgs {
+    fn sources(&self) -> Sources {
+        Sources::with_process_env(
+            self.config.clone(),
+            self.profile.clone(),
+            self.profile_dir.clone(),
+        )
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("dialerd {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig(args) => check_config(&args),
+        Command::Run(args) => run(&args, cli.log_format),
+    }
+}
+
+fn load_or_report(sources: &Sources) -> Result<Settings, ExitCode> {
+    config::load(sources).map_err(|e| {
+        report_config_error(&e);
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn report_config_error(err: &ConfigError) {
+    let problems = err.problems();
+    let noun = if problems.len() == 1 {
+        "problem"
+    } else {
+        "problems"
+    };
+    eprintln!("error: invalid configuration ({} {noun}):", problems.len());
+    for p in problems {
+        eprintln!("  {p}");
+    }
+}
+
+fn check_config(args: &ConfigArgs) -> ExitCode {
+    let sources = args.sources();
+    let settings = match load_or_report(&sources) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match config::render_effective(&settings) {
+        Ok(text) => {
+            println!("# dialerd effective configuration (secrets redacted)");
+            println!("# sources: {}", describe_sources(&sources));
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot render the configuration: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn describe_sources(s: &Sources) -> String {
+    let mut parts = vec!["defaults".to_owned()];
+    if let Some(f) = &s.config_file {
+        parts.push(format!("file {}", f.display()));
+    }
+    if let Some(p) = &s.profile {
+        parts.push(format!("profile {p}"));
+    }
+    let prefix = format!("{}{}", config::ENV_PREFIX, config::ENV_SEPARATOR);
+    let mut vars: Vec<&str> = s
+        .env
+        .keys()
+        .filter(|k| k.starts_with(&prefix))
+        .map(String::as_str)
+        .collect();
+    if !vars.is_empty() {
+        vars.sort_unstable();
+        parts.push(format!("environment {}", vars.join(" ")));
+    }
+    parts.join(" < ")
+}
+
+fn run(args: &ConfigArgs, log_format: Option<LogFormat>) -> ExitCode {
+    let sources = args.sources();
+    let settings = match load_or_report(&sources) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let format = log_format.unwrap_or(settings.log.format);
+    if let Err(e) = logging::init(format, &settings.log.level) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("dialerd")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(daemon::run(settings, sources.env)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "dialerd stopped with an error");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The shared daemon state read by the HTTP layer (and later by the Redis
+//! status publisher), and the status snapshot built from it.
+
+use std::net::IpAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::health::{Check, Heartbeat, Readiness};
+use crate::lifecycle::{Lifecycle, Phase};
+use crate::metrics::Metrics;
+
+/// State shared by the daemon's components. Each field has one writer.
+#[derive(Debug)]
+pub struct Shared {
+    /// Instance id from configuration.
+    pub instance_id: String,
+    /// Resolved public address, if one is configured.
+    pub public_address: Option<IpAddr>,
+    /// Where the public address came from (`local`, `static`, `env`, `do_metadata`).
+    pub public_address_source: &'static str,
+    /// Wall-clock start time.
+    pub started_at: SystemTime,
+    /// Monotonic start time.
+    pub started: Instant,
+    /// Current phase.
+    pub lifecycle: Lifecycle,
+    /// Readiness checks.
+    pub readiness: Readiness,
+    /// Event-loop heartbeat.
+    pub heartbeat: Heartbeat,
+    /// Exported metrics.
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    /// Fresh state at start-up.
+    pub fn new(
+        instance_id: String,
+        public_address: Option<IpAddr>,
+        public_address_source: &'static str,
+    ) -> Self {
+        let started = Instant::now();
+        let started_at = SystemTime::now();
+        let start_secs = started_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Self {
+            instance_id,
+            public_address,
+            public_address_source,
+            started_at,
+            started,
+            lifecycle: Lifecycle::default(),
+            readiness: Readiness::default(),
+            heartbeat: Heartbeat::new(started),
+            metrics: Metrics::new(start_secs),
+        }
+    }
+
+    /// Ready: running (not starting, draining or stopping) and every check holds.
+    pub fn is_ready(&self) -> bool {
+        self.lifecycle.phase() == Phase::Running && self.readiness.all_ok()
+    }
+
+    /// The status snapshot served at `/status`.
+    pub fn snapshot(&self) -> StatusSnapshot {
+        StatusSnapshot {
+            instance: InstanceStatus {
+                id: self.instance_id.clone(),
+                public_address: self.public_address,
+                public_address_source: self.public_address_source,
+            },
+            version: env!("CARGO_PKG_VERSION"),
+            started_at_unix_ms: self
+                .started_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            uptime_secs: self.started.elapsed().as_secs(),
+            phase: self.lifecycle.phase(),
+            ready: self.is_ready(),
+            checks: self.readiness.checks(),
+        }
+    }
+}
+
+/// `GET /status` body.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusSnapshot {
+    /// Who this instance is.
+    pub instance: InstanceStatus,
+    /// dialerd version.
+    pub version: &'static str,
+    /// Start time, Unix milliseconds.
+    pub started_at_unix_ms: u64,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Current phase.
+    pub phase: Phase,
+    /// Whether `/readyz` answers 200.
+    pub ready: bool,
+    /// Readiness checks.
+    pub checks: Vec<Check>,
+}
+
+/// The `instance` section of the status.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceStatus {
+    /// Instance id.
+    pub id: String,
+    /// Advertised public address, if any.
+    pub public_address: Option<IpAddr>,
+    /// Where it came from.
+    pub public_address_source: &'static str,
+}
