@@ -1,0 +1,217 @@
+//! `dialerd run`: the status server over HTTP, drain, signals and exit codes.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use crate::support::daemon::Daemon;
+use crate::support::http;
+
+#[test]
+fn local_profile_serves_health_ready_status_and_metrics() {
+    let d = Daemon::start(&["--profile", "local"], &[]);
+    let addr = d.http();
+
+    let health = http::get(addr, "/healthz").unwrap();
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["status"], "ok");
+
+    let ready = http::get(addr, "/readyz").unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let ready = ready.json();
+    assert_eq!(ready["ready"], true);
+    let checks = ready["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["config", "http_listener"]);
+    assert!(checks.iter().all(|c| c["ok"] == true), "{checks:?}");
+
+    let status = http::get(addr, "/status").unwrap();
+    assert_eq!(status.status, 200);
+    assert!(
+        status
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let status = status.json();
+    assert_eq!(status["instance"]["id"], "local");
+    assert_eq!(status["instance"]["public_address"], "127.0.0.1");
+    assert_eq!(status["instance"]["public_address_source"], "static");
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["phase"], "running");
+    assert_eq!(status["ready"], true);
+    assert!(status["uptime_secs"].as_u64().is_some(), "{status}");
+    assert!(status["started_at_unix_ms"].as_u64().unwrap() > 1_600_000_000_000);
+
+    let metrics = http::get(addr, "/metrics").unwrap();
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let body = &metrics.body;
+    assert!(
+        body.contains(&format!(
+            "dialerd_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
+    assert!(body.contains("dialerd_ready 1"), "{body}");
+    assert!(
+        body.contains("dialerd_http_requests_total{route=\"/healthz\",status=\"200\"}"),
+        "{body}"
+    );
+    assert!(body.contains("dialerd_start_time_seconds "), "{body}");
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+
+    let missing = http::get(addr, "/nope").unwrap();
+    assert_eq!(missing.status, 404);
+
+    let log = d.log();
+    assert!(log.contains("dialerd running"), "{log}");
+    assert!(
+        !log.contains("local-test-only"),
+        "the local password leaked into the log:\n{log}"
+    );
+}
+
+#[test]
+fn drain_turns_readiness_off_but_stays_healthy() {
+    let d = Daemon::start(&["--profile", "local"], &[]);
+    let addr = d.http();
+    assert_eq!(http::get(addr, "/readyz").unwrap().status, 200);
+    let drained = http::post(addr, "/drain").unwrap();
+    assert_eq!(drained.status, 202, "{}", drained.body);
+    assert_eq!(drained.json()["phase"], "draining");
+    let ready = http::get(addr, "/readyz").unwrap();
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["phase"], "draining");
+    assert_eq!(
+        http::get(addr, "/healthz").unwrap().status,
+        200,
+        "draining is not dead"
+    );
+    assert_eq!(
+        http::get(addr, "/drain").unwrap().status,
+        405,
+        "drain only by POST"
+    );
+}
+
+#[test]
+fn sigterm_exits_zero_within_the_deadline() {
+    let mut d = Daemon::start(
+        &["--profile", "local"],
+        &[("DIALERD__SHUTDOWN__DEADLINE_SECS", "5")],
+    );
+    d.signal(libc::SIGTERM);
+    let (status, took) = d
+        .wait_exit(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("still running 5 s after SIGTERM; log:\n{}", d.log()));
+    assert_eq!(status.code(), Some(0), "log:\n{}", d.log());
+    assert!(took < Duration::from_secs(5));
+    let log = d.log();
+    assert!(
+        log.contains("stop requested") && log.contains("shutdown complete"),
+        "{log}"
+    );
+}
+
+#[test]
+fn sigint_exits_zero_and_json_logs_are_json() {
+    let mut d = Daemon::start(&["--profile", "local", "--log-format", "json"], &[]);
+    d.signal(libc::SIGINT);
+    let (status, _) = d
+        .wait_exit(Duration::from_secs(10))
+        .expect("exit after SIGINT");
+    assert_eq!(status.code(), Some(0), "log:\n{}", d.log());
+    let log = d.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["message"] == "dialerd running"),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string()),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_occupied_http_port_is_a_clear_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut d = Daemon::spawn(
+        &["--profile", "local"],
+        &[("DIALERD__HTTP__BIND", addr.as_str())],
+    );
+    let (status, _) = d.wait_exit(Duration::from_secs(10)).expect("dialerd exits");
+    assert_eq!(status.code(), Some(1));
+    let log = d.log();
+    assert!(log.contains(&format!("http.bind {addr}")), "{log}");
+}
+
+#[test]
+fn public_address_comes_from_the_metadata_service() {
+    // A stand-in for the DigitalOcean metadata service on loopback.
+    let metadata = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = metadata.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = metadata.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let n = conn.read(&mut buf).unwrap();
+        let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\n203.0.113.9\n")
+            .unwrap();
+        request
+    });
+    let url = format!("http://127.0.0.1:{port}/metadata/v1/interfaces/public/0/ipv4/address");
+    let d = Daemon::start(
+        &["--profile", "local"],
+        &[
+            ("DIALERD__INSTANCE__PUBLIC_ADDRESS__SOURCE", "do_metadata"),
+            ("DIALERD__INSTANCE__PUBLIC_ADDRESS__URL", url.as_str()),
+        ],
+    );
+    let request = server.join().unwrap();
+    assert!(
+        request.starts_with("GET /metadata/v1/interfaces/public/0/ipv4/address HTTP/1.1\r\n"),
+        "{request}"
+    );
+    let status = http::get(d.http(), "/status").unwrap().json();
+    assert_eq!(status["instance"]["public_address"], "203.0.113.9");
+    assert_eq!(status["instance"]["public_address_source"], "do_metadata");
+}
+
+#[test]
+fn unreachable_metadata_service_fails_start_with_a_clear_error() {
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/metadata", closed.local_addr().unwrap());
+    drop(closed);
+    let mut d = Daemon::spawn(
+        &["--profile", "local"],
+        &[
+            ("DIALERD__INSTANCE__PUBLIC_ADDRESS__SOURCE", "do_metadata"),
+            ("DIALERD__INSTANCE__PUBLIC_ADDRESS__URL", url.as_str()),
+            ("DIALERD__INSTANCE__PUBLIC_ADDRESS__TIMEOUT_MS", "300"),
+        ],
+    );
+    let (status, _) = d
+        .wait_exit(Duration::from_secs(15))
+        .expect("dialerd gives up");
+    assert_eq!(status.code(), Some(1));
+    let log = d.log();
+    assert!(
+        log.contains("instance.public_address: metadata service")
+            && log.contains("after 3 attempts"),
+        "{log}"
+    );
+}

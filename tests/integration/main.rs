@@ -1,0 +1,8 @@
+//! Integration tests against real processes: the dialerd binary,
+//! redis-server and SIPp, all on loopback.
+
+mod support;
+
+mod check_config;
+mod daemon;
+mod peers;

@@ -1,0 +1,110 @@
+//! The dialerd binary as a child process with its HTTP port on loopback.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::scratch::Scratch;
+use super::{dialerd_bin, http, ports, repo_root, wait_for};
+
+/// A running `dialerd run`, killed on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+    http: SocketAddr,
+    dir: Scratch,
+}
+
+impl Daemon {
+    /// Starts `dialerd run` with `args` (after `run`) and `env`, the HTTP
+    /// server on a free port and the repository's sip-profiles. Does not wait.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = Scratch::new("daemon");
+        let http = SocketAddr::from(([127, 0, 0, 1], ports::free_tcp_port()));
+        let stderr =
+            std::fs::File::create(dir.path().join("stderr.log")).expect("create daemon log");
+        let child = Command::new(dialerd_bin())
+            .arg("run")
+            .args(args)
+            .arg("--profile-dir")
+            .arg(repo_root().join("sip-profiles"))
+            .env_remove("RUST_LOG")
+            .env("DIALERD__HTTP__BIND", http.to_string())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("spawn dialerd");
+        Self {
+            child: Some(child),
+            http,
+            dir,
+        }
+    }
+
+    /// Like [`Daemon::spawn`], then waits until `/healthz` answers 200.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut d = Self::spawn(args, env);
+        let up = wait_for(Duration::from_secs(20), || {
+            if d.has_exited() {
+                return Some(false);
+            }
+            http::get(d.http, "/healthz")
+                .ok()
+                .filter(|r| r.status == 200)
+                .map(|_| true)
+        });
+        assert_eq!(
+            up,
+            Some(true),
+            "dialerd did not become healthy; log:\n{}",
+            d.log()
+        );
+        d
+    }
+
+    /// The HTTP status server's address.
+    pub fn http(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// Everything dialerd logged so far.
+    pub fn log(&self) -> String {
+        self.dir.read("stderr.log")
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("dialerd already reaped");
+        let pid = i32::try_from(child.id()).expect("pid fits i32");
+        // SAFETY: kill(2) with a pid of our own child process has no memory effects.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+    }
+
+    fn has_exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its status and
+    /// how long it took, or `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<(ExitStatus, Duration)> {
+        let start = Instant::now();
+        let child = self.child.as_mut()?;
+        let status = wait_for(limit, || child.try_wait().ok().flatten())?;
+        self.child = None;
+        Some((status, start.elapsed()))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
