@@ -78,6 +78,17 @@ fn example_configuration_is_valid_with_and_without_a_profile() {
 }
 
 #[test]
+fn kubernetes_configuration_is_valid() {
+    let k8s = repo_root().join("k8s/base/dialerd.toml");
+    let out = check_config(
+        &["--config", k8s.to_str().unwrap()],
+        &[("DIALERD__INSTANCE__ID", "node-1")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("source = \"do_metadata\""));
+}
+
+#[test]
 fn secrets_are_redacted_in_the_effective_configuration() {
     let dir = Scratch::new("cfg-secret");
     let pw = dir.write("sip-password", "file-secret-42\n");
