@@ -43,25 +43,31 @@ impl Daemon {
         }
     }
 
-    /// Like [`Daemon::spawn`], then waits until `/healthz` answers 200.
+    /// Like [`Daemon::spawn`], then waits until `/healthz` answers 200. If
+    /// another process took the free HTTP port in the meantime, tries again
+    /// on a new one.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut d = Self::spawn(args, env);
-        let up = wait_for(Duration::from_secs(20), || {
-            if d.has_exited() {
-                return Some(false);
+        for _ in 0..3 {
+            let mut d = Self::spawn(args, env);
+            let up = wait_for(Duration::from_secs(20), || {
+                if d.has_exited() {
+                    return Some(false);
+                }
+                http::get(d.http, "/healthz")
+                    .ok()
+                    .filter(|r| r.status == 200)
+                    .map(|_| true)
+            });
+            if up == Some(true) {
+                return d;
             }
-            http::get(d.http, "/healthz")
-                .ok()
-                .filter(|r| r.status == 200)
-                .map(|_| true)
-        });
-        assert_eq!(
-            up,
-            Some(true),
-            "dialerd did not become healthy; log:\n{}",
-            d.log()
-        );
-        d
+            let log = d.log();
+            assert!(
+                log.contains("http.bind") && log.contains("in use"),
+                "dialerd did not become healthy; log:\n{log}"
+            );
+        }
+        panic!("dialerd found its HTTP port taken three times in a row");
     }
 
     /// The HTTP status server's address.
