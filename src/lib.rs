@@ -10,4 +10,5 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod public_address;
+pub mod sip;
 pub mod status;

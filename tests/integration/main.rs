@@ -6,3 +6,4 @@ mod support;
 mod check_config;
 mod daemon;
 mod peers;
+mod rfc4475;

@@ -1,0 +1,3 @@
+//! SIP: message layer, transports and transactions.
+
+pub mod message;
