@@ -10,6 +10,8 @@ use tokio::sync::oneshot;
 use crate::config::Settings;
 use crate::lifecycle::{DeadlineExceeded, ShutdownSteps, Signals, StopSignal};
 use crate::public_address::{self, PublicAddressError};
+use crate::sip::stack::{Stack, StackConfig, StackError, StackEvent};
+use crate::sip::transport::tls::TlsConfigError;
 use crate::status::Shared;
 
 /// Why the daemon stopped without a clean shutdown.
@@ -29,6 +31,12 @@ pub enum DaemonError {
         /// The bind error.
         source: std::io::Error,
     },
+    /// The SIP TLS certificate or key could not be loaded.
+    #[error("sip.tls: {0}")]
+    SipTls(#[from] TlsConfigError),
+    /// A SIP listener could not be bound.
+    #[error("sip: {0}")]
+    Sip(#[from] StackError),
     /// Graceful shutdown took too long.
     #[error(transparent)]
     Deadline(#[from] DeadlineExceeded),
@@ -75,6 +83,45 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         let _ = http_stopped.await;
     }));
 
+    shared
+        .readiness
+        .set("sip_listeners", false, "not bound yet");
+    crate::sip::transport::tls::install_default_provider();
+    let stack_config = StackConfig::from_settings(&settings, shared.public_address)?;
+    let (stack, mut stack_events, stack_core) =
+        Stack::start(stack_config, shared.metrics.sip.clone()).await?;
+    let bound: Vec<String> = stack
+        .local_addrs()
+        .iter()
+        .map(|(t, a)| format!("{t} {a}"))
+        .collect();
+    shared.readiness.set(
+        "sip_listeners",
+        true,
+        format!("listening on {}", bound.join(", ")),
+    );
+    let stack_log = tokio::spawn(async move {
+        while let Some(event) = stack_events.recv().await {
+            match event {
+                StackEvent::FlowOpened {
+                    flow,
+                    transport,
+                    remote,
+                    outbound,
+                } => {
+                    tracing::debug!(%flow, %transport, %remote, outbound, "SIP connection opened");
+                }
+                StackEvent::FlowClosed {
+                    flow,
+                    transport,
+                    remote,
+                    reason,
+                } => {
+                    tracing::info!(%flow, %transport, %remote, reason = reason.label(), "SIP connection closed");
+                }
+            }
+        }
+    });
     if !settings.accounts.is_empty() {
         tracing::warn!(
             accounts = settings.accounts.len(),
@@ -85,6 +132,7 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
     tracing::info!(
         instance = %shared.instance_id,
         http = %local,
+        sip = %bound.join(", "),
         public_address = ?shared.public_address,
         version = env!("CARGO_PKG_VERSION"),
         "dialerd running"
@@ -95,7 +143,12 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
     shared.lifecycle.stopping();
 
     let mut steps = ShutdownSteps::default();
-    // Later features add their drain steps here, before the server stops.
+    // Later features add their drain steps here, before the servers stop.
+    steps.add("sip_stack", async move {
+        stack.shutdown().await;
+        let _ = stack_core.await;
+        stack_log.abort();
+    });
     steps.add("http_server", async move {
         let _ = http_stop.send(());
         match http.await {

@@ -9,6 +9,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod probe;
 pub mod public_address;
 pub mod sip;
 pub mod status;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use dialerd::config::{self, ConfigError, LogFormat, Settings, Sources};
+use dialerd::config::{self, ConfigError, LogFormat, Settings, Sources, Transport};
+use dialerd::probe::{ProbeError, ProbeOptions};
 use dialerd::{daemon, logging};
 
 /// Exit code for a configuration or usage error.
@@ -30,8 +31,36 @@ enum Command {
     Run(ConfigArgs),
     /// Print the effective configuration (secrets redacted), or every problem found.
     CheckConfig(ConfigArgs),
+    /// Send one OPTIONS to a SIP peer and print its answer (exit 0 on any final response).
+    Probe(ProbeArgs),
     /// Print the version.
     Version,
+}
+
+/// Arguments of `dialerd probe`.
+#[derive(Debug, Args)]
+struct ProbeArgs {
+    /// The peer, e.g. sip:pbx.example.com:5060 or sips:10.0.0.5:5061.
+    uri: String,
+    /// Transport (default: from the URI; sips: means tls, else udp).
+    #[arg(long, value_enum)]
+    transport: Option<TransportArg>,
+    /// PEM CA file that signs the peer's TLS certificate.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Pinned SHA-256 fingerprint of the peer's TLS certificate (hex, ':' optional).
+    #[arg(long)]
+    tls_fingerprint: Option<String>,
+    /// Seconds to wait for a final response.
+    #[arg(long, default_value_t = 5)]
+    timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TransportArg {
+    Udp,
+    Tcp,
+    Tls,
 }
 
 /// Where the configuration comes from: defaults < --config < --profile < DIALERD__* environment.
@@ -67,6 +96,54 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig(args) => check_config(&args),
         Command::Run(args) => run(&args, cli.log_format),
+        Command::Probe(args) => probe(&args),
+    }
+}
+
+fn probe(args: &ProbeArgs) -> ExitCode {
+    let opts = ProbeOptions {
+        uri: args.uri.clone(),
+        transport: args.transport.map(|t| match t {
+            TransportArg::Udp => Transport::Udp,
+            TransportArg::Tcp => Transport::Tcp,
+            TransportArg::Tls => Transport::Tls,
+        }),
+        tls_ca: args.tls_ca.clone(),
+        tls_fingerprint: args.tls_fingerprint.clone(),
+        timeout: std::time::Duration::from_secs(args.timeout_secs.max(1)),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(dialerd::probe::probe(&opts)) {
+        Ok(answer) => {
+            println!(
+                "{} answered {} {} in {:.1} ms",
+                answer.target,
+                answer.status,
+                answer.reason,
+                answer.elapsed.as_secs_f64() * 1000.0
+            );
+            for h in answer.response.headers() {
+                println!("  {}: {}", h.raw_name, h.value());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(ProbeError::Usage(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
 }
 

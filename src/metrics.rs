@@ -20,6 +20,104 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+/// Labels by transport and message kind.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SipLabels {
+    /// `udp`, `tcp` or `tls`.
+    pub transport: String,
+    /// `request` or `response`.
+    pub kind: String,
+}
+
+/// Labels by transport.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// `udp`, `tcp` or `tls`.
+    pub transport: String,
+}
+
+/// Labels by reason.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: String,
+}
+
+/// Metrics of the SIP stack.
+#[derive(Debug, Default)]
+pub struct SipMetrics {
+    /// Messages received by transport and kind.
+    pub received_total: Family<SipLabels, Counter>,
+    /// Messages sent by transport.
+    pub sent_total: Family<TransportLabel, Counter>,
+    /// Messages dropped or refused by reason.
+    pub dropped_total: Family<ReasonLabel, Counter>,
+    /// Connections closed by reason.
+    pub flows_closed_total: Family<ReasonLabel, Counter>,
+    /// Open TCP/TLS connections, set from the flow table on every change.
+    pub flows: Gauge,
+}
+
+impl SipMetrics {
+    /// Counts a received message.
+    pub fn received(&self, transport: crate::config::Transport, kind: &str) {
+        self.received_total
+            .get_or_create(&SipLabels {
+                transport: transport.to_string(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a sent message.
+    pub fn sent(&self, transport: crate::config::Transport) {
+        self.sent_total
+            .get_or_create(&TransportLabel {
+                transport: transport.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a drop.
+    pub fn dropped(&self, reason: &str) {
+        self.dropped_total
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a closed connection.
+    pub fn flow_closed(&self, reason: &str) {
+        self.flows_closed_total
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        let sip = registry.sub_registry_with_prefix("sip");
+        sip.register(
+            "received",
+            "SIP messages received",
+            self.received_total.clone(),
+        );
+        sip.register("sent", "SIP messages sent", self.sent_total.clone());
+        sip.register(
+            "dropped",
+            "SIP messages dropped or refused, by reason",
+            self.dropped_total.clone(),
+        );
+        sip.register(
+            "flows_closed",
+            "TCP/TLS connections closed, by reason",
+            self.flows_closed_total.clone(),
+        );
+        sip.register("flows", "Open TCP/TLS connections", self.flows.clone());
+    }
+}
+
 /// Every metric dialerd exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -30,6 +128,8 @@ pub struct Metrics {
     pub ready: Gauge,
     /// Age of the event-loop heartbeat in seconds; set at scrape.
     pub heartbeat_age: Gauge<f64, AtomicU64>,
+    /// SIP stack metrics.
+    pub sip: std::sync::Arc<SipMetrics>,
 }
 
 impl Metrics {
@@ -62,11 +162,14 @@ impl Metrics {
             "Seconds since the event-loop heartbeat last ticked",
             heartbeat_age.clone(),
         );
+        let sip = std::sync::Arc::new(SipMetrics::default());
+        sip.register(&mut registry);
         Self {
             registry,
             http_requests,
             ready,
             heartbeat_age,
+            sip,
         }
     }
 

@@ -10,7 +10,7 @@ mod validate;
 pub use load::{ConfigError, ENV_PREFIX, ENV_SEPARATOR, Problem, Sources, load, profile_path};
 pub use secret::{REDACTED, Secret};
 pub use settings::*;
-pub use types::{IpNet, IpNetError, LogFormat, PortRange, RedisUrl, Transport};
+pub use types::{IpNet, IpNetError, LogFormat, PortRange, RedisUrl, Transport, Untrusted};
 pub use validate::{check_sip_uri, parse_fingerprint};
 
 /// Renders the settings as TOML with every secret redacted.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::secret::Secret;
-use super::types::{IpNet, LogFormat, PortRange, RedisUrl, Transport};
+use super::types::{IpNet, LogFormat, PortRange, RedisUrl, Transport, Untrusted};
 
 /// Default registration lifetime asked of the registrar, in seconds.
 pub const DEFAULT_EXPIRES_SECS: u32 = 3600;
@@ -170,6 +170,14 @@ pub struct SipSettings {
     pub t4_ms: u64,
     /// Sources allowed to send requests; empty allows any source.
     pub allowed_peers: Vec<IpNet>,
+    /// `drop` (default) or `reject` (403) requests from other sources.
+    pub untrusted: Untrusted,
+    /// Most open TCP/TLS connections.
+    pub max_connections: usize,
+    /// Most inbound connections from one address.
+    pub max_connections_per_source: usize,
+    /// Close a connection after this long without traffic, seconds.
+    pub idle_timeout_secs: u64,
     /// User-Agent header value.
     pub user_agent: String,
 }
@@ -185,6 +193,10 @@ impl Default for SipSettings {
             t2_ms: 4000,
             t4_ms: 5000,
             allowed_peers: Vec::new(),
+            untrusted: Untrusted::Drop,
+            max_connections: 1024,
+            max_connections_per_source: 32,
+            idle_timeout_secs: 300,
             user_agent: concat!("dialerd/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }

@@ -30,6 +30,17 @@ impl fmt::Display for Transport {
     }
 }
 
+/// What to do with SIP requests from sources outside `sip.allowed_peers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Untrusted {
+    /// Say nothing (scanners learn nothing).
+    #[default]
+    Drop,
+    /// Answer 403 Forbidden.
+    Reject,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -160,6 +160,18 @@ fn check_sip(s: &Settings, p: &mut Vec<Problem>) {
             check_pem_file(key, path, p);
         }
     }
+    if sip.max_connections == 0 {
+        p.push(Problem::new("sip.max_connections", "must be at least 1"));
+    }
+    if sip.max_connections_per_source == 0 {
+        p.push(Problem::new(
+            "sip.max_connections_per_source",
+            "must be at least 1",
+        ));
+    }
+    if sip.idle_timeout_secs == 0 {
+        p.push(Problem::new("sip.idle_timeout_secs", "must be at least 1"));
+    }
     if sip.user_agent.trim().is_empty() {
         p.push(Problem::new("sip.user_agent", "must not be empty"));
     }

@@ -22,7 +22,7 @@ fn local_profile_serves_health_ready_status_and_metrics() {
     assert_eq!(ready["ready"], true);
     let checks = ready["checks"].as_array().unwrap();
     let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["config", "http_listener"]);
+    assert_eq!(names, ["config", "http_listener", "sip_listeners"]);
     assert!(checks.iter().all(|c| c["ok"] == true), "{checks:?}");
 
     let status = http::get(addr, "/status").unwrap();

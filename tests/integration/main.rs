@@ -7,3 +7,4 @@ mod check_config;
 mod daemon;
 mod peers;
 mod rfc4475;
+mod sip;

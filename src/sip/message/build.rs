@@ -56,6 +56,11 @@ impl OutMessage {
         self.headers.push((clean(name), clean(value.as_ref())));
     }
 
+    /// Inserts a header above all others (a Via added by the stack).
+    pub fn prepend(&mut self, name: &str, value: impl AsRef<str>) {
+        self.headers.insert(0, (clean(name), clean(value.as_ref())));
+    }
+
     /// Sets the body and its Content-Type.
     pub fn body(mut self, content_type: &str, body: impl Into<Bytes>) -> Self {
         self.push("Content-Type", content_type);

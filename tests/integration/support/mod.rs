@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod http;
 pub mod ports;
 pub mod redis;
+pub mod relay;
 pub mod scratch;
 pub mod sipp;
 

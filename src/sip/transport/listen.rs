@@ -1,0 +1,264 @@
+//! Accepting TCP/TLS connections with limits, and opening outbound ones.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::conn::{self, ConnOptions};
+use super::{FlowIds, Inbound, TransportLimits};
+use crate::sip::target::Transport;
+
+/// Queue depth of one connection's writer.
+const OUTBOX_DEPTH: usize = 256;
+
+/// Open connections by source address, shared by the accept loops and the
+/// connection tasks (touched on accept and close only, never per message).
+#[derive(Debug, Default, Clone)]
+pub struct SourceLimits {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+struct SourceGuard {
+    limits: SourceLimits,
+    ip: IpAddr,
+}
+
+impl SourceLimits {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Open connections in all.
+    pub fn total(&self) -> usize {
+        self.lock().values().sum()
+    }
+
+    fn admit(&self, ip: IpAddr, limits: &TransportLimits) -> Option<SourceGuard> {
+        let mut counts = self.lock();
+        let total: usize = counts.values().sum();
+        let from_ip = counts.get(&ip).copied().unwrap_or(0);
+        if total >= limits.max_connections || from_ip >= limits.max_connections_per_source {
+            return None;
+        }
+        counts.insert(ip, from_ip + 1);
+        Some(SourceGuard {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut counts = self.limits.lock();
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts connections on `listener` (TLS when `tls` is given) until the
+/// core goes away.
+pub async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    ids: Arc<FlowIds>,
+    inbound: mpsc::Sender<Inbound>,
+    limits: TransportLimits,
+    sources: SourceLimits,
+) {
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, %transport, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if inbound.is_closed() {
+            return;
+        }
+        let Some(guard) = sources.admit(remote.ip(), &limits) else {
+            tracing::warn!(%remote, %transport, "connection refused: connection limit reached");
+            let _ = inbound.try_send(Inbound::Dropped {
+                reason: "connection_limit",
+            });
+            continue;
+        };
+        let local = stream.local_addr().unwrap_or(remote);
+        let _ = stream.set_nodelay(true);
+        let (ids, inbound, tls) = (ids.clone(), inbound.clone(), tls.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            let opts = ConnOptions {
+                max_message: limits.max_message,
+                idle_timeout: limits.idle_timeout,
+                keepalive: None,
+            };
+            match tls {
+                None => {
+                    start(
+                        stream,
+                        Transport::Tcp,
+                        remote,
+                        local,
+                        false,
+                        ids,
+                        inbound,
+                        opts,
+                    )
+                    .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.connect_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => {
+                            start(s, Transport::Tls, remote, local, false, ids, inbound, opts).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::info!(%remote, error = %e, "inbound TLS handshake failed");
+                            let _ = inbound.try_send(Inbound::Dropped {
+                                reason: "tls_handshake",
+                            });
+                        }
+                        Err(_) => {
+                            tracing::info!(%remote, "inbound TLS handshake timed out");
+                            let _ = inbound.try_send(Inbound::Dropped {
+                                reason: "tls_handshake",
+                            });
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start<S>(
+    stream: S,
+    transport: Transport,
+    remote: SocketAddr,
+    local: SocketAddr,
+    outbound: bool,
+    ids: Arc<FlowIds>,
+    inbound: mpsc::Sender<Inbound>,
+    opts: ConnOptions,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let flow = ids.next();
+    let (outbox, queue) = mpsc::channel::<Bytes>(OUTBOX_DEPTH);
+    let opened = Inbound::Opened {
+        flow,
+        transport,
+        remote,
+        local,
+        outbox,
+        outbound,
+    };
+    if inbound.send(opened).await.is_err() {
+        return;
+    }
+    conn::run(stream, flow, transport, remote, queue, inbound, opts).await;
+}
+
+/// Opens a TCP (or TLS, with `tls`) connection to `remote` and runs it;
+/// reports [`Inbound::Opened`] or [`Inbound::ConnectFailed`].
+pub async fn connect(
+    transport: Transport,
+    remote: SocketAddr,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    ids: Arc<FlowIds>,
+    inbound: mpsc::Sender<Inbound>,
+    limits: TransportLimits,
+    keepalive: Option<Duration>,
+) {
+    let fail = |error: String| Inbound::ConnectFailed {
+        transport,
+        remote,
+        error,
+    };
+    let opts = ConnOptions {
+        max_message: limits.max_message,
+        idle_timeout: limits.idle_timeout,
+        keepalive,
+    };
+    let stream =
+        match tokio::time::timeout(limits.connect_timeout, TcpStream::connect(remote)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let _ = inbound
+                    .send(fail(format!("TCP connect to {remote}: {e}")))
+                    .await;
+                return;
+            }
+            Err(_) => {
+                let _ = inbound
+                    .send(fail(format!(
+                        "TCP connect to {remote}: no answer within {:?}",
+                        limits.connect_timeout
+                    )))
+                    .await;
+                return;
+            }
+        };
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(remote);
+    match tls {
+        None => {
+            start(
+                stream,
+                Transport::Tcp,
+                remote,
+                local,
+                true,
+                ids,
+                inbound,
+                opts,
+            )
+            .await
+        }
+        Some((config, name)) => {
+            let connector = TlsConnector::from(config);
+            match tokio::time::timeout(limits.connect_timeout, connector.connect(name, stream))
+                .await
+            {
+                Ok(Ok(s)) => {
+                    start(s, Transport::Tls, remote, local, true, ids, inbound, opts).await
+                }
+                Ok(Err(e)) => {
+                    let _ = inbound
+                        .send(fail(format!("TLS handshake with {remote}: {e}")))
+                        .await;
+                }
+                Err(_) => {
+                    let _ = inbound
+                        .send(fail(format!(
+                            "TLS handshake with {remote}: no answer within {:?}",
+                            limits.connect_timeout
+                        )))
+                        .await;
+                }
+            }
+        }
+    }
+}

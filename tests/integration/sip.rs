@@ -1,0 +1,297 @@
+//! The SIP core against real SIPp peers over UDP and TCP: OPTIONS both
+//! ways, retransmission across a lossy relay, 400 for a malformed request,
+//! and the source allow-list.
+
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use dialerd::sip::message::Message;
+
+use crate::support::daemon::Daemon;
+use crate::support::relay::LossyRelay;
+use crate::support::sipp::{Sipp, SippTransport, scenario};
+use crate::support::{dialerd_bin, http, ports};
+
+/// A running dialerd with UDP and TCP listeners on one free port.
+fn dialerd(extra_env: &[(&str, &str)]) -> (Daemon, SocketAddr) {
+    let port = ports::free_udp_tcp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut env = vec![
+        ("DIALERD__SIP__UDP_LISTEN", listen.as_str()),
+        ("DIALERD__SIP__TCP_LISTEN", listen.as_str()),
+    ];
+    env.extend_from_slice(extra_env);
+    let d = Daemon::start(&["--profile", "local"], &env);
+    (d, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn probe(args: &[&str]) -> Output {
+    Command::new(dialerd_bin())
+        .arg("probe")
+        .args(args)
+        .output()
+        .expect("run dialerd probe")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn to_tag(datagram: &[u8]) -> String {
+    let m = Message::parse_datagram(datagram.to_vec()).expect("a SIP message");
+    m.to_header()
+        .expect("To")
+        .tag()
+        .expect("a To tag")
+        .to_owned()
+}
+
+fn sipp_options_is_answered(transport: SippTransport) {
+    let (d, addr) = dialerd(&[]);
+    let r = Sipp::client(&scenario("options_uac.xml"), addr)
+        .transport(transport)
+        .spawn()
+        .wait();
+    assert_eq!(
+        r.exit_code,
+        Some(0),
+        "SIPp: {}\ndialerd: {}",
+        r.errors,
+        d.log()
+    );
+    assert_eq!(r.successful(), 1);
+    for h in [
+        "SIP/2.0 200 OK",
+        "Allow: OPTIONS",
+        "Accept: application/sdp",
+        "Supported:",
+        "Server: dialerd/",
+    ] {
+        assert!(r.messages.contains(h), "{h} missing in:\n{}", r.messages);
+    }
+}
+
+#[test]
+fn sipp_options_gets_200_over_udp() {
+    sipp_options_is_answered(SippTransport::Udp);
+}
+
+#[test]
+fn sipp_options_gets_200_over_tcp() {
+    sipp_options_is_answered(SippTransport::Tcp);
+}
+
+#[test]
+fn lost_responses_are_recovered_by_retransmission_over_udp() {
+    let (d, addr) = dialerd(&[]);
+    let relay = LossyRelay::start(addr, 0, 2);
+    let r = Sipp::client(&scenario("options_uac.xml"), relay.addr())
+        .spawn()
+        .wait();
+    assert_eq!(
+        r.exit_code,
+        Some(0),
+        "SIPp: {}\ndialerd: {}",
+        r.errors,
+        d.log()
+    );
+    let log = relay.log();
+    assert_eq!(log.dropped_to_client.len(), 2, "two responses lost");
+    assert_eq!(
+        log.forwarded_to_server.len(),
+        3,
+        "the request was sent three times"
+    );
+    assert_eq!(log.forwarded_to_client.len(), 1);
+    let tag = to_tag(&log.forwarded_to_client[0]);
+    for lost in &log.dropped_to_client {
+        assert_eq!(
+            to_tag(lost),
+            tag,
+            "the transaction replays its response, it does not answer anew"
+        );
+    }
+}
+
+fn probe_is_answered_by_sipp(transport: SippTransport, flag: &str) {
+    let server = Sipp::server(&scenario("options_uas.xml"))
+        .transport(transport)
+        .spawn();
+    let uri = format!("sip:{}", server.local_addr());
+    let out = probe(&[&uri, "--transport", flag]);
+    let server = server.wait();
+    assert!(
+        out.status.success(),
+        "probe: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("{flag}:{} answered 200 OK", server_addr(&uri))),
+        "{stdout}"
+    );
+    assert_eq!(server.exit_code, Some(0), "{}", server.errors);
+    assert!(
+        server.messages.contains("OPTIONS sip:127.0.0.1:"),
+        "{}",
+        server.messages
+    );
+}
+
+fn server_addr(uri: &str) -> &str {
+    uri.trim_start_matches("sip:")
+}
+
+#[test]
+fn probe_is_answered_by_a_sipp_server_over_udp() {
+    probe_is_answered_by_sipp(SippTransport::Udp, "udp");
+}
+
+#[test]
+fn probe_is_answered_by_a_sipp_server_over_tcp() {
+    probe_is_answered_by_sipp(SippTransport::Tcp, "tcp");
+}
+
+#[test]
+fn probe_recovers_lost_requests_by_retransmission() {
+    let server = Sipp::server(&scenario("options_uas.xml")).spawn();
+    let relay = LossyRelay::start(server.local_addr(), 2, 0);
+    let uri = format!("sip:{}", relay.addr());
+    let out = probe(&[&uri]);
+    let server = server.wait();
+    assert!(
+        out.status.success(),
+        "probe: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(server.exit_code, Some(0));
+    let log = relay.log();
+    assert_eq!(log.dropped_to_server.len(), 2, "two requests lost");
+    let branch = |d: &[u8]| {
+        let m = Message::parse_datagram(d.to_vec()).unwrap();
+        m.top_via().unwrap().branch().unwrap().to_owned()
+    };
+    let delivered = branch(&log.forwarded_to_server[0]);
+    assert!(
+        log.dropped_to_server.iter().all(|d| branch(d) == delivered),
+        "retransmissions, not new requests"
+    );
+    let ms: f64 = text(&out.stdout)
+        .split(" in ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .expect("elapsed in the output");
+    assert!(
+        ms >= 1400.0,
+        "answered after Timer E fired twice (0.5 s, 1.5 s): {ms} ms"
+    );
+}
+
+fn malformed_gets_400(transport: SippTransport) {
+    let (d, addr) = dialerd(&[]);
+    let r = Sipp::client(&scenario("malformed_uac.xml"), addr)
+        .transport(transport)
+        .spawn()
+        .wait();
+    assert_eq!(
+        r.exit_code,
+        Some(0),
+        "SIPp: {}\ndialerd: {}",
+        r.errors,
+        d.log()
+    );
+    assert!(
+        r.messages
+            .contains("SIP/2.0 400 Bad Expires Header (number malformed or out of range)"),
+        "{}",
+        r.messages
+    );
+}
+
+#[test]
+fn malformed_request_gets_400_over_udp() {
+    malformed_gets_400(SippTransport::Udp);
+}
+
+#[test]
+fn malformed_request_gets_400_over_tcp() {
+    malformed_gets_400(SippTransport::Tcp);
+}
+
+#[test]
+fn untrusted_source_is_refused_with_403() {
+    let (d, addr) = dialerd(&[
+        ("DIALERD__SIP__ALLOWED_PEERS", "10.0.0.0/8"),
+        ("DIALERD__SIP__UNTRUSTED", "reject"),
+    ]);
+    let r = Sipp::client(&scenario("options_uac_403.xml"), addr)
+        .spawn()
+        .wait();
+    assert_eq!(
+        r.exit_code,
+        Some(0),
+        "SIPp: {}\ndialerd: {}",
+        r.errors,
+        d.log()
+    );
+}
+
+#[test]
+fn untrusted_source_is_dropped_and_counted() {
+    let (d, addr) = dialerd(&[("DIALERD__SIP__ALLOWED_PEERS", "10.0.0.0/8")]);
+    let r = Sipp::client(&scenario("options_uac.xml"), addr)
+        .timeout(Duration::from_secs(2))
+        .spawn()
+        .wait();
+    assert_ne!(r.exit_code, Some(0), "no answer expected");
+    assert!(!r.messages.contains("message received"), "{}", r.messages);
+    let metrics = http::get(d.http(), "/metrics").unwrap().body;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("dialerd_sip_dropped_total{reason=\"untrusted_source\"}"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let count: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 2, "each retransmission counted: {line}");
+}
+
+#[test]
+fn readiness_requires_bound_sip_listeners() {
+    let (d, addr) = dialerd(&[]);
+    let ready = http::get(d.http(), "/readyz").unwrap().json();
+    let check = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sip_listeners")
+        .cloned()
+        .expect("sip_listeners check");
+    assert_eq!(check["ok"], true);
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("udp {addr}")),
+        "{check}"
+    );
+}
+
+#[test]
+fn an_occupied_sip_port_is_a_clear_error() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut d = Daemon::spawn(
+        &["--profile", "local"],
+        &[("DIALERD__SIP__UDP_LISTEN", addr.as_str())],
+    );
+    let (status, _) = d.wait_exit(Duration::from_secs(10)).expect("dialerd exits");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        d.log().contains(&format!("sip: cannot bind udp {addr}")),
+        "{}",
+        d.log()
+    );
+}
