@@ -8,3 +8,4 @@ mod daemon;
 mod peers;
 mod rfc4475;
 mod sip;
+mod tls;

@@ -247,7 +247,10 @@ pub async fn connect(
                 }
                 Ok(Err(e)) => {
                     let _ = inbound
-                        .send(fail(format!("TLS handshake with {remote}: {e}")))
+                        .send(fail(format!(
+                            "TLS handshake with {remote}: {}",
+                            describe_tls_error(&e)
+                        )))
                         .await;
                 }
                 Err(_) => {
@@ -260,5 +263,19 @@ pub async fn connect(
                 }
             }
         }
+    }
+}
+
+/// A TLS handshake error as text; certificate problems raised by our own
+/// verifier (a fingerprint mismatch) are shown by their message.
+fn describe_tls_error(e: &std::io::Error) -> String {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+            format!("invalid peer certificate: {}", other.0)
+        }
+        _ => e.to_string(),
     }
 }

@@ -8,6 +8,7 @@ pub mod redis;
 pub mod relay;
 pub mod scratch;
 pub mod sipp;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -1,0 +1,301 @@
+//! SIP over TLS against a rustls peer with generated certificates: trust by
+//! CA file and by pinned fingerprint, refusals with clear errors, inbound
+//! TLS, a request arriving over a connection dialerd opened; and dead-flow
+//! detection by CRLF keepalive.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dialerd::metrics::SipMetrics;
+use dialerd::sip::message::OutMessage;
+use dialerd::sip::stack::{Request, Stack, StackConfig, StackEvent, TlsClient};
+use dialerd::sip::target::{Target, Transport};
+use dialerd::sip::transport::CloseReason;
+use dialerd::sip::transport::tls::{self as stack_tls, Trust};
+
+use crate::support::daemon::Daemon;
+use crate::support::tls::{PeerPlan, TestPki, TlsPeer, ok_for, read_message, tls_options};
+use crate::support::{dialerd_bin, ports};
+
+fn probe(args: &[&str]) -> Output {
+    Command::new(dialerd_bin())
+        .arg("probe")
+        .args(args)
+        .output()
+        .expect("run dialerd probe")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn probe_over_tls_with_a_ca_file() {
+    let pki = TestPki::generate();
+    let peer = TlsPeer::start(pki.server_config(false), PeerPlan::Answer);
+    let uri = format!("sips:{}", peer.addr());
+    let out = probe(&[&uri, "--tls-ca", pki.ca.to_str().unwrap()]);
+    let report = peer.finish();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).starts_with(&format!("tls:{} answered 200 OK", peer_addr(&uri))));
+    let request = report.request.expect("the peer got the OPTIONS");
+    assert!(
+        request.starts_with(&format!("OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/TLS ")),
+        "{request}"
+    );
+}
+
+fn peer_addr(uri: &str) -> &str {
+    uri.trim_start_matches("sips:")
+}
+
+#[test]
+fn probe_over_tls_with_a_pinned_fingerprint() {
+    let pki = TestPki::generate();
+    let peer = TlsPeer::start(pki.server_config(true), PeerPlan::Answer);
+    let uri = format!("sips:{}", peer.addr());
+    let out = probe(&[&uri, "--tls-fingerprint", &pki.self_signed_fingerprint]);
+    peer.finish();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_wrong_ca_is_refused_with_a_clear_error() {
+    let pki = TestPki::generate();
+    let peer = TlsPeer::start(pki.server_config(false), PeerPlan::Answer);
+    let addr = peer.addr();
+    let uri = format!("sips:{addr}");
+    let out = probe(&[&uri, "--tls-ca", pki.other_ca.to_str().unwrap()]);
+    let report = peer.finish();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "TLS handshake with {addr}: invalid peer certificate: UnknownIssuer"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        report.request.is_none(),
+        "nothing was sent over an untrusted connection"
+    );
+}
+
+#[test]
+fn a_wrong_pin_is_refused_with_a_clear_error() {
+    let pki = TestPki::generate();
+    let peer = TlsPeer::start(pki.server_config(false), PeerPlan::Answer);
+    let uri = format!("sips:{}", peer.addr());
+    let out = probe(&[&uri, "--tls-fingerprint", &pki.self_signed_fingerprint]);
+    peer.finish();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("does not match the pinned fingerprint"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn inbound_tls_is_accepted_by_dialerd_run() {
+    let pki = TestPki::generate();
+    let port = ports::free_tcp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let d = Daemon::start(
+        &["--profile", "local"],
+        &[
+            ("DIALERD__SIP__TLS_LISTEN", listen.as_str()),
+            ("DIALERD__SIP__TLS__CERT_FILE", pki.cert.to_str().unwrap()),
+            ("DIALERD__SIP__TLS__KEY_FILE", pki.key.to_str().unwrap()),
+        ],
+    );
+    let addr: SocketAddr = listen.parse().unwrap();
+    let answer =
+        tls_options(addr, pki.client_config()).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("Allow: OPTIONS"), "{answer}");
+    // And dialerd's own probe, trusting the CA, reaches dialerd over TLS.
+    let out = probe(&[
+        &format!("sips:{listen}"),
+        "--tls-ca",
+        pki.ca.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+fn options(uri: &str) -> OutMessage {
+    OutMessage::request("OPTIONS", uri)
+        .header("Max-Forwards", "70")
+        .header("From", "<sip:test@127.0.0.1>;tag=t1")
+        .header("To", format!("<{uri}>"))
+        .header("Call-ID", dialerd::sip::ids::call_id("127.0.0.1"))
+        .header("CSeq", "1 OPTIONS")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn a_request_arrives_over_the_connection_dialerd_opened() {
+    let pki = TestPki::generate();
+    let peer = TlsPeer::start(pki.server_config(false), PeerPlan::AnswerThenRequest);
+    let addr = peer.addr();
+    let rt = runtime();
+    rt.block_on(async {
+        let (stack, _events, core) =
+            Stack::start(StackConfig::default(), Arc::new(SipMetrics::default()))
+                .await
+                .unwrap();
+        let tls = TlsClient {
+            config: stack_tls::client_config(&Trust::CaFile(pki.ca.clone())).unwrap(),
+            name: stack_tls::server_name("127.0.0.1").unwrap(),
+        };
+        let response = stack
+            .request(Request {
+                message: options(&format!("sips:{addr}")),
+                target: Target::new(Transport::Tls, addr),
+                tls: Some(tls),
+                keepalive: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(response.status(), Some(200));
+        // The peer now sends its own OPTIONS over the same connection; give
+        // the endpoint time to answer it before stopping.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stack.shutdown().await;
+        let _ = core.await;
+    });
+    let report = peer.finish();
+    let answer = report
+        .answer
+        .unwrap_or_else(|| panic!("no answer to the peer's request: {:?}", report.error));
+    assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("Call-ID: peer-call-1"), "{answer}");
+}
+
+/// A plain TCP peer that answers one OPTIONS, then answers pings with
+/// pongs (or not), counting the pings.
+fn keepalive_peer(pong: bool) -> (SocketAddr, std::thread::JoinHandle<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let thread = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+        let request = read_message(&mut s).unwrap();
+        s.write_all(ok_for(&request).as_bytes()).unwrap();
+        let mut pings = 0;
+        let mut buf = [0u8; 4];
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            match s.read_exact(&mut buf) {
+                Ok(()) if &buf == b"\r\n\r\n" => {
+                    pings += 1;
+                    if pong {
+                        let _ = s.write_all(b"\r\n");
+                    }
+                }
+                _ => break,
+            }
+        }
+        pings
+    });
+    (addr, thread)
+}
+
+async fn first_close(
+    events: &mut tokio::sync::mpsc::Receiver<StackEvent>,
+    within: Duration,
+) -> Option<CloseReason> {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(end, events.recv()).await {
+            Ok(Some(StackEvent::FlowClosed { reason, .. })) => return Some(reason),
+            Ok(Some(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[test]
+fn a_dead_flow_is_detected_within_two_keepalive_intervals() {
+    let (addr, peer) = keepalive_peer(false);
+    let rt = runtime();
+    let (reason, elapsed) = rt.block_on(async {
+        let (stack, mut events, _core) =
+            Stack::start(StackConfig::default(), Arc::new(SipMetrics::default()))
+                .await
+                .unwrap();
+        let sent = Instant::now();
+        let response = stack
+            .request(Request {
+                message: options(&format!("sip:{addr};transport=tcp")),
+                target: Target::new(Transport::Tcp, addr),
+                tls: None,
+                keepalive: Some(Duration::from_secs(1)),
+            })
+            .await
+            .unwrap();
+        assert_eq!(response.status(), Some(200));
+        let reason = first_close(&mut events, Duration::from_secs(4)).await;
+        (reason, sent.elapsed())
+    });
+    assert_eq!(reason, Some(CloseReason::KeepaliveTimeout));
+    assert!(
+        elapsed <= Duration::from_millis(2500),
+        "detected after {elapsed:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(1900),
+        "one unanswered ping is not yet dead: {elapsed:?}"
+    );
+    assert_eq!(peer.join().unwrap(), 1, "one ping, unanswered");
+}
+
+#[test]
+fn a_flow_answering_pongs_stays_open() {
+    let (addr, peer) = keepalive_peer(true);
+    let rt = runtime();
+    let reason = rt.block_on(async {
+        let (stack, mut events, _core) =
+            Stack::start(StackConfig::default(), Arc::new(SipMetrics::default()))
+                .await
+                .unwrap();
+        let response = stack
+            .request(Request {
+                message: options(&format!("sip:{addr};transport=tcp")),
+                target: Target::new(Transport::Tcp, addr),
+                tls: None,
+                keepalive: Some(Duration::from_secs(1)),
+            })
+            .await
+            .unwrap();
+        assert_eq!(response.status(), Some(200));
+        first_close(&mut events, Duration::from_millis(3500)).await
+    });
+    assert_eq!(reason, None, "no close while pongs arrive");
+    assert!(peer.join().unwrap() >= 3, "pinged about once a second");
+}
