@@ -108,71 +108,142 @@ pub enum HeaderName {
     Other,
 }
 
-/// Longest known name, in bytes.
-const MAX_KNOWN_LEN: usize = 19;
+/// Number of [`HeaderName`] values, for tables indexed by name.
+pub const HEADER_NAMES: usize = HeaderName::Other as usize + 1;
 
 impl HeaderName {
     /// Looks a name up case-insensitively, compact forms included.
     pub fn from_name(name: &str) -> Self {
-        let bytes = name.as_bytes();
-        if bytes.len() > MAX_KNOWN_LEN {
+        let b = name.as_bytes();
+        let Some(first) = b.first().map(u8::to_ascii_lowercase) else {
             return HeaderName::Other;
-        }
-        let mut buf = [0u8; MAX_KNOWN_LEN];
-        let lower = &mut buf[..bytes.len()];
-        lower.copy_from_slice(bytes);
-        lower.make_ascii_lowercase();
-        match &*lower {
-            b"accept" => HeaderName::Accept,
-            b"accept-contact" | b"a" => HeaderName::AcceptContact,
-            b"accept-encoding" => HeaderName::AcceptEncoding,
-            b"accept-language" => HeaderName::AcceptLanguage,
-            b"allow" => HeaderName::Allow,
-            b"allow-events" | b"u" => HeaderName::AllowEvents,
-            b"authorization" => HeaderName::Authorization,
-            b"call-id" | b"i" => HeaderName::CallId,
-            b"contact" | b"m" => HeaderName::Contact,
-            b"content-disposition" => HeaderName::ContentDisposition,
-            b"content-encoding" | b"e" => HeaderName::ContentEncoding,
-            b"content-length" | b"l" => HeaderName::ContentLength,
-            b"content-type" | b"c" => HeaderName::ContentType,
-            b"cseq" => HeaderName::CSeq,
-            b"date" => HeaderName::Date,
-            b"event" | b"o" => HeaderName::Event,
-            b"expires" => HeaderName::Expires,
-            b"from" | b"f" => HeaderName::From,
-            b"identity" | b"y" => HeaderName::Identity,
-            b"max-forwards" => HeaderName::MaxForwards,
-            b"min-expires" => HeaderName::MinExpires,
-            b"min-se" => HeaderName::MinSe,
-            b"p-asserted-identity" => HeaderName::PAssertedIdentity,
-            b"path" => HeaderName::Path,
-            b"privacy" => HeaderName::Privacy,
-            b"proxy-authenticate" => HeaderName::ProxyAuthenticate,
-            b"proxy-authorization" => HeaderName::ProxyAuthorization,
-            b"proxy-require" => HeaderName::ProxyRequire,
-            b"rack" => HeaderName::RAck,
-            b"reason" => HeaderName::Reason,
-            b"record-route" => HeaderName::RecordRoute,
-            b"refer-to" | b"r" => HeaderName::ReferTo,
-            b"referred-by" | b"b" => HeaderName::ReferredBy,
-            b"reject-contact" | b"j" => HeaderName::RejectContact,
-            b"request-disposition" | b"d" => HeaderName::RequestDisposition,
-            b"require" => HeaderName::Require,
-            b"retry-after" => HeaderName::RetryAfter,
-            b"route" => HeaderName::Route,
-            b"rseq" => HeaderName::RSeq,
-            b"server" => HeaderName::Server,
-            b"session-expires" | b"x" => HeaderName::SessionExpires,
-            b"subject" | b"s" => HeaderName::Subject,
-            b"supported" | b"k" => HeaderName::Supported,
-            b"timestamp" => HeaderName::Timestamp,
-            b"to" | b"t" => HeaderName::To,
-            b"unsupported" => HeaderName::Unsupported,
-            b"user-agent" => HeaderName::UserAgent,
-            b"via" | b"v" => HeaderName::Via,
-            b"warning" => HeaderName::Warning,
-            b"www-authenticate" => HeaderName::WwwAuthenticate,
+        };
+        let is = |known: &[u8]| b.eq_ignore_ascii_case(known);
+        // Switch on length, then first byte: one comparison per lookup.
+        match b.len() {
+            1 => match first {
+                b'a' => HeaderName::AcceptContact,
+                b'b' => HeaderName::ReferredBy,
+                b'c' => HeaderName::ContentType,
+                b'd' => HeaderName::RequestDisposition,
+                b'e' => HeaderName::ContentEncoding,
+                b'f' => HeaderName::From,
+                b'i' => HeaderName::CallId,
+                b'j' => HeaderName::RejectContact,
+                b'k' => HeaderName::Supported,
+                b'l' => HeaderName::ContentLength,
+                b'm' => HeaderName::Contact,
+                b'o' => HeaderName::Event,
+                b'r' => HeaderName::ReferTo,
+                b's' => HeaderName::Subject,
+                b't' => HeaderName::To,
+                b'u' => HeaderName::AllowEvents,
+                b'v' => HeaderName::Via,
+                b'x' => HeaderName::SessionExpires,
+                b'y' => HeaderName::Identity,
+                _ => HeaderName::Other,
+            },
+            2 => match first {
+                b't' if is(b"to") => HeaderName::To,
+                _ => HeaderName::Other,
+            },
+            3 => match first {
+                b'v' if is(b"via") => HeaderName::Via,
+                _ => HeaderName::Other,
+            },
+            4 => match first {
+                b'c' if is(b"cseq") => HeaderName::CSeq,
+                b'd' if is(b"date") => HeaderName::Date,
+                b'f' if is(b"from") => HeaderName::From,
+                b'p' if is(b"path") => HeaderName::Path,
+                b'r' if is(b"rack") => HeaderName::RAck,
+                b'r' if is(b"rseq") => HeaderName::RSeq,
+                _ => HeaderName::Other,
+            },
+            5 => match first {
+                b'a' if is(b"allow") => HeaderName::Allow,
+                b'e' if is(b"event") => HeaderName::Event,
+                b'r' if is(b"route") => HeaderName::Route,
+                _ => HeaderName::Other,
+            },
+            6 => match first {
+                b'a' if is(b"accept") => HeaderName::Accept,
+                b'm' if is(b"min-se") => HeaderName::MinSe,
+                b'r' if is(b"reason") => HeaderName::Reason,
+                b's' if is(b"server") => HeaderName::Server,
+                _ => HeaderName::Other,
+            },
+            7 => match first {
+                b'c' if is(b"call-id") => HeaderName::CallId,
+                b'c' if is(b"contact") => HeaderName::Contact,
+                b'e' if is(b"expires") => HeaderName::Expires,
+                b'p' if is(b"privacy") => HeaderName::Privacy,
+                b'r' if is(b"require") => HeaderName::Require,
+                b's' if is(b"subject") => HeaderName::Subject,
+                b'w' if is(b"warning") => HeaderName::Warning,
+                _ => HeaderName::Other,
+            },
+            8 => match first {
+                b'i' if is(b"identity") => HeaderName::Identity,
+                b'r' if is(b"refer-to") => HeaderName::ReferTo,
+                _ => HeaderName::Other,
+            },
+            9 => match first {
+                b's' if is(b"supported") => HeaderName::Supported,
+                b't' if is(b"timestamp") => HeaderName::Timestamp,
+                _ => HeaderName::Other,
+            },
+            10 => match first {
+                b'u' if is(b"user-agent") => HeaderName::UserAgent,
+                _ => HeaderName::Other,
+            },
+            11 => match first {
+                b'm' if is(b"min-expires") => HeaderName::MinExpires,
+                b'r' if is(b"referred-by") => HeaderName::ReferredBy,
+                b'r' if is(b"retry-after") => HeaderName::RetryAfter,
+                b'u' if is(b"unsupported") => HeaderName::Unsupported,
+                _ => HeaderName::Other,
+            },
+            12 => match first {
+                b'a' if is(b"allow-events") => HeaderName::AllowEvents,
+                b'c' if is(b"content-type") => HeaderName::ContentType,
+                b'm' if is(b"max-forwards") => HeaderName::MaxForwards,
+                b'r' if is(b"record-route") => HeaderName::RecordRoute,
+                _ => HeaderName::Other,
+            },
+            13 => match first {
+                b'a' if is(b"authorization") => HeaderName::Authorization,
+                b'p' if is(b"proxy-require") => HeaderName::ProxyRequire,
+                _ => HeaderName::Other,
+            },
+            14 => match first {
+                b'a' if is(b"accept-contact") => HeaderName::AcceptContact,
+                b'c' if is(b"content-length") => HeaderName::ContentLength,
+                b'r' if is(b"reject-contact") => HeaderName::RejectContact,
+                _ => HeaderName::Other,
+            },
+            15 => match first {
+                b'a' if is(b"accept-encoding") => HeaderName::AcceptEncoding,
+                b'a' if is(b"accept-language") => HeaderName::AcceptLanguage,
+                b's' if is(b"session-expires") => HeaderName::SessionExpires,
+                _ => HeaderName::Other,
+            },
+            16 => match first {
+                b'c' if is(b"content-encoding") => HeaderName::ContentEncoding,
+                b'w' if is(b"www-authenticate") => HeaderName::WwwAuthenticate,
+                _ => HeaderName::Other,
+            },
+            18 => match first {
+                b'p' if is(b"proxy-authenticate") => HeaderName::ProxyAuthenticate,
+                _ => HeaderName::Other,
+            },
+            19 => match first {
+                b'c' if is(b"content-disposition") => HeaderName::ContentDisposition,
+                b'p' if is(b"p-asserted-identity") => HeaderName::PAssertedIdentity,
+                b'p' if is(b"proxy-authorization") => HeaderName::ProxyAuthorization,
+                b'r' if is(b"request-disposition") => HeaderName::RequestDisposition,
+                _ => HeaderName::Other,
+            },
             _ => HeaderName::Other,
         }
     }

@@ -4,6 +4,22 @@
 //! scanner here treats CR and LF as linear white space, so folded values are
 //! parsed in place without an unfolding copy.
 
+/// Byte offset of the first `b` in `s` (memchr: no per-byte `char`
+/// decoding or comparison calls).
+pub fn find(s: &str, b: u8) -> Option<usize> {
+    memchr::memchr(b, s.as_bytes())
+}
+
+/// Byte offset of the last `b` in `s`.
+pub fn rfind(s: &str, b: u8) -> Option<usize> {
+    memchr::memrchr(b, s.as_bytes())
+}
+
+/// Byte offset of the first `a` or `b` in `s`.
+pub fn find2(s: &str, a: u8, b: u8) -> Option<usize> {
+    memchr::memchr2(a, b, s.as_bytes())
+}
+
 /// `token` characters: alphanum and `-.!%*_+`'~`.
 pub fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric()
@@ -19,13 +35,18 @@ pub fn is_token(s: &str) -> bool {
 }
 
 /// Linear white space, including the CRLF of a fold.
+#[inline]
 pub fn is_lws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
 /// `s` without leading and trailing linear white space.
 pub fn trim(s: &str) -> &str {
-    s.trim_matches(|c: char| c.is_ascii() && is_lws(c as u8))
+    let b = s.as_bytes();
+    let start = b.iter().position(|c| !is_lws(*c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !is_lws(*c)).map_or(start, |i| i + 1);
+    // Both ends sit next to ASCII white space, so they are char boundaries.
+    s.get(start..end).unwrap_or_default()
 }
 
 /// Whether `s` contains a fold or any white space.
@@ -118,16 +139,28 @@ pub struct Param<'a> {
     pub value: Option<&'a str>,
 }
 
-/// Parameters in order, borrowed from the message.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Params<'a>(pub Vec<Param<'a>>);
+/// Parameters in order, borrowed from the message. Only the validated text
+/// is kept; lookups scan it again, so parsing allocates nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Params<'a> {
+    raw: &'a str,
+}
 
 impl<'a> Params<'a> {
+    /// The parameters as written, starting at the first `;` (or empty).
+    pub fn as_str(&self) -> &'a str {
+        self.raw
+    }
+
+    /// Every parameter in order.
+    pub fn iter(&self) -> impl Iterator<Item = Param<'a>> + 'a {
+        ParamIter { rest: self.raw }.map_while(Result::ok)
+    }
+
     /// The first parameter named `name` (case-insensitive): `Some(None)`
     /// when present without a value.
     pub fn get(&self, name: &str) -> Option<Option<&'a str>> {
-        self.0
-            .iter()
+        self.iter()
             .find(|p| p.name.eq_ignore_ascii_case(name))
             .map(|p| p.value)
     }
@@ -139,12 +172,12 @@ impl<'a> Params<'a> {
 
     /// Number of parameters.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.iter().count()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.raw.is_empty()
     }
 }
 
@@ -161,54 +194,84 @@ pub enum ParamError {
     EmptyValue,
 }
 
-/// Parses `*( SEMI param )` at the start of `s`, where `s` starts at the
+/// Scans `*( SEMI param )`.
+struct ParamIter<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for ParamIter<'a> {
+    type Item = Result<Param<'a>, ParamError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = trim(self.rest);
+        if rest.is_empty() {
+            return None;
+        }
+        let item = next_param(rest);
+        match item {
+            Ok((param, after)) => {
+                self.rest = after;
+                Some(Ok(param))
+            }
+            Err(e) => {
+                self.rest = "";
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+fn next_param(rest: &str) -> Result<(Param<'_>, &str), ParamError> {
+    let after_semi = rest.strip_prefix(';').ok_or(ParamError::BadName)?;
+    let after = trim_start(after_semi);
+    let name_len = after.bytes().take_while(|b| is_token_byte(*b)).count();
+    if name_len == 0 {
+        return Err(ParamError::EmptyName);
+    }
+    let name = &after[..name_len];
+    let tail = trim_start(&after[name_len..]);
+    if let Some(v) = tail.strip_prefix('=') {
+        let v = trim_start(v);
+        let (value, rest_after) = if v.starts_with('"') {
+            let n = quoted_len(v).ok_or(ParamError::UnterminatedQuote)?;
+            (&v[..n], &v[n..])
+        } else {
+            let end = find(v, b';').unwrap_or(v.len());
+            (trim(&v[..end]), &v[end..])
+        };
+        if value.is_empty() {
+            return Err(ParamError::EmptyValue);
+        }
+        Ok((
+            Param {
+                name,
+                value: Some(value),
+            },
+            rest_after,
+        ))
+    } else {
+        if !tail.is_empty() && !tail.starts_with(';') {
+            return Err(ParamError::BadName);
+        }
+        Ok((Param { name, value: None }, tail))
+    }
+}
+
+/// Validates `*( SEMI param )` at the start of `s`, where `s` starts at the
 /// first `;` (or is empty). Values run to the next `;` or the end; a value
 /// may be a quoted string containing `;`.
 pub fn parse_params(s: &str) -> Result<Params<'_>, ParamError> {
-    let mut params = Vec::new();
-    let mut rest = trim(s);
-    while !rest.is_empty() {
-        let Some(after_semi) = rest.strip_prefix(';') else {
-            return Err(ParamError::BadName);
-        };
-        let after = trim_start(after_semi);
-        let name_len = after.bytes().take_while(|b| is_token_byte(*b)).count();
-        if name_len == 0 {
-            return Err(ParamError::EmptyName);
-        }
-        let name = &after[..name_len];
-        let tail = trim_start(&after[name_len..]);
-        if let Some(v) = tail.strip_prefix('=') {
-            let v = trim_start(v);
-            let (value, rest_after) = if v.starts_with('"') {
-                let n = quoted_len(v).ok_or(ParamError::UnterminatedQuote)?;
-                (&v[..n], &v[n..])
-            } else {
-                let end = v.find(';').unwrap_or(v.len());
-                (trim(&v[..end]), &v[end..])
-            };
-            if value.is_empty() {
-                return Err(ParamError::EmptyValue);
-            }
-            params.push(Param {
-                name,
-                value: Some(value),
-            });
-            rest = trim(rest_after);
-        } else {
-            if !tail.is_empty() && !tail.starts_with(';') {
-                return Err(ParamError::BadName);
-            }
-            params.push(Param { name, value: None });
-            rest = tail;
-        }
+    let raw = trim(s);
+    for item in (ParamIter { rest: raw }) {
+        item?;
     }
-    Ok(Params(params))
+    Ok(Params { raw })
 }
 
 /// `s` without leading linear white space.
 pub fn trim_start(s: &str) -> &str {
-    s.trim_start_matches(|c: char| c.is_ascii() && is_lws(c as u8))
+    let start = s.bytes().position(|c| !is_lws(c)).unwrap_or(s.len());
+    s.get(start..).unwrap_or_default()
 }
 
 /// Parses a decimal number of at most `max`, digits only.

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use super::header::HeaderName;
+use super::header::{HEADER_NAMES, HeaderName};
 use super::lex;
 use super::method::Method;
 use super::parse::{self, BodyProblem, Field, FrameError, Framing, Limits, StartLine};
@@ -19,6 +19,7 @@ pub struct Message {
     body: Bytes,
     start: StartLine,
     fields: Vec<Field>,
+    counts: [u8; HEADER_NAMES],
     pub(crate) body_problem: Option<BodyProblem>,
 }
 
@@ -69,6 +70,7 @@ impl Message {
             body: parts.body,
             start: parts.start,
             fields: parts.fields,
+            counts: parts.counts,
             body_problem: parts.body_problem,
         })
     }
@@ -184,9 +186,9 @@ impl Message {
         self.values(name).next()
     }
 
-    /// How many fields carry `name`.
+    /// How many fields carry `name` (saturating at 255).
     pub fn count(&self, name: HeaderName) -> usize {
-        self.fields.iter().filter(|f| f.name == name).count()
+        usize::from(self.counts[name as usize])
     }
 
     /// Fields with any name, matched case-insensitively as written (for

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use super::header::HeaderName;
+use super::header::{HEADER_NAMES, HeaderName};
 use super::lex;
 use super::method::Method;
 
@@ -140,6 +140,7 @@ pub(crate) struct Parts {
     pub(crate) body: Bytes,
     pub(crate) start: StartLine,
     pub(crate) fields: Vec<Field>,
+    pub(crate) counts: [u8; HEADER_NAMES],
     pub(crate) body_problem: Option<BodyProblem>,
 }
 
@@ -164,6 +165,7 @@ pub(crate) fn split(data: &Bytes, framing: Framing, limits: &Limits) -> Result<P
     let head = ByteString::try_from(data.slice(..end - 2)).map_err(|_| FrameError::NotUtf8)?;
     let text: &str = &head;
     let mut fields: Vec<Field> = Vec::with_capacity(24);
+    let mut counts = [0u8; HEADER_NAMES];
     let mut start = None;
     let mut content_length: Option<Span> = None;
     let mut repeated_length = false;
@@ -193,12 +195,21 @@ pub(crate) fn split(data: &Bytes, framing: Framing, limits: &Limits) -> Result<P
             if fields.len() >= limits.max_headers {
                 return Err(FrameError::TooManyHeaders(limits.max_headers));
             }
-            let field = header_line(line, pos)?;
-            if field.name == HeaderName::ContentLength {
+            let (name_end, value_start, value_end) = header_line(line)?;
+            let name = HeaderName::from_name(&line[..name_end]);
+            let value = Span::new(pos + value_start, pos + value_end);
+            let n = &mut counts[name as usize];
+            *n = n.saturating_add(1);
+            if name == HeaderName::ContentLength {
                 repeated_length |= content_length.is_some();
-                content_length = Some(field.value);
+                content_length = Some(value);
             }
-            fields.push(field);
+            fields.push(Field {
+                name,
+                name_span: Span::new(pos, pos + name_end),
+                value,
+                folded: false,
+            });
         }
         pos = nl + 1;
     }
@@ -211,6 +222,7 @@ pub(crate) fn split(data: &Bytes, framing: Framing, limits: &Limits) -> Result<P
         body,
         start,
         fields,
+        counts,
         body_problem,
     })
 }
@@ -244,11 +256,9 @@ fn start_line(line: &str, offset: usize) -> Result<StartLine, FrameError> {
     let span = |a: usize, b: usize| Span::new(offset + a, offset + b);
     if line.len() > 4 && line[..4].eq_ignore_ascii_case("SIP/") {
         // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
-        let sp1 = line
-            .find(' ')
-            .ok_or(FrameError::StartLine("no status code"))?;
+        let sp1 = lex::find(line, b' ').ok_or(FrameError::StartLine("no status code"))?;
         let after = &line[sp1 + 1..];
-        let sp2 = after.find(' ').unwrap_or(after.len());
+        let sp2 = lex::find(after, b' ').unwrap_or(after.len());
         let code = &after[..sp2];
         if code.is_empty() || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Err(FrameError::StartLine("status code is not a number"));
@@ -285,20 +295,26 @@ fn start_line(line: &str, offset: usize) -> Result<StartLine, FrameError> {
     })
 }
 
-fn header_line(line: &str, offset: usize) -> Result<Field, FrameError> {
-    let colon = line.find(':').ok_or(FrameError::HeaderLine)?;
-    let name = line[..colon].trim_end_matches([' ', '\t']);
-    if !lex::is_token(name) {
+/// Offsets within `line` of the end of the name and the start and end of
+/// the trimmed value.
+#[inline]
+fn header_line(line: &str) -> Result<(usize, usize, usize), FrameError> {
+    let bytes = line.as_bytes();
+    let colon = memchr::memchr(b':', bytes).ok_or(FrameError::HeaderLine)?;
+    let mut name_end = colon;
+    while name_end > 0 && matches!(bytes[name_end - 1], b' ' | b'\t') {
+        name_end -= 1;
+    }
+    if name_end == 0 || !bytes[..name_end].iter().all(|b| lex::is_token_byte(*b)) {
         return Err(FrameError::HeaderLine);
     }
-    let raw_value = &line[colon + 1..];
-    let lead = raw_value.len() - lex::trim_start(raw_value).len();
-    let value_start = colon + 1 + lead;
-    let value_end = colon + 1 + lex::trim(raw_value).len() + lead;
-    Ok(Field {
-        name: HeaderName::from_name(name),
-        name_span: Span::new(offset, offset + name.len()),
-        value: Span::new(offset + value_start, offset + value_end.max(value_start)),
-        folded: false,
-    })
+    let mut start = colon + 1;
+    while start < bytes.len() && lex::is_lws(bytes[start]) {
+        start += 1;
+    }
+    let mut end = bytes.len();
+    while end > start && lex::is_lws(bytes[end - 1]) {
+        end -= 1;
+    }
+    Ok((name_end, start, end))
 }

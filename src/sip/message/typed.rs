@@ -93,7 +93,8 @@ impl<'a> Via<'a> {
             return Err(HeaderError::Via);
         }
         let end = sent_by_start
-            .find(|c: char| c == ';' || (c.is_ascii() && lex::is_lws(c as u8)))
+            .bytes()
+            .position(|b| b == b';' || lex::is_lws(b))
             .unwrap_or(sent_by_start.len());
         let (host, port) = parse_hostport(&sent_by_start[..end]).map_err(|_| HeaderError::Via)?;
         let params = parse_params(&sent_by_start[end..])?;
@@ -152,7 +153,7 @@ impl<'a> NameAddr<'a> {
                 return Err(HeaderError::AngleBrackets);
             }
             (Some(&s[..n]), Some(rest))
-        } else if let Some(lt) = s.find('<') {
+        } else if let Some(lt) = lex::find(s, b'<') {
             let name = trim(&s[..lt]);
             if !name
                 .split(|c: char| c.is_ascii() && lex::is_lws(c as u8))
@@ -165,7 +166,7 @@ impl<'a> NameAddr<'a> {
             (None, None)
         };
         if let Some(b) = bracketed {
-            let gt = b.find('>').ok_or(HeaderError::AngleBrackets)?;
+            let gt = lex::find(b, b'>').ok_or(HeaderError::AngleBrackets)?;
             let uri_str = &b[1..gt];
             if uri_str.starts_with(|c: char| c.is_ascii_whitespace())
                 || uri_str.ends_with(|c: char| c.is_ascii_whitespace())
@@ -185,7 +186,7 @@ impl<'a> NameAddr<'a> {
             return Err(HeaderError::AngleBrackets);
         }
         // addr-spec: the URI ends at the first ';', header parameters follow.
-        let end = s.find(';').unwrap_or(s.len());
+        let end = lex::find(s, b';').unwrap_or(s.len());
         let uri_str = trim(&s[..end]);
         if uri_str.contains(['?', ',']) {
             return Err(HeaderError::BareUri);
@@ -340,7 +341,7 @@ impl<'a> DeltaWithParams<'a> {
         let secs = parse_delta(&s[..digits])?;
         let mut rest = trim_start(&s[digits..]);
         if rest.starts_with('(') {
-            let close = rest.find(')').ok_or(HeaderError::Syntax)?;
+            let close = lex::find(rest, b')').ok_or(HeaderError::Syntax)?;
             rest = trim_start(&rest[close + 1..]);
         }
         Ok(DeltaWithParams {

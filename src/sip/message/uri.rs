@@ -100,7 +100,7 @@ impl<'a> Uri<'a> {
         if s.bytes().any(|b| b <= b' ' || b == 0x7f) {
             return Err(UriError::Whitespace);
         }
-        let colon = s.find(':').ok_or(UriError::NoScheme)?;
+        let colon = lex::find(s, b':').ok_or(UriError::NoScheme)?;
         let scheme = &s[..colon];
         let valid_scheme = scheme
             .bytes()
@@ -118,7 +118,7 @@ impl<'a> Uri<'a> {
         } else if scheme.eq_ignore_ascii_case("sips") {
             SipUri::parse_rest(rest, true).map(Uri::Sip)
         } else if scheme.eq_ignore_ascii_case("tel") {
-            let end = rest.find(';').unwrap_or(rest.len());
+            let end = lex::find(rest, b';').unwrap_or(rest.len());
             if end == 0 {
                 return Err(UriError::EmptyNumber);
             }
@@ -154,23 +154,23 @@ impl<'a> SipUri<'a> {
     fn parse_rest(rest: &'a str, secure: bool) -> Result<Self, UriError> {
         // '@' cannot appear unescaped outside the user info (RFC 3261 §25.1),
         // so the first one ends it, even when the user part holds ';' or '?'.
-        let (userinfo, hostpart) = match rest.find('@') {
+        let (userinfo, hostpart) = match lex::find(rest, b'@') {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
         };
         let (user, password) = match userinfo {
             None => (None, None),
-            Some(ui) => match ui.find(':') {
+            Some(ui) => match lex::find(ui, b':') {
                 Some(c) => (Some(&ui[..c]), Some(&ui[c + 1..])),
                 None => (Some(ui), None),
             },
         };
-        let (hostport, after) = match hostpart.find([';', '?']) {
+        let (hostport, after) = match lex::find2(hostpart, b';', b'?') {
             Some(i) => (&hostpart[..i], &hostpart[i..]),
             None => (hostpart, ""),
         };
         let (host, port) = parse_hostport(hostport)?;
-        let (params, headers) = match after.find('?') {
+        let (params, headers) = match lex::find(after, b'?') {
             Some(q) => (&after[..q], Some(&after[q + 1..])),
             None => (after, None),
         };
@@ -202,7 +202,7 @@ pub fn parse_hostport(s: &str) -> Result<(Host<'_>, Option<u16>), UriError> {
         return Err(UriError::EmptyHost);
     }
     let (host, port) = if let Some(v6) = s.strip_prefix('[') {
-        let close = v6.find(']').ok_or(UriError::BadHost)?;
+        let close = lex::find(v6, b']').ok_or(UriError::BadHost)?;
         let addr: Ipv6Addr = v6[..close].parse().map_err(|_| UriError::BadHost)?;
         let after = &v6[close + 1..];
         let port = match after.strip_prefix(':') {
@@ -212,7 +212,7 @@ pub fn parse_hostport(s: &str) -> Result<(Host<'_>, Option<u16>), UriError> {
         };
         (Host::V6(addr), port)
     } else {
-        let (h, p) = match s.rfind(':') {
+        let (h, p) = match lex::rfind(s, b':') {
             Some(i) => (&s[..i], Some(&s[i + 1..])),
             None => (s, None),
         };
@@ -234,7 +234,9 @@ fn parse_host(h: &str) -> Result<Host<'_>, UriError> {
     if h.is_empty() {
         return Err(UriError::EmptyHost);
     }
-    if let Ok(v4) = h.parse::<Ipv4Addr>() {
+    if h.as_bytes()[0].is_ascii_digit()
+        && let Ok(v4) = h.parse::<Ipv4Addr>()
+    {
         return Ok(Host::V4(v4));
     }
     let ok = h

@@ -7,7 +7,7 @@ use super::header::HeaderName;
 use super::lex;
 use super::model::Message;
 use super::parse::BodyProblem;
-use super::typed::{Contacts, HeaderError};
+use super::typed::{HeaderError, NameAddr};
 use super::uri::{Uri, UriError};
 
 /// Headers every request and response carries (RFC 3261 §8.1.1).
@@ -143,14 +143,8 @@ impl Message {
             self.max_forwards()
                 .map_err(|e| Invalid::Bad(HeaderName::MaxForwards, e))?;
         }
-        if self.count(HeaderName::Contact) > 0
-            && let Contacts::List(list) = self
-                .contacts()
-                .map_err(|e| Invalid::Bad(HeaderName::Contact, e))?
-            && list.is_empty()
-        {
-            return Err(Invalid::Bad(HeaderName::Contact, HeaderError::EmptyElement));
-        }
+        self.check_contacts()
+            .map_err(|e| Invalid::Bad(HeaderName::Contact, e))?;
         if self.count(HeaderName::Expires) > 0 {
             self.expires()
                 .map_err(|e| Invalid::Bad(HeaderName::Expires, e))?;
@@ -164,9 +158,33 @@ impl Message {
             .chain(self.values(HeaderName::RecordRoute))
         {
             for item in lex::split_list(value) {
-                super::typed::NameAddr::parse(item)
-                    .map_err(|e| Invalid::Bad(HeaderName::Route, e))?;
+                NameAddr::parse(item).map_err(|e| Invalid::Bad(HeaderName::Route, e))?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl Message {
+    /// Checks every Contact without collecting them: `*` alone, or
+    /// addresses that each parse.
+    fn check_contacts(&self) -> Result<(), HeaderError> {
+        let mut star = false;
+        let mut total = 0usize;
+        for value in self.values(HeaderName::Contact) {
+            for item in lex::split_list(value) {
+                total += 1;
+                if item == "*" {
+                    star = true;
+                } else if item.is_empty() {
+                    return Err(HeaderError::EmptyElement);
+                } else {
+                    NameAddr::parse(item)?;
+                }
+            }
+        }
+        if star && total > 1 {
+            return Err(HeaderError::Syntax);
         }
         Ok(())
     }

@@ -446,6 +446,21 @@ impl Transactions {
         found.filter(|id| self.kind(*id) == Some(Kind::InviteServer))
     }
 
+    /// The transaction a message belongs to, without acting on it (the
+    /// matching step of [`Transactions::handle`]).
+    pub fn matching(&mut self, msg: &Message) -> Option<TxnId> {
+        if msg.is_request() {
+            let mut legacy = std::mem::take(&mut self.legacy);
+            let found = request_key(msg, &mut legacy)
+                .ok()
+                .and_then(|k| self.lookup(k));
+            self.legacy = legacy;
+            found
+        } else {
+            response_key(msg).ok().and_then(|k| self.lookup(k))
+        }
+    }
+
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some(Reverse((at, id, timer))) = self.heap.peek().copied() {

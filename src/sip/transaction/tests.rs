@@ -683,3 +683,22 @@ fn responses_go_to_rport_or_sent_by_port() {
         "connection-oriented: same flow"
     );
 }
+
+#[test]
+fn matching_finds_server_and_client_transactions_without_acting() {
+    let mut t = layer();
+    let t0 = Instant::now();
+    let req = request("OPTIONS", "z9hG4bKmt1", "OPTIONS");
+    let (server, _) = incoming(&mut t, t0, &req, Transport::Udp);
+    assert_eq!(t.matching(&msg(&req)), Some(server));
+    assert!(drain(&mut t).0.is_empty(), "matching sends nothing");
+    let out = request("OPTIONS", "z9hG4bKmt2", "OPTIONS");
+    let client = t
+        .send_request(t0, out.clone(), peer(Transport::Udp))
+        .unwrap();
+    assert_eq!(t.matching(&response_to(&out, 200)), Some(client));
+    assert_eq!(
+        t.matching(&msg(&request("OPTIONS", "z9hG4bKnone", "OPTIONS"))),
+        None
+    );
+}
