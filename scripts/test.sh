@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of dialerd: installs missing peers, then
-# formatting, clippy, and the unit and integration tests (real redis-server
-# and SIPp on loopback).
+# formatting, clippy, the unit and integration tests (real redis-server,
+# SIPp and TLS peers on loopback), and a bounded fuzzing run
+# (FUZZ_SECONDS per target, default 60; 0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,4 +13,7 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast
 else
   cargo test --locked --no-fail-fast
+fi
+if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
+  scripts/fuzz.sh
 fi

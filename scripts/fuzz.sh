@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Bounded fuzzing of the parser and of bytes into the transaction layer with
+# cargo-fuzz (libFuzzer). FUZZ_SECONDS per target (default 60). Installs
+# cargo-fuzz if missing. Uses no sanitizer, so it runs on stable Rust; panics,
+# hangs (-timeout) and memory blow-ups (-rss_limit_mb) are failures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=${FUZZ_SECONDS:-60}
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "fuzz: installing cargo-fuzz" >&2
+  cargo install --locked cargo-fuzz@0.13.2
+fi
+
+# Seed corpora from the RFC 4475 vectors and the benchmark messages.
+for target in parse_message transaction; do
+  mkdir -p "fuzz/corpus/$target"
+done
+cp tests/data/rfc4475/*.dat benches/data/*.sip fuzz/corpus/parse_message/
+cp fuzz/seeds/transaction/*.bin fuzz/corpus/transaction/
+
+for target in parse_message transaction; do
+  echo "fuzz: $target for ${seconds}s" >&2
+  log="fuzz/$target.log"
+  status=0
+  cargo fuzz run --sanitizer none "$target" "fuzz/corpus/$target" -- \
+    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 \
+    >"$log" 2>&1 || status=$?
+  grep -aE '^(Done [0-9]+ runs|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" || true
+  if [ "$status" -ne 0 ]; then
+    grep -aE 'panicked|ERROR|SUMMARY|Test unit written|failure' "$log" | head -20 >&2 || true
+    echo "fuzz: $target failed (exit $status); input saved under fuzz/artifacts/$target" >&2
+    exit 1
+  fi
+done
