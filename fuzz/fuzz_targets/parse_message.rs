@@ -53,10 +53,12 @@ fuzz_target!(|data: &[u8]| {
         exercise(&m);
         if m.validate().is_ok() && m.is_request() {
             let source = "192.0.2.1:5060".parse().ok();
-            let response = OutMessage::response_to(&m, 400, "Bad Request", Some("tag1"), source).encode();
+            let response =
+                OutMessage::response_to(&m, 400, "Bad Request", Some("tag1"), source).encode();
             let back = Message::parse(response, Framing::Datagram, &limits)
                 .expect("a response to a valid request parses");
-            back.validate().expect("a response to a valid request validates");
+            back.validate()
+                .expect("a response to a valid request validates");
         }
     }
     let mut framer = Framer::new(4096);

@@ -56,7 +56,11 @@ fuzz_target!(|data: &[u8]| {
                 let body = rest.get(1..).unwrap_or_default();
                 let (bytes, after) = body.split_at(len.min(body.len()));
                 rest = after;
-                let Ok(m) = Message::parse(Bytes::copy_from_slice(bytes), Framing::Datagram, &Limits::default()) else {
+                let Ok(m) = Message::parse(
+                    Bytes::copy_from_slice(bytes),
+                    Framing::Datagram,
+                    &Limits::default(),
+                ) else {
                     continue;
                 };
                 if m.validate().is_err() {
@@ -87,7 +91,12 @@ fuzz_target!(|data: &[u8]| {
         drain(&mut t, &mut servers, &mut seen);
     }
     for id in servers.clone() {
-        let _ = t.respond(now, id, 500, Bytes::from_static(b"SIP/2.0 500 Server Error\r\n\r\n"));
+        let _ = t.respond(
+            now,
+            id,
+            500,
+            Bytes::from_static(b"SIP/2.0 500 Server Error\r\n\r\n"),
+        );
     }
     drain(&mut t, &mut servers, &mut seen);
     let later = now + Duration::from_secs(600);
