@@ -9,11 +9,12 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
+  scripts/fuzz.sh
+fi
+# Last, so that the test runner's summary closes the output.
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast
 else
   cargo test --locked --no-fail-fast
-fi
-if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
-  scripts/fuzz.sh
 fi

@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 
 use crate::support::scratch::Scratch;
-use crate::support::{dialerd_bin, repo_root};
+use crate::support::{dialerd_bin, repo_root, text};
 
 fn check_config(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(dialerd_bin())
@@ -17,10 +17,6 @@ fn check_config(args: &[&str], env: &[(&str, &str)]) -> Output {
         .envs(env.iter().copied())
         .output()
         .expect("run dialerd check-config")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]

@@ -3,15 +3,14 @@
 //! and the source allow-list.
 
 use std::net::SocketAddr;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use dialerd::sip::message::Message;
 
 use crate::support::daemon::Daemon;
 use crate::support::relay::LossyRelay;
-use crate::support::sipp::{Sipp, SippTransport, scenario};
-use crate::support::{dialerd_bin, http, ports};
+use crate::support::sipp::{Sipp, SippResult, SippTransport, scenario};
+use crate::support::{http, ports, probe, text};
 
 /// A running dialerd with UDP and TCP listeners on one free port.
 fn dialerd(extra_env: &[(&str, &str)]) -> (Daemon, SocketAddr) {
@@ -26,18 +25,6 @@ fn dialerd(extra_env: &[(&str, &str)]) -> (Daemon, SocketAddr) {
     (d, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
-fn probe(args: &[&str]) -> Output {
-    Command::new(dialerd_bin())
-        .arg("probe")
-        .args(args)
-        .output()
-        .expect("run dialerd probe")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 fn to_tag(datagram: &[u8]) -> String {
     let m = Message::parse_datagram(datagram.to_vec()).expect("a SIP message");
     m.to_header()
@@ -47,19 +34,26 @@ fn to_tag(datagram: &[u8]) -> String {
         .to_owned()
 }
 
-fn sipp_options_is_answered(transport: SippTransport) {
-    let (d, addr) = dialerd(&[]);
-    let r = Sipp::client(&scenario("options_uac.xml"), addr)
+/// Runs a SIPp client scenario against a fresh dialerd and requires it to
+/// succeed.
+fn sipp_against_dialerd(name: &str, transport: SippTransport, env: &[(&str, &str)]) -> SippResult {
+    let (d, addr) = dialerd(env);
+    let r = Sipp::client(&scenario(name), addr)
         .transport(transport)
         .spawn()
         .wait();
     assert_eq!(
         r.exit_code,
         Some(0),
-        "SIPp: {}\ndialerd: {}",
+        "SIPp {name}: {}\ndialerd: {}",
         r.errors,
         d.log()
     );
+    r
+}
+
+fn sipp_options_is_answered(transport: SippTransport) {
+    let r = sipp_against_dialerd("options_uac.xml", transport, &[]);
     assert_eq!(r.successful(), 1);
     for h in [
         "SIP/2.0 200 OK",
@@ -192,18 +186,7 @@ fn probe_recovers_lost_requests_by_retransmission() {
 }
 
 fn malformed_gets_400(transport: SippTransport) {
-    let (d, addr) = dialerd(&[]);
-    let r = Sipp::client(&scenario("malformed_uac.xml"), addr)
-        .transport(transport)
-        .spawn()
-        .wait();
-    assert_eq!(
-        r.exit_code,
-        Some(0),
-        "SIPp: {}\ndialerd: {}",
-        r.errors,
-        d.log()
-    );
+    let r = sipp_against_dialerd("malformed_uac.xml", transport, &[]);
     assert!(
         r.messages
             .contains("SIP/2.0 400 Bad Expires Header (number malformed or out of range)"),
@@ -224,20 +207,11 @@ fn malformed_request_gets_400_over_tcp() {
 
 #[test]
 fn untrusted_source_is_refused_with_403() {
-    let (d, addr) = dialerd(&[
+    let env = [
         ("DIALERD__SIP__ALLOWED_PEERS", "10.0.0.0/8"),
         ("DIALERD__SIP__UNTRUSTED", "reject"),
-    ]);
-    let r = Sipp::client(&scenario("options_uac_403.xml"), addr)
-        .spawn()
-        .wait();
-    assert_eq!(
-        r.exit_code,
-        Some(0),
-        "SIPp: {}\ndialerd: {}",
-        r.errors,
-        d.log()
-    );
+    ];
+    sipp_against_dialerd("options_uac_403.xml", SippTransport::Udp, &env);
 }
 
 #[test]
@@ -294,4 +268,87 @@ fn an_occupied_sip_port_is_a_clear_error() {
         "{}",
         d.log()
     );
+}
+
+#[test]
+fn options_over_ipv6_udp() {
+    let port = ports::free_udp_tcp_port();
+    let listen = format!("[::1]:{port}");
+    let d = Daemon::start(
+        &["--profile", "local"],
+        &[("DIALERD__SIP__UDP_LISTEN", listen.as_str())],
+    );
+    let out = probe(&[&format!("sip:{listen}")]);
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        d.log()
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("udp:{listen} answered 200 OK")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Via: SIP/2.0/UDP [::1]:"), "{stdout}");
+}
+
+/// Reads from `s` until EOF or `limit`; true when the peer closed.
+fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(0))
+}
+
+fn metric(d: &Daemon, prefix: &str) -> u64 {
+    let body = http::get(d.http(), "/metrics").unwrap().body;
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn connections_per_source_are_limited() {
+    let (d, addr) = dialerd(&[("DIALERD__SIP__MAX_CONNECTIONS_PER_SOURCE", "2")]);
+    let mut conns: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    assert!(
+        closed_within(&mut conns[2], Duration::from_secs(2)),
+        "the third is refused"
+    );
+    assert!(
+        !closed_within(&mut conns[0], Duration::from_millis(300)),
+        "the first stays"
+    );
+    assert!(
+        !closed_within(&mut conns[1], Duration::from_millis(300)),
+        "the second stays"
+    );
+    assert!(metric(&d, "dialerd_sip_dropped_total{reason=\"connection_limit\"}") >= 1);
+    assert_eq!(metric(&d, "dialerd_sip_flows "), 2);
+}
+
+#[test]
+fn idle_connections_are_closed() {
+    let (d, addr) = dialerd(&[("DIALERD__SIP__IDLE_TIMEOUT_SECS", "1")]);
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let opened = std::time::Instant::now();
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(3)),
+        "closed when idle"
+    );
+    let took = opened.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "not before the idle timeout: {took:?}"
+    );
+    let closed = crate::support::wait_for(Duration::from_secs(2), || {
+        (metric(&d, "dialerd_sip_flows_closed_total{reason=\"idle\"}") == 1).then_some(())
+    });
+    assert!(closed.is_some());
 }

@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,19 +17,7 @@ use dialerd::sip::transport::tls::{self as stack_tls, Trust};
 
 use crate::support::daemon::Daemon;
 use crate::support::tls::{PeerPlan, TestPki, TlsPeer, ok_for, read_message, tls_options};
-use crate::support::{dialerd_bin, ports};
-
-fn probe(args: &[&str]) -> Output {
-    Command::new(dialerd_bin())
-        .arg("probe")
-        .args(args)
-        .output()
-        .expect("run dialerd probe")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use crate::support::{ports, probe, text};
 
 #[test]
 fn probe_over_tls_with_a_ca_file() {
@@ -240,11 +227,10 @@ async fn first_close(
     }
 }
 
-#[test]
-fn a_dead_flow_is_detected_within_two_keepalive_intervals() {
-    let (addr, peer) = keepalive_peer(false);
-    let rt = runtime();
-    let (reason, elapsed) = rt.block_on(async {
+/// Sends one OPTIONS over TCP with a 1 s keepalive on the new connection,
+/// then returns the first close within `watch`, and when it came.
+fn options_with_keepalive(addr: SocketAddr, watch: Duration) -> (Option<CloseReason>, Duration) {
+    runtime().block_on(async {
         let (stack, mut events, _core) =
             Stack::start(StackConfig::default(), Arc::new(SipMetrics::default()))
                 .await
@@ -260,9 +246,15 @@ fn a_dead_flow_is_detected_within_two_keepalive_intervals() {
             .await
             .unwrap();
         assert_eq!(response.status(), Some(200));
-        let reason = first_close(&mut events, Duration::from_secs(4)).await;
+        let reason = first_close(&mut events, watch).await;
         (reason, sent.elapsed())
-    });
+    })
+}
+
+#[test]
+fn a_dead_flow_is_detected_within_two_keepalive_intervals() {
+    let (addr, peer) = keepalive_peer(false);
+    let (reason, elapsed) = options_with_keepalive(addr, Duration::from_secs(4));
     assert_eq!(reason, Some(CloseReason::KeepaliveTimeout));
     assert!(
         elapsed <= Duration::from_millis(2500),
@@ -278,24 +270,7 @@ fn a_dead_flow_is_detected_within_two_keepalive_intervals() {
 #[test]
 fn a_flow_answering_pongs_stays_open() {
     let (addr, peer) = keepalive_peer(true);
-    let rt = runtime();
-    let reason = rt.block_on(async {
-        let (stack, mut events, _core) =
-            Stack::start(StackConfig::default(), Arc::new(SipMetrics::default()))
-                .await
-                .unwrap();
-        let response = stack
-            .request(Request {
-                message: options(&format!("sip:{addr};transport=tcp")),
-                target: Target::new(Transport::Tcp, addr),
-                tls: None,
-                keepalive: Some(Duration::from_secs(1)),
-            })
-            .await
-            .unwrap();
-        assert_eq!(response.status(), Some(200));
-        first_close(&mut events, Duration::from_millis(3500)).await
-    });
+    let (reason, _) = options_with_keepalive(addr, Duration::from_millis(3500));
     assert_eq!(reason, None, "no close while pongs arrive");
     assert!(peer.join().unwrap() >= 3, "pinged about once a second");
 }

@@ -25,6 +25,17 @@ pub struct ConnOptions {
     pub keepalive: Option<Duration>,
 }
 
+impl ConnOptions {
+    /// Options for a connection under `limits`, with `keepalive` if any.
+    pub fn new(limits: &super::TransportLimits, keepalive: Option<Duration>) -> Self {
+        Self {
+            max_message: limits.max_message,
+            idle_timeout: limits.idle_timeout,
+            keepalive,
+        }
+    }
+}
+
 /// Runs the connection until it closes, then reports [`Inbound::Closed`].
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run<S>(

@@ -107,11 +107,7 @@ pub async fn accept_loop(
         let (ids, inbound, tls) = (ids.clone(), inbound.clone(), tls.clone());
         tokio::spawn(async move {
             let _guard = guard;
-            let opts = ConnOptions {
-                max_message: limits.max_message,
-                idle_timeout: limits.idle_timeout,
-                keepalive: None,
-            };
+            let opts = ConnOptions::new(&limits, None);
             match tls {
                 None => {
                     start(
@@ -197,11 +193,7 @@ pub async fn connect(
         remote,
         error,
     };
-    let opts = ConnOptions {
-        max_message: limits.max_message,
-        idle_timeout: limits.idle_timeout,
-        keepalive,
-    };
+    let opts = ConnOptions::new(&limits, keepalive);
     let stream =
         match tokio::time::timeout(limits.connect_timeout, TcpStream::connect(remote)).await {
             Ok(Ok(s)) => s,

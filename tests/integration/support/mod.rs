@@ -23,6 +23,20 @@ pub fn dialerd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_dialerd"))
 }
 
+/// Runs `dialerd probe` with `args`.
+pub fn probe(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(dialerd_bin())
+        .arg("probe")
+        .args(args)
+        .output()
+        .expect("run dialerd probe")
+}
+
+/// Process output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// Polls `probe` every 50 ms until it returns `Some`, or `limit` passes.
 pub fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + limit;
