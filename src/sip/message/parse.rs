@@ -332,4 +332,62 @@ mod tests {
         let data = Bytes::from_static("SI\u{e9}/2.0 200 OK\r\nVia: x\r\n\r\n".as_bytes());
         assert!(split(&data, Framing::Datagram, &Limits::default()).is_err());
     }
+
+    fn request_with(headers: &str) -> Bytes {
+        Bytes::from(format!("OPTIONS sip:a@b SIP/2.0\r\n{headers}\r\n"))
+    }
+
+    #[test]
+    fn caps_bound_size_header_count_and_line_length() {
+        let limits = Limits {
+            max_message: 200,
+            max_headers: 3,
+            max_line: 40,
+        };
+        let big = Bytes::from(vec![b'x'; 201]);
+        assert_eq!(
+            split(&big, Framing::Datagram, &limits).err(),
+            Some(FrameError::TooLarge(200))
+        );
+        let many = request_with("A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n");
+        assert_eq!(
+            split(&many, Framing::Datagram, &limits).err(),
+            Some(FrameError::TooManyHeaders(3))
+        );
+        let long = request_with(&format!("Subject: {}\r\n", "y".repeat(40)));
+        assert_eq!(
+            split(&long, Framing::Datagram, &limits).err(),
+            Some(FrameError::LineTooLong(40))
+        );
+        let ok = request_with("A: 1\r\nB: 2\r\n");
+        assert!(split(&ok, Framing::Datagram, &limits).is_ok());
+    }
+
+    #[test]
+    fn content_length_is_mandatory_on_streams_only() {
+        let data = request_with("Via: SIP/2.0/TCP h;branch=z9hG4bK1\r\n");
+        let stream = split(&data, Framing::Stream, &Limits::default()).unwrap();
+        assert_eq!(stream.body_problem, Some(BodyProblem::Missing));
+        let datagram = split(&data, Framing::Datagram, &Limits::default()).unwrap();
+        assert_eq!(datagram.body_problem, None);
+    }
+
+    #[test]
+    fn lines_must_end_in_crlf_and_headers_need_a_colon() {
+        let bare = Bytes::from_static(b"OPTIONS sip:a@b SIP/2.0\nVia: x\r\n\r\n");
+        assert_eq!(
+            split(&bare, Framing::Datagram, &Limits::default()).err(),
+            Some(FrameError::BareLineEnd)
+        );
+        let colonless = request_with("NoColonHere\r\n");
+        assert_eq!(
+            split(&colonless, Framing::Datagram, &Limits::default()).err(),
+            Some(FrameError::HeaderLine)
+        );
+        let fold_first = Bytes::from_static(b"OPTIONS sip:a@b SIP/2.0\r\n  folded\r\n\r\n");
+        assert_eq!(
+            split(&fold_first, Framing::Datagram, &Limits::default()).err(),
+            Some(FrameError::LeadingFold)
+        );
+    }
 }

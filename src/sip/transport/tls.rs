@@ -222,3 +222,46 @@ impl ServerCertVerifier for PinnedVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_roots_load_or_fail_clearly() {
+        let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        match client_config(&Trust::System) {
+            Ok(_) => assert!(bundle.exists() || Path::new("/etc/ssl/certs").exists()),
+            Err(e) => {
+                assert!(
+                    !bundle.exists(),
+                    "the system bundle exists but did not load: {e}"
+                );
+                assert!(e.to_string().starts_with("system trust store: "), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn unreadable_and_empty_pem_files_name_the_file() {
+        let missing =
+            client_config(&Trust::CaFile(PathBuf::from("/nonexistent/ca.pem"))).unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .starts_with("/nonexistent/ca.pem: cannot read"),
+            "{missing}"
+        );
+        let empty = std::env::temp_dir().join(format!("dialerd-empty-{}.pem", std::process::id()));
+        std::fs::write(&empty, "no certificates here\n").unwrap();
+        let err = client_config(&Trust::CaFile(empty.clone())).unwrap_err();
+        let _ = std::fs::remove_file(&empty);
+        assert!(err.to_string().ends_with("holds no certificate"), "{err}");
+    }
+
+    #[test]
+    fn fingerprints_print_as_colon_hex() {
+        assert_eq!(hex_colon(&[0xab, 0x01]), "AB:01");
+        assert_eq!(fingerprint(b"").len(), 32);
+    }
+}
