@@ -1,6 +1,7 @@
 //! SIP: message layer, transports, transactions, and the stack that runs
 //! them.
 
+pub mod auth;
 pub mod endpoint;
 pub mod ids;
 pub mod message;
