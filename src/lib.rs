@@ -11,5 +11,6 @@ pub mod logging;
 pub mod metrics;
 pub mod probe;
 pub mod public_address;
+pub mod registration;
 pub mod sip;
 pub mod status;
