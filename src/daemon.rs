@@ -10,7 +10,8 @@ use tokio::sync::oneshot;
 use crate::config::Settings;
 use crate::lifecycle::{DeadlineExceeded, ShutdownSteps, Signals, StopSignal};
 use crate::public_address::{self, PublicAddressError};
-use crate::sip::stack::{Stack, StackConfig, StackError, StackEvent};
+use crate::registration::Publish;
+use crate::sip::stack::{Stack, StackConfig, StackError};
 use crate::sip::transport::tls::TlsConfigError;
 use crate::status::Shared;
 
@@ -88,7 +89,7 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         .set("sip_listeners", false, "not bound yet");
     crate::sip::transport::tls::install_default_provider();
     let stack_config = StackConfig::from_settings(&settings, shared.public_address)?;
-    let (stack, mut stack_events, stack_core) =
+    let (stack, stack_events, stack_core) =
         Stack::start(stack_config, shared.metrics.sip.clone()).await?;
     let bound: Vec<String> = stack
         .local_addrs()
@@ -100,34 +101,18 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         true,
         format!("listening on {}", bound.join(", ")),
     );
-    let stack_log = tokio::spawn(async move {
-        while let Some(event) = stack_events.recv().await {
-            match event {
-                StackEvent::FlowOpened {
-                    flow,
-                    transport,
-                    remote,
-                    outbound,
-                } => {
-                    tracing::debug!(%flow, %transport, %remote, outbound, "SIP connection opened");
-                }
-                StackEvent::FlowClosed {
-                    flow,
-                    transport,
-                    remote,
-                    reason,
-                } => {
-                    tracing::info!(%flow, %transport, %remote, reason = reason.label(), "SIP connection closed");
-                }
-            }
-        }
-    });
-    if !settings.accounts.is_empty() {
-        tracing::warn!(
-            accounts = settings.accounts.len(),
-            "accounts are configured but SIP registration is not built yet; none will register"
-        );
-    }
+    let (registrations, registration_task) = crate::registration::spawn(
+        &settings.accounts,
+        &settings.registration,
+        &settings.sip.user_agent,
+        &settings.instance.id,
+        stack.clone(),
+        stack_events,
+        Publish {
+            status: shared.accounts.clone(),
+            metrics: shared.metrics.registration.clone(),
+        },
+    );
     shared.lifecycle.started();
     tracing::info!(
         instance = %shared.instance_id,
@@ -144,10 +129,13 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
 
     let mut steps = ShutdownSteps::default();
     // Later features add their drain steps here, before the servers stop.
+    steps.add("unregister", async move {
+        registrations.stop().await;
+        let _ = registration_task.await;
+    });
     steps.add("sip_stack", async move {
         stack.shutdown().await;
         let _ = stack_core.await;
-        stack_log.abort();
     });
     steps.add("http_server", async move {
         let _ = http_stop.send(());

@@ -92,7 +92,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let body = json!({
         "ready": ready,
         "phase": shared.lifecycle.phase(),
-        "checks": shared.readiness.checks(),
+        "checks": shared.checks(),
     });
     (code, Json(body)).into_response()
 }
@@ -103,6 +103,13 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     shared.metrics.ready.set(i64::from(shared.is_ready()));
+    {
+        let accounts = shared.accounts.borrow();
+        shared
+            .metrics
+            .registration
+            .set_states(accounts.iter().map(|a| a.state));
+    }
     shared
         .metrics
         .heartbeat_age

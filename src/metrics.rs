@@ -118,6 +118,75 @@ impl SipMetrics {
     }
 }
 
+/// Labels by account.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabel {
+    /// Account name.
+    pub account: String,
+}
+
+/// Labels by registration state.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// State name.
+    pub state: String,
+}
+
+/// Registration state names, for the per-state gauge.
+pub const REGISTRATION_STATES: [&str; 6] = [
+    "unregistered",
+    "registering",
+    "registered",
+    "backoff",
+    "failed",
+    "unregistering",
+];
+
+/// Metrics of account registration.
+#[derive(Debug, Default)]
+pub struct RegistrationMetrics {
+    /// REGISTER requests sent, by account.
+    pub requests_total: Family<AccountLabel, Counter>,
+    /// Accounts by state, set from the published states at scrape.
+    pub accounts: Family<StateLabel, Gauge>,
+}
+
+impl RegistrationMetrics {
+    /// Counts a REGISTER.
+    pub fn request(&self, account: &str) {
+        self.requests_total
+            .get_or_create(&AccountLabel {
+                account: account.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets the per-state gauge from the current states.
+    pub fn set_states<'a>(&self, states: impl Iterator<Item = &'a str> + Clone) {
+        for name in REGISTRATION_STATES {
+            let n = states.clone().filter(|s| *s == name).count();
+            self.accounts
+                .get_or_create(&StateLabel {
+                    state: name.to_owned(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "registration_requests",
+            "REGISTER requests sent, by account",
+            self.requests_total.clone(),
+        );
+        registry.register(
+            "accounts",
+            "Accounts by registration state",
+            self.accounts.clone(),
+        );
+    }
+}
+
 /// Every metric dialerd exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -130,6 +199,8 @@ pub struct Metrics {
     pub heartbeat_age: Gauge<f64, AtomicU64>,
     /// SIP stack metrics.
     pub sip: std::sync::Arc<SipMetrics>,
+    /// Registration metrics.
+    pub registration: std::sync::Arc<RegistrationMetrics>,
 }
 
 impl Metrics {
@@ -164,7 +235,10 @@ impl Metrics {
         );
         let sip = std::sync::Arc::new(SipMetrics::default());
         sip.register(&mut registry);
+        let registration = std::sync::Arc::new(RegistrationMetrics::default());
+        registration.register(&mut registry);
         Self {
+            registration,
             registry,
             http_requests,
             ready,

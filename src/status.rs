@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::health::{Check, Heartbeat, Readiness};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics::Metrics;
+use crate::registration::AccountStatus;
 
 /// State shared by the daemon's components. Each field has one writer.
 #[derive(Debug)]
@@ -31,6 +32,8 @@ pub struct Shared {
     pub heartbeat: Heartbeat,
     /// Exported metrics.
     pub metrics: Metrics,
+    /// Account registration states; the registration task is the one writer.
+    pub accounts: tokio::sync::watch::Sender<Vec<AccountStatus>>,
 }
 
 impl Shared {
@@ -55,12 +58,46 @@ impl Shared {
             readiness: Readiness::default(),
             heartbeat: Heartbeat::new(started),
             metrics: Metrics::new(start_secs),
+            accounts: tokio::sync::watch::Sender::new(Vec::new()),
         }
+    }
+
+    /// Every readiness check: the stored ones and `accounts`, derived from
+    /// the published account states.
+    pub fn checks(&self) -> Vec<Check> {
+        let mut checks = self.readiness.checks();
+        let accounts = self.accounts.borrow();
+        let required: Vec<&AccountStatus> = accounts.iter().filter(|a| a.required).collect();
+        let missing: Vec<&str> = required
+            .iter()
+            .filter(|a| a.state != "registered")
+            .map(|a| a.name.as_str())
+            .collect();
+        let detail = if accounts.is_empty() {
+            "no accounts configured".to_owned()
+        } else if missing.is_empty() {
+            format!(
+                "{} of {} required accounts registered",
+                required.len(),
+                required.len()
+            )
+        } else {
+            format!("not registered: {}", missing.join(", "))
+        };
+        checks.push(Check {
+            name: "accounts",
+            ok: missing.is_empty(),
+            detail,
+        });
+        checks.sort_by_key(|c| c.name);
+        checks
     }
 
     /// Ready: running (not starting, draining or stopping) and every check holds.
     pub fn is_ready(&self) -> bool {
-        self.lifecycle.phase() == Phase::Running && self.readiness.all_ok()
+        self.lifecycle.phase() == Phase::Running
+            && self.readiness.all_ok()
+            && self.checks().iter().all(|c| c.ok)
     }
 
     /// The status snapshot served at `/status`.
@@ -79,7 +116,8 @@ impl Shared {
             uptime_secs: self.started.elapsed().as_secs(),
             phase: self.lifecycle.phase(),
             ready: self.is_ready(),
-            checks: self.readiness.checks(),
+            checks: self.checks(),
+            accounts: self.accounts.borrow().clone(),
         }
     }
 }
@@ -101,6 +139,8 @@ pub struct StatusSnapshot {
     pub ready: bool,
     /// Readiness checks.
     pub checks: Vec<Check>,
+    /// Every account's registration state.
+    pub accounts: Vec<AccountStatus>,
 }
 
 /// The `instance` section of the status.

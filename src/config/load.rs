@@ -257,6 +257,7 @@ fn resolve_accounts(settings: &mut Settings, sources: &Sources) -> Vec<Problem> 
         account.expires_secs.get_or_insert(DEFAULT_EXPIRES_SECS);
         account.keepalive_secs.get_or_insert(DEFAULT_KEEPALIVE_SECS);
         account.outbound.get_or_insert(false);
+        account.required.get_or_insert(true);
         if let Some(path) = &account.password_file {
             let key = format!("accounts[{i}].password_file");
             if account.password.is_some() {

@@ -41,6 +41,31 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownSettings,
+    /// Registration retry policy.
+    pub registration: RegistrationSettings,
+}
+
+/// `[registration]`: how registrations retry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationSettings {
+    /// First retry after a transient failure (5xx, timeout), milliseconds;
+    /// doubles per failure, with ±20 % jitter.
+    pub backoff_initial_ms: u64,
+    /// Longest retry interval, seconds.
+    pub backoff_max_secs: u64,
+    /// Retry interval after a definitive rejection (403, refused credentials), seconds.
+    pub forbidden_retry_secs: u64,
+}
+
+impl Default for RegistrationSettings {
+    fn default() -> Self {
+        Self {
+            backoff_initial_ms: 1000,
+            backoff_max_secs: 300,
+            forbidden_retry_secs: 600,
+        }
+    }
 }
 
 /// `[instance]`
@@ -240,6 +265,10 @@ pub struct AccountSettings {
     pub name: String,
     /// Registrar URI, e.g. `sips:pbx.example.com:5061`.
     pub registrar: String,
+    /// Registrars to fail over to, in order.
+    pub failover_registrars: Vec<String>,
+    /// Whether `/readyz` waits for this account to be registered (default true).
+    pub required: Option<bool>,
     /// User part of the address of record.
     pub username: String,
     /// Digest user name when it differs from `username`.

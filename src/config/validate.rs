@@ -38,6 +38,25 @@ pub fn validate(s: &Settings, env: &HashMap<String, String>) -> Vec<Problem> {
             format!("{cps} is not a positive number"),
         ));
     }
+    let r = &s.registration;
+    if r.backoff_initial_ms == 0 {
+        p.push(Problem::new(
+            "registration.backoff_initial_ms",
+            "must be at least 1",
+        ));
+    }
+    if r.backoff_max_secs == 0 || r.backoff_max_secs.saturating_mul(1000) < r.backoff_initial_ms {
+        p.push(Problem::new(
+            "registration.backoff_max_secs",
+            "must be at least 1 and not below registration.backoff_initial_ms",
+        ));
+    }
+    if r.forbidden_retry_secs == 0 {
+        p.push(Problem::new(
+            "registration.forbidden_retry_secs",
+            "must be at least 1",
+        ));
+    }
     if !(1..=3600).contains(&s.shutdown.deadline_secs) {
         p.push(Problem::new(
             "shutdown.deadline_secs",
@@ -201,6 +220,11 @@ fn check_accounts(s: &Settings, p: &mut Vec<Problem>) {
                 key("transport"),
                 format!("{t} cannot carry a sips: registrar; use tls"),
             ));
+        }
+        for (j, uri) in a.failover_registrars.iter().enumerate() {
+            if let Err(e) = check_sip_uri(uri) {
+                p.push(Problem::new(key(&format!("failover_registrars[{j}]")), e));
+            }
         }
         if a.username.is_empty() {
             p.push(Problem::new(key("username"), "is missing"));

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::config::Secret;
 use crate::sip::auth::{self, Attempt, Challenge};
 use crate::sip::ids;
-use crate::sip::message::{Contacts, HeaderName, Message, OutMessage, Uri};
+use crate::sip::message::{Contacts, Message, OutMessage, Uri};
 
 /// Retry policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::sip::message::{AuthParams, Framing, Limits};
+use crate::sip::message::{AuthParams, Framing, HeaderName, Limits};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 

@@ -209,6 +209,7 @@ enum Command {
 pub struct Stack {
     commands: mpsc::Sender<Command>,
     locals: Arc<Vec<(Transport, SocketAddr)>>,
+    advertised: Option<IpAddr>,
 }
 
 impl Stack {
@@ -284,6 +285,7 @@ impl Stack {
             )));
         }
         let locals = Arc::new(locals);
+        let advertised = config.advertised;
         let core = Core {
             txns: Transactions::new(config.timers),
             udp,
@@ -307,6 +309,7 @@ impl Stack {
             Stack {
                 commands: command_tx,
                 locals,
+                advertised,
             },
             event_rx,
             handle,
@@ -324,6 +327,31 @@ impl Stack {
             .iter()
             .find(|(t, _)| *t == transport)
             .map(|(_, a)| *a)
+    }
+
+    /// The address to put in a Contact for requests sent over `transport`
+    /// toward `toward`: the advertised (public) address, else the bound one,
+    /// with the port of the matching listener (5060, or 5061 for TLS, when
+    /// there is none: replies then come back over the connection itself).
+    pub fn contact_addr(&self, transport: Transport, toward: SocketAddr) -> SocketAddr {
+        let local = self
+            .locals
+            .iter()
+            .find(|(t, a)| *t == transport && a.is_ipv4() == toward.is_ipv4())
+            .map(|(_, a)| *a);
+        let port = local.map_or(
+            if transport == Transport::Tls {
+                5061
+            } else {
+                5060
+            },
+            |a| a.port(),
+        );
+        let ip = self
+            .advertised
+            .or_else(|| local.map(|a| a.ip()).filter(|ip| !ip.is_unspecified()))
+            .unwrap_or_else(|| local_ip_toward(toward));
+        SocketAddr::new(ip, port)
     }
 
     /// Sends a request and waits for its final response.

@@ -118,7 +118,16 @@ fn secrets_are_redacted_in_the_effective_configuration() {
         "{stdout}"
     );
 
-    let out = check_config(&["--profile", "local"], &[]);
+    let quickstart = repo_root().join("scripts/quickstart.toml");
+    let out = check_config(
+        &[
+            "--config",
+            quickstart.to_str().unwrap(),
+            "--profile",
+            "local",
+        ],
+        &[],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(!stdout.contains("local-test-only"), "{stdout}");

@@ -22,7 +22,10 @@ fn local_profile_serves_health_ready_status_and_metrics() {
     assert_eq!(ready["ready"], true);
     let checks = ready["checks"].as_array().unwrap();
     let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["config", "http_listener", "sip_listeners"]);
+    assert_eq!(
+        names,
+        ["accounts", "config", "http_listener", "sip_listeners"]
+    );
     assert!(checks.iter().all(|c| c["ok"] == true), "{checks:?}");
 
     let status = http::get(addr, "/status").unwrap();
@@ -42,6 +45,11 @@ fn local_profile_serves_health_ready_status_and_metrics() {
     assert_eq!(status["ready"], true);
     assert!(status["uptime_secs"].as_u64().is_some(), "{status}");
     assert!(status["started_at_unix_ms"].as_u64().unwrap() > 1_600_000_000_000);
+    assert_eq!(
+        status["accounts"],
+        serde_json::json!([]),
+        "the local profile has no accounts"
+    );
 
     let metrics = http::get(addr, "/metrics").unwrap();
     assert_eq!(metrics.status, 200);
