@@ -129,8 +129,13 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
 
     let mut steps = ShutdownSteps::default();
     // Later features add their drain steps here, before the servers stop.
+    // Unregistering gets at most half the deadline, and 5 s.
+    let unregister_limit = Duration::from_secs(settings.shutdown.deadline_secs / 2)
+        .clamp(Duration::from_secs(1), Duration::from_secs(5));
     steps.add("unregister", async move {
-        registrations.stop().await;
+        if !registrations.stop(unregister_limit).await {
+            registration_task.abort();
+        }
         let _ = registration_task.await;
     });
     steps.add("sip_stack", async move {

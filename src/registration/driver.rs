@@ -53,11 +53,23 @@ pub struct Registrations {
 }
 
 impl Registrations {
-    /// Unregisters every account and waits until all are done.
-    pub async fn stop(&self) {
+    /// Unregisters every account and waits until all are done, or `limit`
+    /// passes (a registrar that does not answer must not hold up shutdown);
+    /// returns whether every unREGISTER finished.
+    pub async fn stop(&self, limit: Duration) -> bool {
         let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Stop(tx)).await.is_ok() {
-            let _ = rx.await;
+        if self.commands.send(Command::Stop(tx)).await.is_err() {
+            return true;
+        }
+        match tokio::time::timeout(limit, rx).await {
+            Ok(_) => true,
+            Err(_) => {
+                tracing::warn!(
+                    ?limit,
+                    "unregistering did not finish in time; stopping anyway"
+                );
+                false
+            }
         }
     }
 }

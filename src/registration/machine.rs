@@ -145,6 +145,7 @@ pub struct Registration {
     in_flight: Option<InFlight>,
     challenge: Option<Challenge>,
     nc: u32,
+    challenge_rounds: u32,
     failures: u32,
     refresh_at: Option<Instant>,
     retry_at: Option<Instant>,
@@ -152,12 +153,16 @@ pub struct Registration {
     out: VecDeque<RegOutput>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct InFlight {
     attempt: u64,
-    with_credentials: bool,
+    /// The nonce the request's credentials answered, if it carried any.
+    answered_nonce: Option<String>,
     unregister: bool,
 }
+
+/// Challenge rounds in a row (without a final answer) before giving up.
+const MAX_CHALLENGE_ROUNDS: u32 = 3;
 
 impl Registration {
     /// A machine in [`RegState::Unregistered`].
@@ -184,6 +189,7 @@ impl Registration {
             in_flight: None,
             challenge: None,
             nc: 0,
+            challenge_rounds: 0,
             failures: 0,
             refresh_at: None,
             retry_at: None,
@@ -272,10 +278,9 @@ impl Registration {
 
     /// The outcome of request `attempt`.
     pub fn on_result(&mut self, now: Instant, attempt: u64, result: Result<Message, Failure>) {
-        let Some(flight) = self.in_flight.filter(|f| f.attempt == attempt) else {
+        let Some(flight) = self.in_flight.take_if(|f| f.attempt == attempt) else {
             return; // an outcome that no longer matters
         };
-        self.in_flight = None;
         let response = match result {
             Ok(r) => r,
             Err(failure) => {
@@ -293,10 +298,13 @@ impl Registration {
         };
         let code = response.status().unwrap_or(0);
         let reason = response.reason().unwrap_or_default().to_owned();
+        if !matches!(code, 401 | 407) {
+            self.challenge_rounds = 0;
+        }
         match code {
             200..=299 if flight.unregister => self.set_state(RegState::Unregistered),
             200..=299 => self.registered(now, &response),
-            401 | 407 => self.challenged(now, &response, flight),
+            401 | 407 => self.challenged(now, &response, &flight),
             423 => match response.min_expires() {
                 Ok(min) if min > self.expires => {
                     self.expires = min;
@@ -325,7 +333,7 @@ impl Registration {
         }
     }
 
-    fn challenged(&mut self, now: Instant, response: &Message, flight: InFlight) {
+    fn challenged(&mut self, now: Instant, response: &Message, flight: &InFlight) {
         let challenge = match Challenge::best_of(response) {
             Ok(c) => c,
             Err(e) => {
@@ -341,9 +349,14 @@ impl Registration {
                 "challenged but no password is configured".into(),
             );
         }
-        // Credentials that were just refused, with a fresh (not stale)
-        // challenge, are wrong: do not loop.
-        if flight.with_credentials && !challenge.stale {
+        // Credentials refused for the very nonce they answered (and not
+        // called stale) are wrong. A new nonce is a new challenge (refreshes
+        // carry credentials for the previous one), but only so many rounds.
+        self.challenge_rounds += 1;
+        let refused =
+            flight.answered_nonce.as_deref() == Some(challenge.nonce.as_str()) && !challenge.stale;
+        if refused || self.challenge_rounds > MAX_CHALLENGE_ROUNDS {
+            self.challenge_rounds = 0;
             let code = response.status().unwrap_or(401);
             return self.finish_or_reject(
                 now,
@@ -357,7 +370,7 @@ impl Registration {
         self.send(now, flight.unregister);
     }
 
-    fn finish_or_reject(&mut self, now: Instant, flight: InFlight, code: u16, reason: String) {
+    fn finish_or_reject(&mut self, now: Instant, flight: &InFlight, code: u16, reason: String) {
         if flight.unregister {
             self.set_state(RegState::Unregistered);
         } else {
@@ -488,7 +501,7 @@ impl Registration {
             req.push("Supported", "outbound, path");
         }
         req.push("User-Agent", &self.config.user_agent);
-        let with_credentials = match (&self.challenge, &self.config.password) {
+        let answered_nonce = match (&self.challenge, &self.config.password) {
             (Some(ch), Some(password)) => {
                 self.nc += 1;
                 let cnonce = ids::token();
@@ -505,13 +518,13 @@ impl Registration {
                     },
                 );
                 req.push(ch.answer_header(), value);
-                true
+                Some(ch.nonce.clone())
             }
-            _ => false,
+            _ => None,
         };
         self.in_flight = Some(InFlight {
             attempt: self.attempt,
-            with_credentials,
+            answered_nonce,
             unregister,
         });
         self.out.push_back(RegOutput::Send {

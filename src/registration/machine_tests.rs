@@ -432,3 +432,61 @@ fn refresh_margins() {
         "never more than half"
     );
 }
+
+#[test]
+fn a_new_nonce_after_proactive_credentials_is_a_new_challenge() {
+    let mut r = Registration::new(config(&["sip:pbx"], false));
+    let t0 = Instant::now();
+    r.start(t0);
+    let (a, _, req) = sent(&mut r);
+    r.on_result(
+        t0,
+        a,
+        Ok(answer(&req, 401, &[("WWW-Authenticate", CHALLENGE)])),
+    );
+    let (a, _, req) = sent(&mut r);
+    r.on_result(t0, a, Ok(answer(&req, 200, &[])));
+    // The refresh carries credentials for n1; the registrar issued a new
+    // nonce meanwhile, without saying stale.
+    let at = r.poll_timeout().unwrap();
+    r.handle_timeout(at);
+    let (a, _, refresh) = sent(&mut r);
+    assert!(
+        refresh
+            .value(HeaderName::Authorization)
+            .unwrap()
+            .contains("nonce=\"n1\"")
+    );
+    let fresh = "Digest realm=\"pbx\", nonce=\"n9\", algorithm=MD5, qop=\"auth\"";
+    r.on_result(
+        at,
+        a,
+        Ok(answer(&refresh, 401, &[("WWW-Authenticate", fresh)])),
+    );
+    let (a, _, again) = sent(&mut r);
+    assert!(
+        again
+            .value(HeaderName::Authorization)
+            .unwrap()
+            .contains("nonce=\"n9\"")
+    );
+    r.on_result(at, a, Ok(answer(&again, 200, &[])));
+    assert!(registered_at(&r).is_some());
+}
+
+#[test]
+fn endless_new_nonces_are_cut_off() {
+    let mut r = Registration::new(config(&["sip:pbx"], false));
+    let t0 = Instant::now();
+    r.start(t0);
+    for round in 0..5 {
+        let (a, _, req) = sent(&mut r);
+        let ch = format!("Digest realm=\"pbx\", nonce=\"round{round}\", algorithm=MD5");
+        r.on_result(t0, a, Ok(answer(&req, 401, &[("WWW-Authenticate", &ch)])));
+        if matches!(r.state(), RegState::Failed { .. }) {
+            assert_eq!(round, 3, "three challenge rounds, then a rejection");
+            return;
+        }
+    }
+    panic!("never gave up: {:?}", r.state());
+}

@@ -6,6 +6,7 @@ mod support;
 mod check_config;
 mod daemon;
 mod peers;
+mod registration;
 mod rfc4475;
 mod sip;
 mod tls;

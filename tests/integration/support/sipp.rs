@@ -33,6 +33,7 @@ pub struct Sipp {
     transport: SippTransport,
     calls: u32,
     timeout: Duration,
+    keys: Vec<(String, String)>,
 }
 
 impl Sipp {
@@ -54,6 +55,7 @@ impl Sipp {
             transport: SippTransport::Udp,
             calls: 1,
             timeout: Duration::from_secs(20),
+            keys: Vec::new(),
         }
     }
 
@@ -72,6 +74,12 @@ impl Sipp {
     /// SIPp's global timeout, after which it fails (default 20 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// A `-key name value` substitution for `[name]` in the scenario.
+    pub fn key(mut self, name: &str, value: &str) -> Self {
+        self.keys.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -107,6 +115,11 @@ impl Sipp {
             .args(["-trace_msg", "-message_file"])
             .arg(dir.path().join("messages.log"))
             .current_dir(dir.path())
+            .args(
+                self.keys
+                    .iter()
+                    .flat_map(|(k, v)| ["-key", k.as_str(), v.as_str()]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
@@ -216,6 +229,19 @@ impl SippRun {
         }
     }
 
+    /// Stops SIPp now (for scenarios that never end) and collects the result.
+    pub fn stop(mut self) -> SippResult {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+        }
+        self.wait()
+    }
+
+    /// Messages logged so far.
+    pub fn messages(&self) -> String {
+        self.dir.read("messages.log")
+    }
+
     /// Logs for a failure message.
     pub fn diagnostics(&self) -> String {
         format!(
@@ -233,6 +259,60 @@ impl Drop for SippRun {
             let _ = child.wait();
         }
     }
+}
+
+/// One message in SIPp's message log.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    /// Seconds since midnight (the log's clock).
+    pub at: f64,
+    /// Whether SIPp received it (else sent it).
+    pub received: bool,
+    /// The message text.
+    pub text: String,
+}
+
+impl Logged {
+    /// The first line.
+    pub fn first_line(&self) -> &str {
+        self.text.lines().next().unwrap_or_default()
+    }
+
+    /// A header's value, matched case-insensitively on the name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.text.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Parses SIPp's `-trace_msg` log.
+pub fn logged(messages: &str) -> Vec<Logged> {
+    let mut out = Vec::new();
+    for block in messages
+        .split("----------------------------------------------- ")
+        .skip(1)
+    {
+        let mut lines = block.splitn(3, '\n');
+        let stamp = lines.next().unwrap_or_default();
+        let kind = lines.next().unwrap_or_default();
+        let text = lines
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches('\n')
+            .to_owned();
+        let time = stamp.split_whitespace().nth(1).unwrap_or("0:0:0");
+        let at = time.split(':').fold(0.0, |acc, part| {
+            acc * 60.0 + part.parse::<f64>().unwrap_or(0.0)
+        });
+        out.push(Logged {
+            at,
+            received: kind.contains("received"),
+            text,
+        });
+    }
+    out
 }
 
 /// The last row of SIPp's `;`-separated statistics file, keyed by header.
