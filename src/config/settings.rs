@@ -52,8 +52,8 @@ pub struct RegistrationSettings {
     /// First retry after a transient failure (5xx, timeout), milliseconds;
     /// doubles per failure, with ±20 % jitter.
     pub backoff_initial_ms: u64,
-    /// Longest retry interval, seconds.
-    pub backoff_max_secs: u64,
+    /// Longest retry interval, milliseconds.
+    pub backoff_max_ms: u64,
     /// Retry interval after a definitive rejection (403, refused credentials), seconds.
     pub forbidden_retry_secs: u64,
 }
@@ -62,7 +62,7 @@ impl Default for RegistrationSettings {
     fn default() -> Self {
         Self {
             backoff_initial_ms: 1000,
-            backoff_max_secs: 300,
+            backoff_max_ms: 300_000,
             forbidden_retry_secs: 600,
         }
     }

@@ -45,10 +45,10 @@ pub fn validate(s: &Settings, env: &HashMap<String, String>) -> Vec<Problem> {
             "must be at least 1",
         ));
     }
-    if r.backoff_max_secs == 0 || r.backoff_max_secs.saturating_mul(1000) < r.backoff_initial_ms {
+    if r.backoff_max_ms < r.backoff_initial_ms {
         p.push(Problem::new(
-            "registration.backoff_max_secs",
-            "must be at least 1 and not below registration.backoff_initial_ms",
+            "registration.backoff_max_ms",
+            "must not be below registration.backoff_initial_ms",
         ));
     }
     if r.forbidden_retry_secs == 0 {

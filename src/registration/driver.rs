@@ -113,7 +113,7 @@ pub fn spawn(
 ) -> (Registrations, JoinHandle<()>) {
     let backoff = Backoff {
         initial: Duration::from_millis(policy.backoff_initial_ms),
-        max: Duration::from_secs(policy.backoff_max_secs),
+        max: Duration::from_millis(policy.backoff_max_ms),
         forbidden: Duration::from_secs(policy.forbidden_retry_secs),
     };
     let accounts: Vec<Account> = accounts

@@ -268,42 +268,124 @@ fn sigterm_unregisters_answering_the_challenge() {
 }
 
 #[test]
-fn failures_in_a_row_send_one_register_per_backoff_step() {
+fn a_hundred_failures_in_a_row_send_one_register_per_backoff_step() {
     let server = registrar("registrar_503.xml", SippTransport::Udp, "60");
     let r = dialerd_registering(
         &uri(&server),
         "udp",
         "",
         &[
-            ("DIALERD__REGISTRATION__BACKOFF_INITIAL_MS", "50"),
-            ("DIALERD__REGISTRATION__BACKOFF_MAX_SECS", "1"),
+            ("DIALERD__REGISTRATION__BACKOFF_INITIAL_MS", "10"),
+            ("DIALERD__REGISTRATION__BACKOFF_MAX_MS", "20"),
         ],
     );
     let backoff = wait_state(&r.daemon, "backoff", Duration::from_secs(5));
     assert_eq!(backoff["last_error"], "503 Service Unavailable");
-    std::thread::sleep(Duration::from_secs(6));
+    let sent = wait_for(Duration::from_secs(20), || {
+        let metrics = http::get(r.daemon.http(), "/metrics").ok()?.body;
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("dialerd_registration_requests_total{account=\"acct\"}"))?;
+        let n: u64 = line.rsplit(' ').next()?.parse().ok()?;
+        (n >= 101).then_some(n)
+    });
+    assert!(sent.is_some(), "dialerd kept retrying");
     let result = server.stop();
     let log = logged(&result.messages);
     let regs = registers(&log);
-    // Steps: 50, 100, 200, 400, 800 ms, then 1 s (each ±20 %).
-    assert!(regs.len() >= 6, "kept trying: {}", regs.len());
-    assert!(
-        regs.len() <= 12,
-        "no more than one REGISTER per step: {}",
-        regs.len()
-    );
+    assert!(regs.len() >= 101, "SIPp saw {} REGISTERs", regs.len());
+    // Steps: 10 ms, then 20 ms (each -20 % .. +20 %); a timer never fires early.
     for (i, pair) in regs.windows(2).enumerate() {
-        let step = (0.05 * 2f64.powi(i as i32)).min(1.0);
+        let step = if i == 0 { 0.010 } else { 0.020 };
         let gap = pair[1].at - pair[0].at;
         assert!(
-            gap >= step * 0.8 - 0.01,
-            "REGISTER {} came {gap:.3} s after the previous, step {step:.2} s",
+            gap >= step * 0.8 - 0.001,
+            "REGISTER {} came {gap:.4} s after the previous, the step is {step} s",
             i + 2
         );
         assert_ne!(
             pair[0].header("CSeq"),
             pair[1].header("CSeq"),
-            "each is a new request, not a retransmission"
+            "each a new request, not a retransmission"
         );
+    }
+}
+
+mod tls {
+    use std::time::Duration;
+
+    use super::{dialerd_registering, wait_state};
+    use crate::support::tls::{TestPki, TlsRegistrar};
+    use crate::support::wait_for;
+
+    #[test]
+    fn registers_over_tls_with_a_ca_file() {
+        let pki = TestPki::generate();
+        let registrar = TlsRegistrar::start(pki.server_config(false), None);
+        let extra = format!("tls_ca_file = {:?}\n", pki.ca.to_str().unwrap());
+        let r = dialerd_registering(&format!("sips:{}", registrar.addr()), "tls", &extra, &[]);
+        wait_state(&r.daemon, "registered", Duration::from_secs(10));
+        registrar.with_log(|log| {
+            let (_, _, first) = &log.registers[0];
+            assert!(first.contains("Via: SIP/2.0/TLS "), "{first}");
+            assert!(first.contains(";transport=tls>"), "{first}");
+        });
+    }
+
+    #[test]
+    fn registers_over_tls_with_a_pinned_fingerprint() {
+        let pki = TestPki::generate();
+        let registrar = TlsRegistrar::start(pki.server_config(true), None);
+        let extra = format!(
+            "tls_fingerprint_sha256 = \"{}\"\n",
+            pki.self_signed_fingerprint
+        );
+        let r = dialerd_registering(&format!("sips:{}", registrar.addr()), "tls", &extra, &[]);
+        wait_state(&r.daemon, "registered", Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_wrong_ca_shows_a_clear_error_in_status() {
+        let pki = TestPki::generate();
+        let registrar = TlsRegistrar::start(pki.server_config(false), None);
+        let extra = format!("tls_ca_file = {:?}\n", pki.other_ca.to_str().unwrap());
+        let r = dialerd_registering(&format!("sips:{}", registrar.addr()), "tls", &extra, &[]);
+        let a = wait_state(&r.daemon, "backoff", Duration::from_secs(10));
+        let error = a["last_error"].as_str().unwrap();
+        assert!(
+            error.contains("TLS handshake with")
+                && error.contains("invalid peer certificate: UnknownIssuer"),
+            "{error}"
+        );
+        registrar.with_log(|log| {
+            assert!(
+                log.registers.is_empty(),
+                "nothing sent over an untrusted connection"
+            )
+        });
+    }
+
+    #[test]
+    fn a_closed_tls_connection_is_re_registered_within_two_seconds() {
+        let pki = TestPki::generate();
+        let registrar =
+            TlsRegistrar::start(pki.server_config(false), Some(Duration::from_millis(500)));
+        let extra = format!("tls_ca_file = {:?}\n", pki.ca.to_str().unwrap());
+        let r = dialerd_registering(&format!("sips:{}", registrar.addr()), "tls", &extra, &[]);
+        wait_state(&r.daemon, "registered", Duration::from_secs(10));
+        let again = wait_for(Duration::from_secs(5), || {
+            registrar.with_log(|log| {
+                let closed = log.closed_first?;
+                let next = log.registers.iter().find(|(_, conn, _)| *conn == 1)?;
+                Some(next.0 - closed)
+            })
+        });
+        let gap = again
+            .unwrap_or_else(|| panic!("no REGISTER on a new connection; log:\n{}", r.daemon.log()));
+        assert!(
+            gap < Duration::from_secs(2),
+            "re-registered {gap:?} after the close"
+        );
+        wait_state(&r.daemon, "registered", Duration::from_secs(2));
     }
 }

@@ -237,11 +237,6 @@ impl SippRun {
         self.wait()
     }
 
-    /// Messages logged so far.
-    pub fn messages(&self) -> String {
-        self.dir.read("messages.log")
-    }
-
     /// Logs for a failure message.
     pub fn diagnostics(&self) -> String {
         format!(

@@ -294,3 +294,132 @@ pub fn tls_options(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::
     tls.flush()?;
     read_message(&mut tls)
 }
+
+/// What a [`TlsRegistrar`] saw.
+#[derive(Debug, Default)]
+pub struct RegistrarLog {
+    /// Each REGISTER: when, on which connection (0, 1, ...), and the text.
+    pub registers: Vec<(Instant, usize, String)>,
+    /// When the registrar closed connection 0.
+    pub closed_first: Option<Instant>,
+    /// Handshake or I/O errors, by connection.
+    pub errors: Vec<String>,
+}
+
+/// A registrar over TLS (blocking rustls): answers every REGISTER with 200
+/// and the Contact with expires=60; optionally closes the first connection
+/// a moment after its first answer. Serves up to three connections in 15 s.
+pub struct TlsRegistrar {
+    addr: SocketAddr,
+    log: Arc<std::sync::Mutex<RegistrarLog>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TlsRegistrar {
+    /// Starts listening on a free loopback port.
+    pub fn start(config: Arc<rustls::ServerConfig>, close_first_after: Option<Duration>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind registrar");
+        let addr = listener.local_addr().expect("registrar address");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let log = Arc::new(std::sync::Mutex::new(RegistrarLog::default()));
+        let shared = log.clone();
+        let thread = std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(15);
+            let mut index = 0;
+            let mut workers = Vec::new();
+            while index < 3 && Instant::now() < end {
+                let Ok((tcp, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let (config, log) = (config.clone(), shared.clone());
+                let close = if index == 0 { close_first_after } else { None };
+                let conn = index;
+                workers.push(std::thread::spawn(move || {
+                    serve_registrar(tcp, config, conn, close, &log)
+                }));
+                index += 1;
+            }
+            for w in workers {
+                let _ = w.join();
+            }
+        });
+        Self {
+            addr,
+            log,
+            thread: Some(thread),
+        }
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Runs `f` on the log so far.
+    pub fn with_log<T>(&self, f: impl FnOnce(&RegistrarLog) -> T) -> T {
+        f(&self.log.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Drop for TlsRegistrar {
+    fn drop(&mut self) {
+        // The serving threads end by their own timeouts; do not wait here.
+        drop(self.thread.take());
+    }
+}
+
+fn serve_registrar(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    conn: usize,
+    close_after: Option<Duration>,
+    log: &std::sync::Mutex<RegistrarLog>,
+) {
+    let record = |f: &mut dyn FnMut(&mut RegistrarLog)| {
+        f(&mut log.lock().unwrap_or_else(|e| e.into_inner()))
+    };
+    let _ = tcp.set_nonblocking(false);
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(12)));
+    let Ok(server) = rustls::ServerConnection::new(config) else {
+        return;
+    };
+    let mut tls = rustls::StreamOwned::new(server, tcp);
+    loop {
+        let request = match read_message(&mut tls) {
+            Ok(r) => r,
+            Err(e) => {
+                record(&mut |l| l.errors.push(format!("connection {conn}: {e}")));
+                return;
+            }
+        };
+        let now = Instant::now();
+        record(&mut |l| l.registers.push((now, conn, request.clone())));
+        let contact = request
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("contact:"))
+            .unwrap_or("Contact: <sip:unknown@127.0.0.1>")
+            .to_owned();
+        let mut answer = ok_for(&request);
+        answer.insert_str(
+            answer.len() - "Content-Length: 0\r\n\r\n".len(),
+            &format!("{contact};expires=60\r\n"),
+        );
+        if tls
+            .write_all(answer.as_bytes())
+            .and_then(|()| tls.flush())
+            .is_err()
+        {
+            return;
+        }
+        if let Some(wait) = close_after {
+            std::thread::sleep(wait);
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+            let _ = tls.sock.shutdown(std::net::Shutdown::Both);
+            let at = Instant::now();
+            record(&mut |l| l.closed_first = Some(at));
+            return;
+        }
+    }
+}
