@@ -87,11 +87,17 @@ impl ConfigArgs {
     }
 }
 
+/// Writes command output to stdout; a closed pipe (`| head`) is not an error.
+fn say(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_fmt(text);
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => {
-            println!("dialerd {}", env!("CARGO_PKG_VERSION"));
+            say(format_args!("dialerd {}\n", env!("CARGO_PKG_VERSION")));
             ExitCode::SUCCESS
         }
         Command::CheckConfig(args) => check_config(&args),
@@ -124,15 +130,15 @@ fn probe(args: &ProbeArgs) -> ExitCode {
     };
     match runtime.block_on(dialerd::probe::probe(&opts)) {
         Ok(answer) => {
-            println!(
-                "{} answered {} {} in {:.1} ms",
+            say(format_args!(
+                "{} answered {} {} in {:.1} ms\n",
                 answer.target,
                 answer.status,
                 answer.reason,
                 answer.elapsed.as_secs_f64() * 1000.0
-            );
+            ));
             for h in answer.response.headers() {
-                println!("  {}: {}", h.raw_name, h.value());
+                say(format_args!("  {}: {}\n", h.raw_name, h.value()));
             }
             ExitCode::SUCCESS
         }
@@ -175,9 +181,10 @@ fn check_config(args: &ConfigArgs) -> ExitCode {
     };
     match config::render_effective(&settings) {
         Ok(text) => {
-            println!("# dialerd effective configuration (secrets redacted)");
-            println!("# sources: {}", describe_sources(&sources));
-            print!("{text}");
+            say(format_args!(
+                "# dialerd effective configuration (secrets redacted)\n# sources: {}\n{text}",
+                describe_sources(&sources)
+            ));
             ExitCode::SUCCESS
         }
         Err(e) => {
