@@ -258,6 +258,18 @@ const BROKEN: &[Broken] = &[
         expect: "sip.udp_listen[1]: invalid socket address syntax",
     },
     Broken {
+        what: "backoff cap below the first step",
+        file: "[registration]\nbackoff_initial_ms = 5000\nbackoff_max_ms = 1000\n",
+        env: &[],
+        expect: "registration.backoff_max_ms: must not be below registration.backoff_initial_ms",
+    },
+    Broken {
+        what: "bad failover registrar",
+        file: "[[accounts]]\nname = \"a\"\nregistrar = \"sip:pbx\"\nusername = \"1\"\nfailover_registrars = [\"pbx2\"]\n",
+        env: &[],
+        expect: "accounts[0].failover_registrars[0]: \"pbx2\" is not a sip: or sips: URI",
+    },
+    Broken {
         what: "public address variable not set",
         file: "[instance.public_address]\nsource = \"env\"\nvar = \"DIALERD_TEST_UNSET_IP\"\n",
         env: &[],
