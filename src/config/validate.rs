@@ -119,10 +119,10 @@ fn check_instance(s: &Settings, env: &HashMap<String, String>, p: &mut Vec<Probl
                     format!("not a valid URL ({e})"),
                 )),
             }
-            if pa.timeout_ms == 0 {
+            if !(1..=60_000).contains(&pa.timeout_ms) {
                 p.push(Problem::new(
                     "instance.public_address.timeout_ms",
-                    "must be at least 1",
+                    "must be within 1..=60000",
                 ));
             }
         }
@@ -188,8 +188,20 @@ fn check_sip(s: &Settings, p: &mut Vec<Problem>) {
             "must be at least 1",
         ));
     }
-    if sip.idle_timeout_secs == 0 {
-        p.push(Problem::new("sip.idle_timeout_secs", "must be at least 1"));
+    if !(1..=86_400).contains(&sip.idle_timeout_secs) {
+        p.push(Problem::new(
+            "sip.idle_timeout_secs",
+            "must be within 1..=86400",
+        ));
+    }
+    for (key, ms) in [
+        ("sip.t1_ms", sip.t1_ms),
+        ("sip.t2_ms", sip.t2_ms),
+        ("sip.t4_ms", sip.t4_ms),
+    ] {
+        if ms > 60_000 {
+            p.push(Problem::new(key, format!("{ms} is above 60000")));
+        }
     }
     if sip.user_agent.trim().is_empty() {
         p.push(Problem::new("sip.user_agent", "must not be empty"));
@@ -309,8 +321,11 @@ fn check_redis(s: &Settings, p: &mut Vec<Problem>) {
             format!("{:?} must be non-empty without spaces or ':'", r.prefix),
         ));
     }
-    if r.keepalive_secs == 0 {
-        p.push(Problem::new("redis.keepalive_secs", "must be at least 1"));
+    if !(1..=3600).contains(&r.keepalive_secs) {
+        p.push(Problem::new(
+            "redis.keepalive_secs",
+            "must be within 1..=3600",
+        ));
     }
     if let Some(path) = &r.tls_ca_file {
         check_pem_file("redis.tls_ca_file", path, p);
@@ -367,6 +382,12 @@ pub fn check_sip_uri(uri: &str) -> Result<(), String> {
     } else {
         return Err(format!("{uri:?} is not a sip: or sips: URI"));
     };
+    if let Some((userinfo, _)) = rest.rsplit_once('@')
+        && userinfo.contains(':')
+    {
+        // Never echo the URI here: it holds a password.
+        return Err("holds a password; set it in password or password_file".to_owned());
+    }
     let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     let hostport = rest.split([';', '?']).next().unwrap_or_default();
     let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
@@ -423,6 +444,7 @@ mod tests {
             "sip:host:99999",
             "sip:[2001:db8::1",
             "sip:ho st",
+            "sip:1001:secret@pbx",
             "http://x",
         ] {
             assert!(check_sip_uri(bad).is_err(), "{bad}");

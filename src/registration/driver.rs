@@ -19,6 +19,9 @@ use crate::sip::stack::{Request, RequestError, Stack, StackEvent, TlsClient};
 use crate::sip::target::Target;
 use crate::sip::transport::tls::{self, Trust};
 
+/// Longest a registrar name lookup may take.
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Published state of one account (in `/status`, and later on Redis).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AccountStatus {
@@ -264,8 +267,8 @@ async fn run(
                     a.machine.on_result(now, outcome.attempt, outcome.result);
                 }
             }
-            event = events.recv() => match event {
-                Some(StackEvent::FlowClosed { flow, transport, remote, reason }) => {
+            Some(event) = events.recv() => match event {
+                StackEvent::FlowClosed { flow, transport, remote, reason } => {
                     tracing::info!(%flow, %transport, %remote, reason = reason.label(), "SIP connection closed");
                     let now = Instant::now();
                     for a in &mut accounts {
@@ -275,10 +278,9 @@ async fn run(
                         }
                     }
                 }
-                Some(StackEvent::FlowOpened { flow, transport, remote, outbound }) => {
+                StackEvent::FlowOpened { flow, transport, remote, outbound } => {
                     tracing::debug!(%flow, %transport, %remote, outbound, "SIP connection opened");
                 }
-                None => {}
             },
             command = commands.recv() => match command {
                 Some(Command::Stop(done)) => {
@@ -384,8 +386,15 @@ impl Job {
             } else {
                 5060
             });
-        let addr = tokio::net::lookup_host((host.as_str(), port))
-            .await
+        let lookup =
+            tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host.as_str(), port)))
+                .await
+                .map_err(|_| {
+                    fail(format!(
+                        "cannot resolve {host}: no answer within {DNS_TIMEOUT:?}"
+                    ))
+                })?;
+        let addr = lookup
             .map_err(|e| fail(format!("cannot resolve {host}: {e}")))?
             .next()
             .ok_or_else(|| fail(format!("cannot resolve {host}: no address")))?;

@@ -149,6 +149,7 @@ pub struct Registration {
     failures: u32,
     refresh_at: Option<Instant>,
     retry_at: Option<Instant>,
+    registered_at: Option<Instant>,
     stopping: bool,
     out: VecDeque<RegOutput>,
 }
@@ -160,6 +161,11 @@ struct InFlight {
     answered_nonce: Option<String>,
     unregister: bool,
 }
+
+/// Least time between a registration and the re-REGISTER a lost flow
+/// triggers, so a registrar that closes every connection cannot cause a
+/// storm.
+const MIN_REREGISTER_GAP: Duration = Duration::from_secs(1);
 
 /// Challenge rounds in a row (without a final answer) before giving up.
 const MAX_CHALLENGE_ROUNDS: u32 = 3;
@@ -193,6 +199,7 @@ impl Registration {
             failures: 0,
             refresh_at: None,
             retry_at: None,
+            registered_at: None,
             stopping: false,
             out: VecDeque::new(),
         }
@@ -257,11 +264,18 @@ impl Registration {
     /// The connection the registration used is gone: register again at once
     /// over a new one (unless an attempt or a backoff is already under way).
     pub fn flow_closed(&mut self, now: Instant) {
-        if !self.stopping
-            && self.in_flight.is_none()
-            && matches!(self.state, RegState::Registered { .. })
+        if self.stopping
+            || self.in_flight.is_some()
+            || !matches!(self.state, RegState::Registered { .. })
         {
+            return;
+        }
+        let earliest = self.registered_at.map_or(now, |t| t + MIN_REREGISTER_GAP);
+        if now >= earliest {
             self.send(now, false);
+        } else {
+            self.refresh_at = None;
+            self.retry_at = Some(earliest);
         }
     }
 
@@ -385,6 +399,7 @@ impl Registration {
         }
         self.failures = 0;
         self.retry_at = None;
+        self.registered_at = Some(now);
         let lifetime = Duration::from_secs(u64::from(granted));
         self.refresh_at = Some(now + lifetime - refresh_margin(lifetime));
         self.set_state(RegState::Registered {
@@ -421,7 +436,9 @@ impl Registration {
             .initial
             .saturating_mul(1u32 << (self.failures - 1).min(20))
             .min(b.max);
-        let delay = jitter(exp).max(retry_after.unwrap_or_default());
+        // Retry-After is honoured, up to the longer of our two intervals.
+        let cap = b.max.max(b.forbidden);
+        let delay = jitter(exp).max(retry_after.unwrap_or_default().min(cap));
         self.schedule_retry(now + delay);
         self.set_state(RegState::Backoff {
             until: now + delay,

@@ -381,6 +381,15 @@ fn a_lost_flow_re_registers_at_once_only_when_registered() {
     r.start(t0);
     let (a, _, req) = sent(&mut r);
     r.on_result(t0, a, Ok(answer(&req, 200, &[])));
+    r.flow_closed(t0 + Duration::from_millis(300));
+    assert!(
+        nothing_sent(&mut r),
+        "not sooner than 1 s after registering"
+    );
+    assert_eq!(r.poll_timeout(), Some(t0 + SECS(1)));
+    r.handle_timeout(t0 + SECS(1));
+    let (a, _, req) = sent(&mut r);
+    r.on_result(t0 + SECS(1), a, Ok(answer(&req, 200, &[])));
     r.flow_closed(t0 + SECS(5));
     let (a, _, _) = sent(&mut r);
     r.on_result(t0, a, Err(Failure::Transport("refused".into())));

@@ -195,7 +195,7 @@ impl Challenge {
 }
 
 /// What a request answering a challenge is made of.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Attempt<'a> {
     /// Digest user name.
     pub username: &'a str,
@@ -211,6 +211,18 @@ pub struct Attempt<'a> {
     pub nc: u32,
     /// Client nonce.
     pub cnonce: &'a str,
+}
+
+impl std::fmt::Debug for Attempt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt")
+            .field("username", &self.username)
+            .field("password", &crate::config::REDACTED)
+            .field("method", &self.method)
+            .field("uri", &self.uri)
+            .field("nc", &self.nc)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The `response` value (RFC 7616 §3.4.1).

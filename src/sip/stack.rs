@@ -19,7 +19,7 @@ use super::endpoint;
 use super::ids;
 use super::message::{Framing, Limits, Message, Method, OutMessage, Via};
 use super::target::{FlowId, Target, Transport};
-use super::transaction::{Event, Output, Timers, Transactions, TxnError, TxnId, response_target};
+use super::transaction::{Event, Output, Timers, Transactions, TxnId, response_target};
 use super::transport::{self, CloseReason, FlowIds, Inbound, SourceLimits, TransportLimits};
 use crate::config::IpNet;
 pub use crate::config::Untrusted;
@@ -295,6 +295,7 @@ impl Stack {
             tls_for: HashMap::new(),
             keepalive: HashMap::new(),
             pending: HashMap::new(),
+            pending_flow: HashMap::new(),
             failures: HashMap::new(),
             locals: locals.clone(),
             ids,
@@ -399,6 +400,7 @@ struct Core {
     tls_for: HashMap<SocketAddr, TlsClient>,
     keepalive: HashMap<PeerKey, Option<Duration>>,
     pending: HashMap<TxnId, oneshot::Sender<Result<Message, RequestError>>>,
+    pending_flow: HashMap<TxnId, FlowId>,
     failures: HashMap<TxnId, String>,
     locals: Arc<Vec<(Transport, SocketAddr)>>,
     ids: Arc<FlowIds>,
@@ -481,6 +483,18 @@ impl Core {
                 });
             }
             Inbound::Closed { flow, reason } => {
+                // Requests still waiting on this connection fail now rather
+                // than at Timer F: nothing will come back over it.
+                let stranded: Vec<TxnId> = self
+                    .pending_flow
+                    .iter()
+                    .filter(|(_, f)| **f == flow)
+                    .map(|(t, _)| *t)
+                    .collect();
+                for txn in stranded {
+                    self.pending_flow.remove(&txn);
+                    self.send_failed(Some(txn), format!("connection closed ({})", reason.label()));
+                }
                 if let Some(entry) = self.flows.remove(&flow) {
                     if self.by_remote.get(&(entry.transport, entry.remote)) == Some(&flow) {
                         self.by_remote.remove(&(entry.transport, entry.remote));
@@ -688,15 +702,21 @@ impl Core {
             }
             return;
         }
-        let flow = target
-            .flow
-            .filter(|f| self.flows.contains_key(f))
-            .or_else(|| {
-                self.by_remote
-                    .get(&(target.transport, target.addr))
-                    .copied()
-            });
-        if let Some(flow) = flow {
+        if let Some(flow) = target.flow {
+            // Pinned to a connection (a response, or a request on a peer's
+            // flow): never dial the peer's ephemeral port when it is gone.
+            if self.flows.contains_key(&flow) {
+                self.write_flow(flow, txn, data);
+            } else {
+                self.send_failed(txn, format!("{flow} to {} is closed", target.addr));
+            }
+            return;
+        }
+        if let Some(flow) = self
+            .by_remote
+            .get(&(target.transport, target.addr))
+            .copied()
+        {
             self.write_flow(flow, txn, data);
             return;
         }
@@ -716,6 +736,16 @@ impl Core {
         } else {
             None
         };
+        if self.flows.len() + self.connecting.len() >= self.config.limits.max_connections {
+            self.send_failed(
+                txn,
+                format!(
+                    "connection limit reached; not connecting to {}",
+                    target.addr
+                ),
+            );
+            return;
+        }
         self.connecting.insert(key, vec![(txn, data)]);
         tokio::spawn(transport::connect(
             target.transport,
@@ -733,6 +763,9 @@ impl Core {
             self.send_failed(txn, format!("{flow} is closed"));
             return;
         };
+        if let Some(txn) = txn.filter(|t| self.pending.contains_key(t)) {
+            self.pending_flow.insert(txn, flow);
+        }
         if let Err(e) = entry.outbox.try_send(data) {
             let why = match e {
                 mpsc::error::TrySendError::Full(_) => "write queue full",
@@ -746,7 +779,7 @@ impl Core {
     fn send_failed(&mut self, txn: Option<TxnId>, error: String) {
         tracing::debug!(%error, "send failed");
         self.metrics.dropped("send_failed");
-        if let Some(txn) = txn {
+        if let Some(txn) = txn.filter(|t| self.txns.state(*t).is_some()) {
             self.failures.insert(txn, error);
             self.txns.transport_error(txn);
         }
@@ -763,6 +796,7 @@ impl Core {
                 if response.status().is_some_and(|c| c >= 200)
                     && let Some(reply) = self.pending.remove(&txn)
                 {
+                    self.pending_flow.remove(&txn);
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -787,12 +821,18 @@ impl Core {
     }
 
     fn fail(&mut self, txn: TxnId, error: RequestError) {
+        self.pending_flow.remove(&txn);
         if let Some(reply) = self.pending.remove(&txn) {
             let _ = reply.send(Err(error));
         }
     }
 
     fn answer(&mut self, txn: TxnId, request: &Message, source: Target) {
+        // The transaction may already have ended (its connection failed
+        // while the request event was queued): nothing to answer on.
+        if self.txns.state(txn).is_none() {
+            return;
+        }
         let now = std::time::Instant::now();
         let decided = if request.method() == Some(Method::Cancel) {
             match self.txns.cancelled_invite(request) {
@@ -823,7 +863,6 @@ impl Core {
         response.push("Server", &self.config.user_agent);
         if let Err(e) = self.txns.respond(now, txn, answer.code, response.encode()) {
             tracing::warn!(error = %e, "could not respond");
-            debug_assert!(!matches!(e, TxnError::Unknown));
         }
     }
 }

@@ -184,9 +184,9 @@ fn a_request_arrives_over_the_connection_dialerd_opened() {
     assert!(answer.contains("Call-ID: peer-call-1"), "{answer}");
 }
 
-/// A plain TCP peer that answers one OPTIONS, then answers pings with
-/// pongs (or not), counting the pings.
-fn keepalive_peer(pong: bool) -> (SocketAddr, std::thread::JoinHandle<usize>) {
+/// A plain TCP peer that answers one OPTIONS, then answers the first
+/// `pongs` pings with pongs and ignores the rest, counting the pings.
+fn keepalive_peer(pongs: usize) -> (SocketAddr, std::thread::JoinHandle<usize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let thread = std::thread::spawn(move || {
@@ -201,7 +201,7 @@ fn keepalive_peer(pong: bool) -> (SocketAddr, std::thread::JoinHandle<usize>) {
             match s.read_exact(&mut buf) {
                 Ok(()) if &buf == b"\r\n\r\n" => {
                     pings += 1;
-                    if pong {
+                    if pings <= pongs {
                         let _ = s.write_all(b"\r\n");
                     }
                 }
@@ -253,24 +253,72 @@ fn options_with_keepalive(addr: SocketAddr, watch: Duration) -> (Option<CloseRea
 
 #[test]
 fn a_dead_flow_is_detected_within_two_keepalive_intervals() {
-    let (addr, peer) = keepalive_peer(false);
-    let (reason, elapsed) = options_with_keepalive(addr, Duration::from_secs(4));
+    // Pings at 1 s (answered) and 2 s (not): dead at 3 s, two intervals
+    // after the last sign of life.
+    let (addr, peer) = keepalive_peer(1);
+    let (reason, elapsed) = options_with_keepalive(addr, Duration::from_secs(5));
     assert_eq!(reason, Some(CloseReason::KeepaliveTimeout));
     assert!(
-        elapsed <= Duration::from_millis(2500),
+        elapsed <= Duration::from_millis(3500),
         "detected after {elapsed:?}"
     );
     assert!(
-        elapsed >= Duration::from_millis(1900),
+        elapsed >= Duration::from_millis(2900),
         "one unanswered ping is not yet dead: {elapsed:?}"
     );
-    assert_eq!(peer.join().unwrap(), 1, "one ping, unanswered");
+    assert_eq!(peer.join().unwrap(), 2, "two pings, the second unanswered");
+}
+
+#[test]
+fn a_peer_that_never_answers_pings_keeps_its_flow() {
+    let (addr, peer) = keepalive_peer(0);
+    let (reason, _) = options_with_keepalive(addr, Duration::from_millis(3500));
+    assert_eq!(
+        reason, None,
+        "no RFC 5626 pongs: pings continue as NAT keepalives"
+    );
+    assert!(peer.join().unwrap() >= 3);
 }
 
 #[test]
 fn a_flow_answering_pongs_stays_open() {
-    let (addr, peer) = keepalive_peer(true);
+    let (addr, peer) = keepalive_peer(usize::MAX);
     let (reason, _) = options_with_keepalive(addr, Duration::from_millis(3500));
     assert_eq!(reason, None, "no close while pongs arrive");
     assert!(peer.join().unwrap() >= 3, "pinged about once a second");
+}
+
+#[test]
+fn a_request_on_a_connection_that_closes_fails_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = read_message(&mut s);
+        // Closes without answering.
+    });
+    let started = Instant::now();
+    let outcome = runtime().block_on(async {
+        let (stack, _events, _core) =
+            Stack::start(StackConfig::default(), Arc::new(SipMetrics::default()))
+                .await
+                .unwrap();
+        stack
+            .request(Request {
+                message: options(&format!("sip:{addr};transport=tcp")),
+                target: Target::new(Transport::Tcp, addr),
+                tls: None,
+                keepalive: None,
+            })
+            .await
+    });
+    peer.join().unwrap();
+    let error = outcome.unwrap_err().to_string();
+    assert!(error.contains("connection closed (peer_closed)"), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "not at Timer F: {:?}",
+        started.elapsed()
+    );
 }

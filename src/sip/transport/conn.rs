@@ -20,9 +20,13 @@ pub struct ConnOptions {
     pub max_message: usize,
     /// Close after this long without traffic.
     pub idle_timeout: Duration,
-    /// Send a CRLF CRLF ping this often and require a pong before the next
-    /// one (a dead flow is found within two intervals); `None` sends none.
+    /// Send a CRLF CRLF ping this often; once the peer has answered a ping,
+    /// require a pong before the next one (a dead flow is then found within
+    /// two intervals). A peer that never answers pings (no RFC 5626 support)
+    /// keeps getting them as NAT keepalives. `None` sends none.
     pub keepalive: Option<Duration>,
+    /// Longest a single write may block (a peer that stops reading).
+    pub write_timeout: Duration,
 }
 
 impl ConnOptions {
@@ -32,6 +36,7 @@ impl ConnOptions {
             max_message: limits.max_message,
             idle_timeout: limits.idle_timeout,
             keepalive,
+            write_timeout: limits.write_timeout,
         }
     }
 }
@@ -75,6 +80,7 @@ where
     let mut buf = vec![0u8; 16 * 1024];
     let mut last_activity = Instant::now();
     let mut ping_outstanding = false;
+    let mut pong_seen = false;
     let keepalive = opts.keepalive.unwrap_or(Duration::from_secs(86_400 * 365));
     let mut next_ping = Instant::now() + keepalive;
     loop {
@@ -97,31 +103,34 @@ where
                             }
                         }
                         Ok(Some(Frame::Ping)) => {
-                            if let Err(e) = stream.write_all(b"\r\n").await {
-                                return CloseReason::Io(e.to_string());
+                            if let Err(e) = write(&mut stream, b"\r\n", opts.write_timeout).await {
+                                return e;
                             }
                         }
-                        Ok(Some(Frame::Pong)) => ping_outstanding = false,
+                        Ok(Some(Frame::Pong)) => {
+                            ping_outstanding = false;
+                            pong_seen = true;
+                        }
                         Err(e) => return CloseReason::Framing(e),
                     }
                 }
             }
             queued = outbox.recv() => {
                 let Some(data) = queued else {
-                    let _ = stream.shutdown().await;
+                    let _ = tokio::time::timeout(opts.write_timeout, stream.shutdown()).await;
                     return CloseReason::Shutdown;
                 };
-                if let Err(e) = stream.write_all(&data).await {
-                    return CloseReason::Io(e.to_string());
+                if let Err(e) = write(&mut stream, &data, opts.write_timeout).await {
+                    return e;
                 }
                 last_activity = Instant::now();
             }
             () = tokio::time::sleep_until(next_ping), if opts.keepalive.is_some() => {
-                if ping_outstanding {
+                if ping_outstanding && pong_seen {
                     return CloseReason::KeepaliveTimeout;
                 }
-                if let Err(e) = stream.write_all(b"\r\n\r\n").await {
-                    return CloseReason::Io(e.to_string());
+                if let Err(e) = write(&mut stream, b"\r\n\r\n", opts.write_timeout).await {
+                    return e;
                 }
                 ping_outstanding = true;
                 framer.expect_pong(true);
@@ -130,5 +139,18 @@ where
             // Recomputed from the last activity on every turn: firing means idle.
             () = tokio::time::sleep_until(idle_deadline) => return CloseReason::Idle,
         }
+    }
+}
+
+/// Writes everything within `limit`.
+async fn write<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    data: &[u8],
+    limit: Duration,
+) -> Result<(), CloseReason> {
+    match tokio::time::timeout(limit, stream.write_all(data)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(CloseReason::Io(e.to_string())),
+        Err(_) => Err(CloseReason::Io(format!("write blocked for {limit:?}"))),
     }
 }

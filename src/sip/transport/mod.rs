@@ -80,7 +80,7 @@ pub enum CloseReason {
     Io(String),
     /// The stream could not be framed.
     Framing(FramerError),
-    /// No pong to a CRLF keepalive ping within one keepalive interval.
+    /// A peer that answers pings missed a pong for one keepalive interval.
     KeepaliveTimeout,
     /// No traffic for the idle timeout.
     Idle,
@@ -126,6 +126,8 @@ pub struct TransportLimits {
     pub idle_timeout: Duration,
     /// Longest TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
+    /// Longest a single write may block.
+    pub write_timeout: Duration,
 }
 
 impl Default for TransportLimits {
@@ -136,6 +138,7 @@ impl Default for TransportLimits {
             max_connections_per_source: 32,
             idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
