@@ -3,6 +3,7 @@
 //! The library holds every part of the daemon; `main.rs` is only the CLI.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod health;
 pub mod http;
