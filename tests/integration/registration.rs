@@ -311,6 +311,34 @@ fn a_hundred_failures_in_a_row_send_one_register_per_backoff_step() {
     }
 }
 
+#[test]
+fn a_failing_primary_fails_over_to_the_secondary_registrar() {
+    let primary = registrar("registrar_503_once.xml", SippTransport::Udp, "60");
+    let secondary = registrar("registrar_auth.xml", SippTransport::Udp, "60");
+    let secondary_uri = uri(&secondary);
+    let extra = format!("failover_registrars = [\"{secondary_uri}\"]\n");
+    let r = dialerd_registering(&uri(&primary), "udp", &extra, &[]);
+    let a = wait_state(&r.daemon, "registered", Duration::from_secs(10));
+    assert_eq!(
+        a["registrar"], secondary_uri,
+        "registered with the secondary"
+    );
+    let first = primary.wait();
+    assert_eq!(first.exit_code, Some(0), "{}", first.errors);
+    let second = secondary.wait();
+    let log = logged(&second.messages);
+    let regs = registers(&log);
+    assert_eq!(
+        regs[0].first_line(),
+        format!("REGISTER {secondary_uri} SIP/2.0")
+    );
+    assert_eq!(
+        regs[0].header("CSeq"),
+        Some("2 REGISTER"),
+        "after one failure at the primary"
+    );
+}
+
 mod tls {
     use std::time::Duration;
 
