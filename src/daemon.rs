@@ -113,6 +113,20 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
             metrics: shared.metrics.registration.clone(),
         },
     );
+    let control = settings.redis.enabled.then(|| {
+        shared
+            .redis_enabled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        crate::control::spawn(
+            crate::control::ChannelConfig {
+                redis: settings.redis.clone(),
+                instance: settings.instance.id.clone(),
+                dedup_window: Duration::from_secs(settings.redis.dedup_window_secs),
+            },
+            shared.clone(),
+            registrations.clone(),
+        )
+    });
     shared.lifecycle.started();
     tracing::info!(
         instance = %shared.instance_id,
@@ -137,6 +151,12 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
             registration_task.abort();
         }
         let _ = registration_task.await;
+    });
+    steps.add("control_channel", async move {
+        if let Some((channel, task)) = control {
+            channel.stop(Duration::from_secs(2)).await;
+            task.abort();
+        }
     });
     steps.add("sip_stack", async move {
         stack.shutdown().await;

@@ -104,6 +104,15 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     shared.metrics.ready.set(i64::from(shared.is_ready()));
     {
+        let redis = shared.redis.borrow();
+        let m = &shared.metrics;
+        m.redis_connected.set(i64::from(redis.connected));
+        m.redis_reconnects
+            .set(i64::try_from(redis.reconnects).unwrap_or(i64::MAX));
+        m.events_dropped
+            .set(i64::try_from(redis.events_dropped).unwrap_or(i64::MAX));
+    }
+    {
         let accounts = shared.accounts.borrow();
         shared
             .metrics

@@ -33,8 +33,28 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Send one OPTIONS to a SIP peer and print its answer (exit 0 on any final response).
     Probe(ProbeArgs),
+    /// Send a command over the Redis control channel and print its result
+    /// (exit 0 when ok, 1 on an error result or no result in time).
+    Ctl(CtlArgs),
     /// Print the version.
     Version,
+}
+
+/// Arguments of `dialerd ctl`.
+#[derive(Debug, Args)]
+struct CtlArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Instance to address (default: `instance.id` of the configuration); `all` for every instance.
+    #[arg(long)]
+    instance: Option<String>,
+    /// Seconds to wait for the result.
+    #[arg(long, default_value_t = 5)]
+    timeout_secs: u64,
+    /// Command type: ping, status, register, unregister, drain.
+    command: String,
+    /// Account, for register and unregister.
+    account: Option<String>,
 }
 
 /// Arguments of `dialerd probe`.
@@ -103,6 +123,57 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => check_config(&args),
         Command::Run(args) => run(&args, cli.log_format),
         Command::Probe(args) => probe(&args),
+        Command::Ctl(args) => ctl(&args),
+    }
+}
+
+fn ctl(args: &CtlArgs) -> ExitCode {
+    let settings = match load_or_report(&args.config.sources()) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let instance = match args.instance.as_deref() {
+        Some("all") => None,
+        Some(i) => Some(i.to_owned()),
+        None => Some(settings.instance.id.clone()),
+    };
+    let cmd_args = match &args.account {
+        Some(a) => serde_json::json!({ "account": a }),
+        None => serde_json::json!({}),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    dialerd::sip::transport::tls::install_default_provider();
+    let timeout = std::time::Duration::from_secs(args.timeout_secs.max(1));
+    let sent = runtime.block_on(dialerd::control::ctl::send(
+        &settings,
+        instance.as_deref(),
+        &args.command,
+        cmd_args,
+        timeout,
+    ));
+    match sent {
+        Ok(result) => {
+            let text = serde_json::to_string_pretty(&result).unwrap_or_default();
+            say(format_args!("{text}\n"));
+            if result["ok"] == true {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
 }
 

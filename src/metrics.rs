@@ -201,6 +201,12 @@ pub struct Metrics {
     pub sip: std::sync::Arc<SipMetrics>,
     /// Registration metrics.
     pub registration: std::sync::Arc<RegistrationMetrics>,
+    /// 1 when the control channel is connected; set at scrape.
+    pub redis_connected: Gauge,
+    /// Control-channel reconnections; set at scrape from the channel's count.
+    pub redis_reconnects: Gauge,
+    /// Events lost to a full buffer; set at scrape.
+    pub events_dropped: Gauge,
 }
 
 impl Metrics {
@@ -237,7 +243,28 @@ impl Metrics {
         sip.register(&mut registry);
         let registration = std::sync::Arc::new(RegistrationMetrics::default());
         registration.register(&mut registry);
+        let redis_connected = Gauge::default();
+        registry.register(
+            "redis_connected",
+            "1 when the control channel is connected",
+            redis_connected.clone(),
+        );
+        let redis_reconnects = Gauge::default();
+        registry.register(
+            "redis_reconnects",
+            "Control-channel reconnections since start",
+            redis_reconnects.clone(),
+        );
+        let events_dropped = Gauge::default();
+        registry.register(
+            "events_dropped",
+            "Events lost to a full buffer while Redis was away",
+            events_dropped.clone(),
+        );
         Self {
+            redis_connected,
+            redis_reconnects,
+            events_dropped,
             registration,
             registry,
             http_requests,

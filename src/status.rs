@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::control::ChannelStatus;
 use crate::health::{Check, Heartbeat, Readiness};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics::Metrics;
@@ -34,6 +35,10 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Account registration states; the registration task is the one writer.
     pub accounts: tokio::sync::watch::Sender<Vec<AccountStatus>>,
+    /// Control-channel state; the control task is the one writer.
+    pub redis: tokio::sync::watch::Sender<ChannelStatus>,
+    /// Whether the control channel runs (`redis.enabled`).
+    pub redis_enabled: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -59,7 +64,14 @@ impl Shared {
             heartbeat: Heartbeat::new(started),
             metrics: Metrics::new(start_secs),
             accounts: tokio::sync::watch::Sender::new(Vec::new()),
+            redis: tokio::sync::watch::Sender::new(ChannelStatus::default()),
+            redis_enabled: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    fn redis_on(&self) -> bool {
+        self.redis_enabled
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every readiness check: the stored ones and `accounts`, derived from
@@ -89,6 +101,21 @@ impl Shared {
             ok: missing.is_empty(),
             detail,
         });
+        if self.redis_on() {
+            let redis = self.redis.borrow();
+            checks.push(Check {
+                name: "redis",
+                ok: redis.connected,
+                detail: if redis.connected {
+                    "control channel connected".to_owned()
+                } else {
+                    format!(
+                        "control channel not connected: {}",
+                        redis.last_error.as_deref().unwrap_or("connecting")
+                    )
+                },
+            });
+        }
         checks.sort_by_key(|c| c.name);
         checks
     }
@@ -118,6 +145,7 @@ impl Shared {
             ready: self.is_ready(),
             checks: self.checks(),
             accounts: self.accounts.borrow().clone(),
+            redis: self.redis_on().then(|| self.redis.borrow().clone()),
         }
     }
 }
@@ -141,6 +169,8 @@ pub struct StatusSnapshot {
     pub checks: Vec<Check>,
     /// Every account's registration state.
     pub accounts: Vec<AccountStatus>,
+    /// The control channel's state, when it runs.
+    pub redis: Option<ChannelStatus>,
 }
 
 /// The `instance` section of the status.

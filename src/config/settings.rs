@@ -341,6 +341,10 @@ impl Default for MediaSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
+    /// Run the control channel (false: no Redis at all).
+    pub enabled: bool,
+    /// How long a command id is remembered (idempotency), seconds.
+    pub dedup_window_secs: u64,
     /// `redis://`, `rediss://` or `unix://` URL (a password in it is redacted).
     pub url: RedisUrl,
     /// Prefix of every channel and key.
@@ -360,6 +364,8 @@ pub struct RedisSettings {
 impl Default for RedisSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
+            dedup_window_secs: 86_400,
             url: RedisUrl::new("redis://127.0.0.1:6379"),
             prefix: "dialer".to_owned(),
             keepalive_secs: 30,

@@ -321,6 +321,12 @@ fn check_redis(s: &Settings, p: &mut Vec<Problem>) {
             format!("{:?} must be non-empty without spaces or ':'", r.prefix),
         ));
     }
+    if !(1..=2_592_000).contains(&r.dedup_window_secs) {
+        p.push(Problem::new(
+            "redis.dedup_window_secs",
+            "must be within 1..=2592000 (30 days)",
+        ));
+    }
     if !(1..=3600).contains(&r.keepalive_secs) {
         p.push(Problem::new(
             "redis.keepalive_secs",

@@ -1,9 +1,11 @@
-//! The Redis control channel (docs/control-channel.md). Built so far: the
-//! command envelope and its validation. The Redis connections, event
-//! publishing, idempotency records and status keys are not built yet.
+//! The Redis control channel (docs/control-channel.md): commands in,
+//! results and events out, the status snapshot keys, and `dialerd ctl`.
 
+pub mod channel;
 pub mod command;
+pub mod ctl;
 
+pub use channel::{ChannelConfig, ChannelStatus, ControlChannel, spawn};
 pub use command::{
     COMING, Command, CommandError, CommandKind, ErrorCode, MAX_COMMAND_BYTES, parse,
 };

@@ -47,6 +47,11 @@ pub struct AccountStatus {
 
 enum Command {
     Stop(oneshot::Sender<()>),
+    Control {
+        account: String,
+        register: bool,
+        reply: oneshot::Sender<Option<&'static str>>,
+    },
 }
 
 /// Handle to the registration task.
@@ -56,6 +61,19 @@ pub struct Registrations {
 }
 
 impl Registrations {
+    /// Registers (`register`) or unregisters one account; returns its state
+    /// afterwards, or `None` for an unknown account.
+    pub async fn control(&self, account: &str, register: bool) -> Option<&'static str> {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::Control {
+            account: account.to_owned(),
+            register,
+            reply,
+        };
+        self.commands.send(command).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
     /// Unregisters every account and waits until all are done, or `limit`
     /// passes (a registrar that does not answer must not hold up shutdown);
     /// returns whether every unREGISTER finished.
@@ -283,6 +301,19 @@ async fn run(
                 }
             },
             command = commands.recv() => match command {
+                Some(Command::Control { account, register, reply }) => {
+                    let now = Instant::now();
+                    let found = accounts.iter_mut().find(|a| a.settings.name == account);
+                    let state = found.map(|a| {
+                        if register {
+                            a.machine.start(now);
+                        } else {
+                            a.machine.stop(now);
+                        }
+                        a.machine.state().name()
+                    });
+                    let _ = reply.send(state);
+                }
                 Some(Command::Stop(done)) => {
                     let now = Instant::now();
                     for a in &mut accounts {

@@ -246,6 +246,9 @@ impl Registration {
 
     /// Unregisters (Expires: 0); [`Registration::is_stopped`] turns true when done.
     pub fn stop(&mut self, now: Instant) {
+        if self.state == RegState::Unregistering {
+            return; // already on its way
+        }
         self.stopping = true;
         self.refresh_at = None;
         self.retry_at = None;

@@ -4,6 +4,7 @@
 mod support;
 
 mod check_config;
+mod control;
 mod daemon;
 mod peers;
 mod registration;

@@ -30,6 +30,7 @@ impl Daemon {
             .arg(repo_root().join("sip-profiles"))
             .env_remove("RUST_LOG")
             .env("DIALERD__HTTP__BIND", http.to_string())
+            .env("DIALERD__REDIS__ENABLED", "false")
             .env(
                 "DIALERD__SIP__UDP_LISTEN",
                 format!("127.0.0.1:{}", ports::free_udp_tcp_port()),

@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod http;
 pub mod ports;
+pub mod proxy;
 pub mod redis;
 pub mod relay;
 pub mod scratch;

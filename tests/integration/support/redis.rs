@@ -71,6 +71,27 @@ impl RedisServer {
         }
     }
 
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server and starts it again on the same port.
+    pub fn restart(&mut self, extra: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.port;
+        let fresh = wait_for(Duration::from_secs(10), || {
+            Self::spawn(Scratch::new("redis"), port, extra).ok()
+        });
+        *self = fresh.expect("redis-server restarts on its port");
+    }
+
     /// A new client connection.
     pub fn client(&self) -> std::io::Result<RespClient> {
         RespClient::connect(self.port)

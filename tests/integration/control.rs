@@ -1,0 +1,471 @@
+//! The Redis control channel against a real redis-server (and SIPp
+//! registrars): events and the status key, `dialerd ctl`, recovery from a
+//! killed subscription, a restart, an idle timeout and a half-open path,
+//! malformed commands, and idempotency.
+
+use std::process::Command as Process;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::registration::{account, dialerd_registering, wait_state};
+use crate::support::daemon::Daemon;
+use crate::support::proxy::FreezingProxy;
+use crate::support::redis::{RedisServer, Resp, RespClient};
+use crate::support::sipp::{Sipp, logged, scenario};
+use crate::support::{dialerd_bin, http, repo_root, text, wait_for};
+
+/// A subscriber on `channel` that collects JSON messages.
+struct Listener {
+    client: RespClient,
+}
+
+impl Listener {
+    fn new(redis: &RedisServer, channel: &str) -> Self {
+        let mut client = redis.client().unwrap();
+        let ack = client.command(&["SUBSCRIBE", channel]).unwrap();
+        assert!(matches!(ack, Resp::Array(Some(_))), "{ack:?}");
+        Self { client }
+    }
+
+    /// The next message as JSON, or `None` after `limit`.
+    fn next(&mut self, limit: Duration) -> Option<Value> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            match self.client.read() {
+                Ok(Resp::Array(Some(parts))) if parts.len() == 3 => {
+                    let text = parts[2].text()?;
+                    return serde_json::from_str(&text).ok();
+                }
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Messages until one satisfies `done` (inclusive), within `limit`.
+    fn until(&mut self, limit: Duration, mut done: impl FnMut(&Value) -> bool) -> Vec<Value> {
+        let end = Instant::now() + limit;
+        let mut seen = Vec::new();
+        while let Some(v) = self.next(end.saturating_duration_since(Instant::now())) {
+            let stop = done(&v);
+            seen.push(v);
+            if stop {
+                return seen;
+            }
+        }
+        panic!("condition not met within {limit:?}; saw {seen:#?}");
+    }
+}
+
+fn redis_env(redis: &RedisServer, keepalive: &str) -> Vec<(String, String)> {
+    vec![
+        ("DIALERD__REDIS__ENABLED".into(), "true".into()),
+        ("DIALERD__REDIS__URL".into(), redis.url()),
+        ("DIALERD__REDIS__KEEPALIVE_SECS".into(), keepalive.into()),
+    ]
+}
+
+fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+fn ctl(redis: &RedisServer, args: &[&str]) -> (bool, Value) {
+    let out = Process::new(dialerd_bin())
+        .arg("ctl")
+        .args(["--profile", "local", "--profile-dir"])
+        .arg(repo_root().join("sip-profiles"))
+        .args(args)
+        .env("DIALERD__REDIS__URL", redis.url())
+        .output()
+        .expect("run dialerd ctl");
+    let stdout = text(&out.stdout);
+    let json = serde_json::from_str(&stdout)
+        .unwrap_or_else(|_| panic!("ctl printed {stdout:?}; stderr {}", text(&out.stderr)));
+    (out.status.success(), json)
+}
+
+fn numsub(redis: &RedisServer, channel: &str) -> i64 {
+    let mut c = redis.client().unwrap();
+    match c.command(&["PUBSUB", "NUMSUB", channel]).unwrap() {
+        Resp::Array(Some(v)) => match v.get(1) {
+            Some(Resp::Integer(n)) => *n,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+fn subscribed_within(redis: &RedisServer, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    wait_for(limit, || {
+        (numsub(redis, "dialer:local:cmd") == 1).then(|| start.elapsed())
+    })
+}
+
+#[test]
+fn events_arrive_in_order_and_the_status_key_expires_after_a_kill() {
+    let redis = RedisServer::start(&[]);
+    let mut events = Listener::new(&redis, "dialer:events");
+    let server = Sipp::server(&scenario("registrar_auth.xml"))
+        .key("expires", "60")
+        .timeout(Duration::from_secs(30))
+        .spawn();
+    let env = redis_env(&redis, "1");
+    let r = dialerd_registering(
+        &format!("sip:{}", server.local_addr()),
+        "udp",
+        "",
+        &env_refs(&env),
+    );
+    let seen = events.until(Duration::from_secs(10), |e| {
+        e["type"] == "registration.state" && e["state"] == "registered"
+    });
+    let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "gap-free, in order: {seen:#?}"
+    );
+    let kinds: Vec<String> = seen
+        .iter()
+        .map(|e| {
+            format!(
+                "{}{}",
+                e["type"].as_str().unwrap(),
+                e["state"]
+                    .as_str()
+                    .map(|s| format!(":{s}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    for expected in [
+        "daemon.started",
+        "channel.connected",
+        "registration.state:registering",
+        "registration.state:registered",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == expected),
+            "{expected} missing from {kinds:?}"
+        );
+    }
+    assert!(
+        seen.iter()
+            .all(|e| e["instance"] == "local" && e["v"] == 1 && e["ts_ms"].as_u64().is_some())
+    );
+    let mut c = redis.client().unwrap();
+    let status = wait_for(Duration::from_secs(3), || {
+        let text = c.command(&["GET", "dialer:sip_status"]).ok()?.text()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        (v["accounts"][0]["state"] == "registered").then_some(v)
+    });
+    assert!(
+        status.is_some(),
+        "dialer:sip_status shows the account registered"
+    );
+    assert!(
+        c.command(&["GET", "dialer:local:status"])
+            .unwrap()
+            .text()
+            .is_some()
+    );
+    r.daemon.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    let gone = wait_for(Duration::from_secs(5), || {
+        (c.command(&["EXISTS", "dialer:sip_status"]).ok()? == Resp::Integer(0))
+            .then(|| killed.elapsed())
+    });
+    let gone = gone.expect("the status key expires");
+    assert!(
+        gone <= Duration::from_millis(3200),
+        "gone {gone:?} after the kill (three 1 s heartbeats)"
+    );
+}
+
+#[test]
+fn ctl_status_and_unregister() {
+    let redis = RedisServer::start(&[]);
+    let mut events = Listener::new(&redis, "dialer:events");
+    let server = Sipp::server(&scenario("registrar_unregister.xml"))
+        .key("expires", "60")
+        .timeout(Duration::from_secs(30))
+        .spawn();
+    let env = redis_env(&redis, "1");
+    let r = dialerd_registering(
+        &format!("sip:{}", server.local_addr()),
+        "udp",
+        "",
+        &env_refs(&env),
+    );
+    wait_state(&r.daemon, "registered", Duration::from_secs(10));
+    wait_for(Duration::from_secs(5), || {
+        (numsub(&redis, "dialer:local:cmd") == 1).then_some(())
+    });
+    let (ok, status) = ctl(&redis, &["status"]);
+    assert!(ok, "{status}");
+    assert_eq!(status["result"]["accounts"][0]["state"], "registered");
+    assert_eq!(status["result"]["redis"]["connected"], true);
+    let (ok, result) = ctl(&redis, &["unregister", "acct"]);
+    assert!(ok, "{result}");
+    assert_eq!(result["result"]["state"], "unregistering");
+    let sipp = server.wait();
+    assert_eq!(sipp.exit_code, Some(0), "{}", sipp.errors);
+    let log = logged(&sipp.messages);
+    assert!(
+        log.iter()
+            .any(|m| m.received && m.header("Expires") == Some("0")),
+        "SIPp saw the unREGISTER"
+    );
+    events.until(Duration::from_secs(5), |e| {
+        e["type"] == "registration.state" && e["state"] == "unregistered"
+    });
+    let (ok, error) = ctl(&redis, &["unregister", "nobody"]);
+    assert!(!ok);
+    assert_eq!(error["error"]["code"], "unknown_account");
+}
+
+#[test]
+fn a_killed_subscription_and_a_restart_are_recovered_within_five_seconds() {
+    let mut redis = RedisServer::start(&[]);
+    let server = Sipp::server(&scenario("registrar_auth.xml"))
+        .key("expires", "60")
+        .timeout(Duration::from_secs(40))
+        .spawn();
+    let env = redis_env(&redis, "1");
+    let r = dialerd_registering(
+        &format!("sip:{}", server.local_addr()),
+        "udp",
+        "",
+        &env_refs(&env),
+    );
+    wait_state(&r.daemon, "registered", Duration::from_secs(10));
+    subscribed_within(&redis, Duration::from_secs(5)).expect("subscribed");
+    let mut c = redis.client().unwrap();
+    assert!(
+        matches!(c.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).unwrap(), Resp::Integer(n) if n >= 1)
+    );
+    let again = subscribed_within(&redis, Duration::from_secs(5))
+        .expect("subscribed again after CLIENT KILL");
+    assert!(again < Duration::from_secs(5));
+    let (ok, pong) = ctl(&redis, &["ping"]);
+    assert!(ok, "{pong}");
+    redis.restart(&[]);
+    let again = subscribed_within(&redis, Duration::from_secs(5))
+        .expect("subscribed again after a restart");
+    assert!(again < Duration::from_secs(5));
+    let (ok, pong) = ctl(&redis, &["ping"]);
+    assert!(ok && pong["result"]["pong"] == true, "{pong}");
+    assert_eq!(
+        account(&r.daemon)["state"],
+        "registered",
+        "registration unaffected"
+    );
+    let status = http::get(r.daemon.http(), "/status").unwrap().json();
+    assert!(
+        status["redis"]["reconnects"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+}
+
+fn reconnects(d: &Daemon) -> u64 {
+    http::get(d.http(), "/status").unwrap().json()["redis"]["reconnects"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn connected(d: &Daemon) -> bool {
+    http::get(d.http(), "/status").unwrap().json()["redis"]["connected"] == true
+}
+
+#[test]
+fn an_idle_timeout_is_detected_and_recovered() {
+    // keepalive 3 s against a server that closes connections idle for 2 s:
+    // the publishing connection is closed between heartbeats, which the next
+    // heartbeat notices.
+    let redis = RedisServer::start(&["--timeout", "2"]);
+    let env = redis_env(&redis, "3");
+    let d = Daemon::start(&["--profile", "local"], &env_refs(&env));
+    wait_for(Duration::from_secs(5), || connected(&d).then_some(())).expect("connected");
+    let recovered = wait_for(Duration::from_secs(7), || {
+        (reconnects(&d) >= 1 && connected(&d)).then_some(())
+    });
+    assert!(
+        recovered.is_some(),
+        "detected within two keepalive intervals: {}",
+        d.log()
+    );
+    let (ok, pong) = ctl(&redis, &["ping"]);
+    assert!(ok, "a command after recovery runs: {pong}");
+}
+
+#[test]
+fn a_half_open_connection_is_detected_and_events_survive_the_outage() {
+    let redis = RedisServer::start(&[]);
+    let proxy = FreezingProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], redis.port())));
+    let mut events = Listener::new(&redis, "dialer:events");
+    let env = vec![
+        ("DIALERD__REDIS__ENABLED".to_owned(), "true".to_owned()),
+        (
+            "DIALERD__REDIS__URL".to_owned(),
+            format!("redis://{}", proxy.addr()),
+        ),
+        ("DIALERD__REDIS__KEEPALIVE_SECS".to_owned(), "1".to_owned()),
+    ];
+    let d = Daemon::start(&["--profile", "local"], &env_refs(&env));
+    events.until(Duration::from_secs(5), |e| e["type"] == "channel.connected");
+    assert_eq!(proxy.accepted(), 2, "publisher and subscriber");
+    proxy.freeze();
+    let frozen = Instant::now();
+    // An event produced while the path is dead.
+    assert_eq!(http::post(d.http(), "/drain").unwrap().status, 202);
+    let seen = events.until(Duration::from_secs(5), |e| e["type"] == "channel.connected");
+    let detected = frozen.elapsed();
+    assert!(
+        detected <= Duration::from_millis(2500),
+        "recovered {detected:?} after the freeze (1 s keepalive)"
+    );
+    let draining: Vec<&Value> = seen
+        .iter()
+        .filter(|e| e["type"] == "daemon.draining")
+        .collect();
+    assert_eq!(
+        draining.len(),
+        1,
+        "the event produced during the outage arrived: {seen:#?}"
+    );
+    let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order, no gap: {seqs:?}"
+    );
+    assert!(proxy.accepted() >= 4, "new connections after the freeze");
+    let (ok, pong) = ctl(&redis, &["ping"]);
+    assert!(ok, "no command after recovery is lost: {pong}");
+}
+
+#[test]
+fn malformed_commands_each_get_their_error_and_the_daemon_stays_healthy() {
+    let redis = RedisServer::start(&[]);
+    let mut events = Listener::new(&redis, "dialer:events");
+    let env = redis_env(&redis, "1");
+    let d = Daemon::start(&["--profile", "local"], &env_refs(&env));
+    events.until(Duration::from_secs(5), |e| e["type"] == "channel.connected");
+    let cases: &[(&str, &str)] = &[
+        ("", "bad_json"),
+        ("{", "bad_json"),
+        ("not json", "bad_json"),
+        ("[1]", "bad_json"),
+        (r#"{"id":"m1","type":"ping"}"#, "bad_version"),
+        (r#"{"v":2,"id":"m2","type":"ping"}"#, "bad_version"),
+        (r#"{"v":1,"type":"ping"}"#, "missing_field"),
+        (r#"{"v":1,"id":3,"type":"ping"}"#, "bad_field"),
+        (r#"{"v":1,"id":"bad id","type":"ping"}"#, "bad_field"),
+        (r#"{"v":1,"id":"m3"}"#, "missing_field"),
+        (r#"{"v":1,"id":"m4","type":7}"#, "bad_field"),
+        (r#"{"v":1,"id":"m5","type":"reboot"}"#, "unknown_type"),
+        (r#"{"v":1,"id":"m6","type":"ping","x":1}"#, "bad_field"),
+        (r#"{"v":1,"id":"m7","type":"ping","args":[]}"#, "bad_field"),
+        (
+            r#"{"v":1,"id":"m8","type":"status","args":{"all":true}}"#,
+            "bad_field",
+        ),
+        (r#"{"v":1,"id":"m9","type":"unregister"}"#, "missing_field"),
+        (
+            r#"{"v":1,"id":"m10","type":"unregister","args":{"account":1}}"#,
+            "bad_field",
+        ),
+        (
+            r#"{"v":1,"id":"m11","type":"register","args":{"account":"nobody"}}"#,
+            "unknown_account",
+        ),
+        (
+            r#"{"v":1,"id":"m12","type":"ping","reply_to":"elsewhere"}"#,
+            "bad_field",
+        ),
+        (
+            r#"{"v":1,"id":"m13","type":"originate","args":{"to":"+15550100"}}"#,
+            "not_implemented",
+        ),
+        (
+            r#"{"v":1,"id":"m14","type":"hangup","args":{"call_id":"c"}}"#,
+            "not_implemented",
+        ),
+    ];
+    let mut c = redis.client().unwrap();
+    for (payload, _) in cases {
+        c.command(&["PUBLISH", "dialer:local:cmd", payload])
+            .unwrap();
+    }
+    let mut results = Vec::new();
+    while results.len() < cases.len() {
+        let e = events
+            .next(Duration::from_secs(5))
+            .expect("a result for every command");
+        if e["type"] == "command.result" {
+            results.push(e);
+        }
+    }
+    for ((payload, code), result) in cases.iter().zip(&results) {
+        assert_eq!(result["ok"], false, "{payload}: {result}");
+        assert_eq!(result["error"]["code"], *code, "{payload}: {result}");
+        assert!(!result["error"]["message"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(http::get(d.http(), "/healthz").unwrap().status, 200);
+    let (ok, _) = ctl(&redis, &["ping"]);
+    assert!(ok, "still serving commands");
+}
+
+#[test]
+fn a_repeated_command_id_executes_once_and_gets_the_same_result() {
+    let redis = RedisServer::start(&[]);
+    let mut replies = Listener::new(&redis, "dialer:reply:dedup");
+    let server = Sipp::server(&scenario("registrar_dedup.xml"))
+        .timeout(Duration::from_secs(30))
+        .spawn();
+    let env = redis_env(&redis, "1");
+    let r = dialerd_registering(
+        &format!("sip:{}", server.local_addr()),
+        "udp",
+        "",
+        &env_refs(&env),
+    );
+    wait_state(&r.daemon, "registered", Duration::from_secs(10));
+    wait_for(Duration::from_secs(5), || {
+        (numsub(&redis, "dialer:local:cmd") == 1).then_some(())
+    });
+    let unregister = r#"{"v":1,"id":"dedup-1","type":"unregister","reply_to":"dialer:reply:dedup","args":{"account":"acct"}}"#;
+    let register = r#"{"v":1,"id":"dedup-2","type":"register","reply_to":"dialer:reply:dedup","args":{"account":"acct"}}"#;
+    let mut c = redis.client().unwrap();
+    c.command(&["PUBLISH", "dialer:local:cmd", unregister])
+        .unwrap();
+    let first = replies.next(Duration::from_secs(5)).expect("first result");
+    wait_state(&r.daemon, "unregistered", Duration::from_secs(5));
+    c.command(&["PUBLISH", "dialer:local:cmd", register])
+        .unwrap();
+    replies
+        .next(Duration::from_secs(5))
+        .expect("register result");
+    wait_state(&r.daemon, "registered", Duration::from_secs(5));
+    // The same id again, while registered: executing it would unREGISTER.
+    c.command(&["PUBLISH", "dialer:local:cmd", unregister])
+        .unwrap();
+    let second = replies.next(Duration::from_secs(5)).expect("second result");
+    assert_eq!(first["ok"], true);
+    assert_eq!(
+        (first["ok"].clone(), first["result"].clone()),
+        (second["ok"].clone(), second["result"].clone())
+    );
+    assert_eq!(second["id"], "dedup-1");
+    let sipp = server.wait();
+    assert_eq!(sipp.exit_code, Some(0), "{}", sipp.errors);
+    let log = logged(&sipp.messages);
+    let unregisters = log
+        .iter()
+        .filter(|m| m.received && m.header("Expires") == Some("0"))
+        .count();
+    assert_eq!(unregisters, 1, "executed once");
+    assert_eq!(account(&r.daemon)["state"], "registered");
+}
