@@ -29,6 +29,7 @@ quickstart: redis-server on 127.0.0.1:6390, SIPp registrar on 127.0.0.1:5070 (ud
 quickstart: dialerd registers account local-1001 there; status on http://127.0.0.1:8080 — try:
   curl -s 127.0.0.1:8080/status; curl -s 127.0.0.1:8080/readyz; curl -s 127.0.0.1:8080/metrics
   target/debug/dialerd probe sip:127.0.0.1:5060
+  target/debug/dialerd ctl --config scripts/quickstart.toml --profile local status
 quickstart: stop with Ctrl-C
 TXT
 target/debug/dialerd run --config scripts/quickstart.toml --profile local "$@" &

@@ -126,7 +126,14 @@ pub async fn connect_one(
     if let Some(password) = redis.password.as_ref().map(Secret::expose) {
         settings = settings.set_password(password);
     }
-    let info = info.set_redis_settings(settings);
+    // TCP keepalive probes as well, so the kernel also notices a dead peer.
+    let probes = redis::io::tcp::socket2::TcpKeepalive::new()
+        .with_time(timeout)
+        .with_interval(timeout);
+    let tcp = redis::io::tcp::TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(probes);
+    let info = info.set_redis_settings(settings).set_tcp_settings(tcp);
     let client = match &redis.tls_ca_file {
         Some(ca) => {
             let pem = std::fs::read(ca)

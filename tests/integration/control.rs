@@ -469,3 +469,37 @@ fn a_repeated_command_id_executes_once_and_gets_the_same_result() {
     assert_eq!(unregisters, 1, "executed once");
     assert_eq!(account(&r.daemon)["state"], "registered");
 }
+
+#[test]
+fn an_acl_user_and_password_authenticate_and_stay_secret() {
+    let redis = RedisServer::start(&[]);
+    let mut admin = redis.client().unwrap();
+    let setuser = [
+        "ACL",
+        "SETUSER",
+        "dialer",
+        "on",
+        ">acl-pw-77",
+        "~*",
+        "&*",
+        "+@all",
+    ];
+    assert_eq!(admin.command(&setuser).unwrap(), Resp::Simple("OK".into()));
+    assert_eq!(
+        admin
+            .command(&["ACL", "SETUSER", "default", "off"])
+            .unwrap(),
+        Resp::Simple("OK".into())
+    );
+    let mut env = redis_env(&redis, "1");
+    env.push(("DIALERD__REDIS__USERNAME".into(), "dialer".into()));
+    env.push(("DIALERD__REDIS__PASSWORD".into(), "acl-pw-77".into()));
+    let d = Daemon::start(&["--profile", "local"], &env_refs(&env));
+    wait_for(Duration::from_secs(5), || connected(&d).then_some(()))
+        .expect("connected as the ACL user");
+    let status = http::get(d.http(), "/status").unwrap().body;
+    assert!(
+        !status.contains("acl-pw-77") && !d.log().contains("acl-pw-77"),
+        "the password never shows"
+    );
+}
