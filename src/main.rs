@@ -127,6 +127,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// A single-threaded runtime for the one-shot commands (probe, ctl).
+fn small_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        })
+}
+
 fn ctl(args: &CtlArgs) -> ExitCode {
     let settings = match load_or_report(&args.config.sources()) {
         Ok(s) => s,
@@ -141,15 +152,9 @@ fn ctl(args: &CtlArgs) -> ExitCode {
         Some(a) => serde_json::json!({ "account": a }),
         None => serde_json::json!({}),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match small_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
+        Err(code) => return code,
     };
     dialerd::sip::transport::tls::install_default_provider();
     let timeout = std::time::Duration::from_secs(args.timeout_secs.max(1));
@@ -189,15 +194,9 @@ fn probe(args: &ProbeArgs) -> ExitCode {
         tls_fingerprint: args.tls_fingerprint.clone(),
         timeout: std::time::Duration::from_secs(args.timeout_secs.max(1)),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match small_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(dialerd::probe::probe(&opts)) {
         Ok(answer) => {
