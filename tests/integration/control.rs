@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::registration::{account, dialerd_registering, wait_state};
+use crate::registration::{Registering, account, dialerd_registering, registrar, uri, wait_state};
 use crate::support::daemon::Daemon;
 use crate::support::proxy::FreezingProxy;
 use crate::support::redis::{RedisServer, Resp, RespClient};
-use crate::support::sipp::{Sipp, logged, scenario};
+use crate::support::sipp::{SippRun, SippTransport, logged};
 use crate::support::{dialerd_bin, http, repo_root, text, wait_for};
 
 /// A subscriber on `channel` that collects JSON messages.
@@ -104,21 +104,20 @@ fn subscribed_within(redis: &RedisServer, limit: Duration) -> Option<Duration> {
     })
 }
 
+/// A SIPp registrar running `scenario_name` and a dialerd registering with
+/// it, the control channel on (`redis`, 1 s keepalive).
+fn registering_with_redis(redis: &RedisServer, scenario_name: &str) -> (SippRun, Registering) {
+    let server = registrar(scenario_name, SippTransport::Udp, "60");
+    let env = redis_env(redis, "1");
+    let r = dialerd_registering(&uri(&server), "udp", "", &env_refs(&env));
+    (server, r)
+}
+
 #[test]
 fn events_arrive_in_order_and_the_status_key_expires_after_a_kill() {
     let redis = RedisServer::start(&[]);
     let mut events = Listener::new(&redis, "dialer:events");
-    let server = Sipp::server(&scenario("registrar_auth.xml"))
-        .key("expires", "60")
-        .timeout(Duration::from_secs(30))
-        .spawn();
-    let env = redis_env(&redis, "1");
-    let r = dialerd_registering(
-        &format!("sip:{}", server.local_addr()),
-        "udp",
-        "",
-        &env_refs(&env),
-    );
+    let (_server, r) = registering_with_redis(&redis, "registrar_auth.xml");
     let seen = events.until(Duration::from_secs(10), |e| {
         e["type"] == "registration.state" && e["state"] == "registered"
     });
@@ -189,17 +188,7 @@ fn events_arrive_in_order_and_the_status_key_expires_after_a_kill() {
 fn ctl_status_and_unregister() {
     let redis = RedisServer::start(&[]);
     let mut events = Listener::new(&redis, "dialer:events");
-    let server = Sipp::server(&scenario("registrar_unregister.xml"))
-        .key("expires", "60")
-        .timeout(Duration::from_secs(30))
-        .spawn();
-    let env = redis_env(&redis, "1");
-    let r = dialerd_registering(
-        &format!("sip:{}", server.local_addr()),
-        "udp",
-        "",
-        &env_refs(&env),
-    );
+    let (server, r) = registering_with_redis(&redis, "registrar_unregister.xml");
     wait_state(&r.daemon, "registered", Duration::from_secs(10));
     wait_for(Duration::from_secs(5), || {
         (numsub(&redis, "dialer:local:cmd") == 1).then_some(())
@@ -230,17 +219,7 @@ fn ctl_status_and_unregister() {
 #[test]
 fn a_killed_subscription_and_a_restart_are_recovered_within_five_seconds() {
     let mut redis = RedisServer::start(&[]);
-    let server = Sipp::server(&scenario("registrar_auth.xml"))
-        .key("expires", "60")
-        .timeout(Duration::from_secs(40))
-        .spawn();
-    let env = redis_env(&redis, "1");
-    let r = dialerd_registering(
-        &format!("sip:{}", server.local_addr()),
-        "udp",
-        "",
-        &env_refs(&env),
-    );
+    let (_server, r) = registering_with_redis(&redis, "registrar_auth.xml");
     wait_state(&r.daemon, "registered", Duration::from_secs(10));
     subscribed_within(&redis, Duration::from_secs(5)).expect("subscribed");
     let mut c = redis.client().unwrap();
@@ -422,16 +401,7 @@ fn malformed_commands_each_get_their_error_and_the_daemon_stays_healthy() {
 fn a_repeated_command_id_executes_once_and_gets_the_same_result() {
     let redis = RedisServer::start(&[]);
     let mut replies = Listener::new(&redis, "dialer:reply:dedup");
-    let server = Sipp::server(&scenario("registrar_dedup.xml"))
-        .timeout(Duration::from_secs(30))
-        .spawn();
-    let env = redis_env(&redis, "1");
-    let r = dialerd_registering(
-        &format!("sip:{}", server.local_addr()),
-        "udp",
-        "",
-        &env_refs(&env),
-    );
+    let (server, r) = registering_with_redis(&redis, "registrar_dedup.xml");
     wait_state(&r.daemon, "registered", Duration::from_secs(10));
     wait_for(Duration::from_secs(5), || {
         (numsub(&redis, "dialer:local:cmd") == 1).then_some(())

@@ -54,7 +54,7 @@ pub fn wait_state(d: &Daemon, state: &str, within: Duration) -> Value {
     .unwrap_or_else(|| panic!("account never {state}: {}\nlog:\n{}", account(d), d.log()))
 }
 
-fn registrar(name: &str, transport: SippTransport, expires: &str) -> SippRun {
+pub fn registrar(name: &str, transport: SippTransport, expires: &str) -> SippRun {
     Sipp::server(&scenario(name))
         .transport(transport)
         .key("expires", expires)
@@ -62,7 +62,7 @@ fn registrar(name: &str, transport: SippTransport, expires: &str) -> SippRun {
         .spawn()
 }
 
-fn uri(run: &SippRun) -> String {
+pub fn uri(run: &SippRun) -> String {
     format!("sip:{}", run.local_addr())
 }
 
