@@ -287,7 +287,7 @@ impl Stack {
         let locals = Arc::new(locals);
         let advertised = config.advertised;
         let core = Core {
-            txns: Transactions::new(config.timers),
+            txns: Transactions::new(config.timers, std::collections::hash_map::RandomState::new()),
             udp,
             flows: HashMap::new(),
             by_remote: HashMap::new(),
@@ -812,7 +812,7 @@ impl Core {
                 self.failures.remove(&txn);
                 self.fail(txn, RequestError::Timeout);
             }
-            Event::Ack { .. } => {}
+            Event::Ack { .. } | Event::CancelSent { .. } => {}
             Event::StrayResponse { response, source } => {
                 tracing::debug!(%source, status = ?response.status(), "response without a transaction dropped");
                 self.metrics.dropped("stray_response");

@@ -2,16 +2,18 @@
 //! RFC 6026), sans-IO: the owner feeds it messages, timeouts and transport
 //! errors with the current time, and drains transmissions and events.
 //!
-//! All transactions share one timer heap; [`Transactions::poll_timeout`]
-//! tells the driver when to call [`Transactions::handle_timeout`] next.
+//! All transactions share one ordered timer set that holds exactly the
+//! armed timers (disarming removes the entry, so its size tracks live
+//! timers); [`Transactions::poll_timeout`] tells the driver when to call
+//! [`Transactions::handle_timeout`] next.
 
-use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::client::ClientRequest;
 use super::key::{Key, KeyRef, request_key, response_key};
 use crate::sip::message::{
     FrameError, Framing, HeaderError, HeaderName, Limits, Message, Method, OutMessage, Via,
@@ -106,13 +108,36 @@ pub enum Timer {
     L,
     /// INVITE client, Accepted: wait for 2xx retransmissions.
     M,
+    /// INVITE client after CANCEL: the transaction ends 64×T1 after the
+    /// CANCEL when no final response arrives (RFC 3261 §9.1).
+    Cancel,
 }
 
-const TIMER_COUNT: usize = 12;
+const TIMER_COUNT: usize = 13;
 
 impl Timer {
+    const ALL: [Timer; TIMER_COUNT] = [
+        Timer::A,
+        Timer::B,
+        Timer::D,
+        Timer::E,
+        Timer::F,
+        Timer::G,
+        Timer::H,
+        Timer::I,
+        Timer::J,
+        Timer::K,
+        Timer::L,
+        Timer::M,
+        Timer::Cancel,
+    ];
+
     fn index(self) -> usize {
         self as usize
+    }
+
+    fn from_index(i: usize) -> Option<Timer> {
+        Timer::ALL.get(i).copied()
     }
 }
 
@@ -182,6 +207,15 @@ pub enum Event {
         /// The transaction.
         txn: TxnId,
     },
+    /// A CANCEL went out for an INVITE client transaction, in its own
+    /// non-INVITE client transaction (at once, or when the first
+    /// provisional response arrived).
+    CancelSent {
+        /// The INVITE transaction.
+        invite: TxnId,
+        /// The CANCEL's transaction.
+        cancel: TxnId,
+    },
 }
 
 /// Why a call into the layer was refused.
@@ -202,6 +236,10 @@ pub enum TxnError {
     /// No such transaction (it may have terminated).
     #[error("no such transaction")]
     Unknown,
+    /// CANCEL asked of something that is not an INVITE client transaction
+    /// waiting for its final response.
+    #[error("not an INVITE client transaction waiting for a final response")]
+    NotCancellable,
     /// The response is not allowed in the transaction's state.
     #[error("status {code} not allowed in state {state:?}")]
     BadState {
@@ -218,12 +256,35 @@ struct Txn {
     hash: u64,
     key: Key,
     target: Target,
-    /// Client: our request (for retransmission and the ACK of a non-2xx).
-    request: Option<Message>,
+    /// Client: our request's bytes (retransmissions) while it can be
+    /// retransmitted.
+    request: Option<Bytes>,
+    /// INVITE client: what the ACK of a non-2xx and a CANCEL are built from.
+    invite: Option<Box<ClientRequest>>,
     /// Server: the last response sent; INVITE client: the ACK sent.
     last: Option<Bytes>,
+    /// INVITE client: a CANCEL was asked for before any provisional
+    /// response; it goes out with the first one.
+    cancel_pending: bool,
     interval: Duration,
     armed: [Option<Instant>; TIMER_COUNT],
+}
+
+/// Transactions sharing a key hash (distinct keys may collide; each hit is
+/// verified against the full key, so a collision never replaces an entry).
+#[derive(Debug)]
+enum Bucket {
+    One(TxnId),
+    Many(Vec<TxnId>),
+}
+
+impl Bucket {
+    fn ids(&self) -> &[TxnId] {
+        match self {
+            Bucket::One(id) => std::slice::from_ref(id),
+            Bucket::Many(ids) => ids,
+        }
+    }
 }
 
 /// Every transaction of one endpoint.
@@ -231,28 +292,40 @@ pub struct Transactions {
     timers: Timers,
     seed: RandomState,
     next_id: u64,
-    by_key: HashMap<u64, TxnId>,
+    by_key: HashMap<u64, Bucket>,
     txns: HashMap<TxnId, Txn>,
-    heap: BinaryHeap<Reverse<(Instant, TxnId, Timer)>>,
+    deadlines: BTreeSet<(Instant, TxnId, Timer)>,
     out: VecDeque<Output>,
     legacy: String,
     limits: Limits,
 }
 
 impl Transactions {
-    /// An empty layer with the given timers.
-    pub fn new(timers: Timers) -> Self {
+    /// An empty layer with the given timers. `seed` keys the hash of
+    /// transaction keys: give a randomly seeded one (the daemon's comes from
+    /// the OS) so that peers cannot aim for collisions.
+    pub fn new(timers: Timers, seed: RandomState) -> Self {
         Self {
             timers,
-            seed: RandomState::new(),
+            seed,
             next_id: 1,
             by_key: HashMap::new(),
             txns: HashMap::new(),
-            heap: BinaryHeap::new(),
+            deadlines: BTreeSet::new(),
             out: VecDeque::new(),
             legacy: String::new(),
             limits: Limits::default(),
         }
+    }
+
+    /// The base timers.
+    pub fn timers(&self) -> Timers {
+        self.timers
+    }
+
+    /// Armed timers in all (every one belongs to a live transaction).
+    pub fn armed_timers(&self) -> usize {
+        self.deadlines.len()
     }
 
     /// Live transactions.
@@ -280,14 +353,14 @@ impl Transactions {
         self.out.pop_front()
     }
 
-    /// The earliest armed timer (possibly one since disarmed: calling
-    /// [`Transactions::handle_timeout`] then does nothing).
+    /// The earliest armed timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((at, _, _))| *at)
+        self.deadlines.first().map(|(at, _, _)| *at)
     }
 
-    /// Sends a request in a new client transaction. `data` is the complete
-    /// request, with a top Via whose branch starts with `z9hG4bK`.
+    /// Sends a request given as complete bytes (parsed once to find its
+    /// key): a top Via whose branch starts with `z9hG4bK`. Requests the
+    /// endpoint builds go through [`Transactions::start_client`] unparsed.
     pub fn send_request(
         &mut self,
         now: Instant,
@@ -295,23 +368,31 @@ impl Transactions {
         target: Target,
     ) -> Result<TxnId, TxnError> {
         let request = Message::parse(data, Framing::Datagram, &self.limits)?;
-        let method = request.method().ok_or(TxnError::NotTransactional)?;
-        if method == Method::Ack {
+        let client = ClientRequest::from_message(&request)?;
+        self.start_client(now, client, target)
+    }
+
+    /// Starts a client transaction for a request built by the caller.
+    pub fn start_client(
+        &mut self,
+        now: Instant,
+        request: ClientRequest,
+        target: Target,
+    ) -> Result<TxnId, TxnError> {
+        if request.method == Method::Ack {
             return Err(TxnError::NotTransactional);
         }
-        let via = request.top_via()?;
-        let branch = via.branch().ok_or(HeaderError::Missing)?;
-        let method_str = request.method_str().ok_or(TxnError::NotTransactional)?;
         let key = KeyRef::Client {
-            branch,
-            method: method_str,
+            branch: &request.branch,
+            method: &request.method_name,
         };
         let hash = key.hash_with(&self.seed);
-        if self.by_key.contains_key(&hash) {
+        if self.lookup_hashed(hash, key).is_some() {
             return Err(TxnError::Exists);
         }
         let owned = key.to_owned_key();
-        let invite = method == Method::Invite;
+        let invite = request.method == Method::Invite;
+        let data = request.data.clone();
         let id = self.insert(Txn {
             kind: if invite {
                 Kind::InviteClient
@@ -326,15 +407,13 @@ impl Transactions {
             hash,
             key: owned,
             target,
-            request: None,
+            request: Some(data.clone()),
+            invite: invite.then(|| Box::new(request)),
             last: None,
+            cancel_pending: false,
             interval: self.timers.t1,
             armed: [None; TIMER_COUNT],
         });
-        let data = request.raw().clone();
-        if let Some(t) = self.txns.get_mut(&id) {
-            t.request = Some(request);
-        }
         self.transmit(Some(id), target, data);
         let (retransmit, timeout) = if invite {
             (Timer::A, Timer::B)
@@ -370,7 +449,9 @@ impl Transactions {
         let reliable = target.is_reliable();
         match (t.kind, state) {
             (Kind::InviteServer, State::Proceeding) => {
-                t.last = Some(data.clone());
+                // A 2xx is retransmitted by the transaction user (RFC 6026
+                // §7.1): nothing is kept in Accepted.
+                t.last = (code < 200 || code >= 300).then(|| data.clone());
                 self.transmit(Some(txn), target, data);
                 match code {
                     100..=199 => {}
@@ -423,6 +504,51 @@ impl Transactions {
         }
     }
 
+    /// Cancels an INVITE client transaction (RFC 3261 §9.1): the CANCEL is
+    /// built from the stored INVITE (same Request-URI, Call-ID, From, To,
+    /// CSeq number, Route and top Via, so the same branch) and sent in its
+    /// own transaction, reported by [`Event::CancelSent`]. Before any
+    /// provisional response it waits for the first one. If no final
+    /// response arrives within 64×T1, the INVITE transaction ends with a
+    /// timeout.
+    pub fn cancel(&mut self, now: Instant, txn: TxnId) -> Result<(), TxnError> {
+        let t = self.txns.get_mut(&txn).ok_or(TxnError::Unknown)?;
+        let cancelled = t.armed[Timer::Cancel.index()].is_some();
+        if t.kind != Kind::InviteClient || t.invite.is_none() || cancelled {
+            return Err(TxnError::NotCancellable);
+        }
+        match t.state {
+            State::Calling => t.cancel_pending = true,
+            State::Proceeding => self.send_cancel(now, txn)?,
+            _ => return Err(TxnError::NotCancellable),
+        }
+        let guard = now + self.timers.t1x64();
+        self.arm(txn, Timer::Cancel, guard);
+        Ok(())
+    }
+
+    /// Forgets a transaction without sending anything more (the transaction
+    /// user gave up on it); reports [`Event::Terminated`].
+    pub fn abandon(&mut self, txn: TxnId) {
+        self.terminate(txn);
+    }
+
+    fn send_cancel(&mut self, now: Instant, invite: TxnId) -> Result<(), TxnError> {
+        let Some(t) = self.txns.get_mut(&invite) else {
+            return Err(TxnError::Unknown);
+        };
+        t.cancel_pending = false;
+        let target = t.target;
+        let cancel = t
+            .invite
+            .as_ref()
+            .and_then(|i| i.cancel())
+            .ok_or(TxnError::NotCancellable)?;
+        let id = self.start_client(now, cancel, target)?;
+        self.event(Event::CancelSent { invite, cancel: id });
+        Ok(())
+    }
+
     /// The INVITE server transaction a CANCEL refers to (RFC 3261 §9.2).
     pub fn cancelled_invite(&mut self, cancel: &Message) -> Option<TxnId> {
         let mut legacy = std::mem::take(&mut self.legacy);
@@ -463,19 +589,15 @@ impl Transactions {
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(Reverse((at, id, timer))) = self.heap.peek().copied() {
+        while let Some(&(at, id, timer)) = self.deadlines.first() {
             if at > now {
                 break;
             }
-            self.heap.pop();
-            let Some(t) = self.txns.get_mut(&id) else {
-                continue;
-            };
-            if t.armed[timer.index()] != Some(at) {
-                continue;
+            self.deadlines.pop_first();
+            if let Some(t) = self.txns.get_mut(&id) {
+                t.armed[timer.index()] = None;
+                self.fire(now, id, timer);
             }
-            t.armed[timer.index()] = None;
-            self.fire(now, id, timer);
         }
     }
 
@@ -485,7 +607,7 @@ impl Transactions {
         };
         match timer {
             Timer::A | Timer::E => {
-                let Some(data) = t.request.as_ref().map(|r| r.raw().clone()) else {
+                let Some(data) = t.request.clone() else {
                     return;
                 };
                 let next = if timer == Timer::A {
@@ -509,7 +631,7 @@ impl Transactions {
                 self.transmit(Some(id), target, data);
                 self.arm(id, Timer::G, now + next);
             }
-            Timer::B | Timer::F | Timer::H => {
+            Timer::B | Timer::F | Timer::H | Timer::Cancel => {
                 self.event(Event::Timeout { txn: id, timer });
                 self.terminate(id);
             }
@@ -540,19 +662,37 @@ impl Transactions {
                     self.disarm(id, Timer::B);
                     self.enter(id, State::Proceeding);
                     self.event(Event::Response { txn: id, response });
+                    if self.txns.get(&id).is_some_and(|t| t.cancel_pending)
+                        && let Err(e) = self.send_cancel(now, id)
+                    {
+                        tracing::debug!(error = %e, "deferred CANCEL not sent");
+                    }
                 }
                 200..=299 => {
                     self.disarm(id, Timer::A);
                     self.disarm(id, Timer::B);
+                    self.disarm(id, Timer::Cancel);
                     self.enter(id, State::Accepted);
+                    if let Some(t) = self.txns.get_mut(&id) {
+                        // Nothing is retransmitted or cancelled from here.
+                        t.request = None;
+                        t.invite = None;
+                        t.cancel_pending = false;
+                    }
                     self.arm(id, Timer::M, now + self.timers.t1x64());
                     self.event(Event::Response { txn: id, response });
                 }
                 _ => {
                     self.disarm(id, Timer::A);
                     self.disarm(id, Timer::B);
+                    self.disarm(id, Timer::Cancel);
                     self.enter(id, State::Completed);
                     self.send_ack(id, &response);
+                    if let Some(t) = self.txns.get_mut(&id) {
+                        t.request = None;
+                        t.invite = None;
+                        t.cancel_pending = false;
+                    }
                     self.event(Event::Response { txn: id, response });
                     self.wait_or_end(id, Timer::D, now, reliable, Duration::from_secs(32));
                 }
@@ -576,6 +716,9 @@ impl Transactions {
                 } else {
                     self.disarm(id, Timer::E);
                     self.disarm(id, Timer::F);
+                    if let Some(t) = self.txns.get_mut(&id) {
+                        t.request = None;
+                    }
                     self.enter(id, State::Completed);
                     self.event(Event::Response { txn: id, response });
                     self.wait_or_end(id, Timer::K, now, reliable, self.timers.t4);
@@ -660,7 +803,9 @@ impl Transactions {
             key,
             target,
             request: None,
+            invite: None,
             last: None,
+            cancel_pending: false,
             interval: self.timers.t1,
             armed: [None; TIMER_COUNT],
         });
@@ -686,33 +831,10 @@ impl Transactions {
         let Some(t) = self.txns.get_mut(&id) else {
             return;
         };
-        let Some(request) = &t.request else {
+        let Some(invite) = &t.invite else {
             return;
         };
-        let Ok(cseq) = request.cseq() else {
-            return;
-        };
-        let mut ack = OutMessage::request("ACK", request.request_uri().unwrap_or_default());
-        if let Some(via) = request.value(HeaderName::Via) {
-            let top = crate::sip::message::lex::split_list(via)
-                .next()
-                .unwrap_or(via);
-            ack.push("Via", top);
-        }
-        for h in request.headers() {
-            match h.name {
-                HeaderName::Route => ack.push("Route", h.value()),
-                HeaderName::From => ack.push("From", h.value()),
-                HeaderName::CallId => ack.push("Call-ID", h.value()),
-                _ => {}
-            }
-        }
-        if let Some(to) = response.value(HeaderName::To) {
-            ack.push("To", to);
-        }
-        ack.push("CSeq", format!("{} ACK", cseq.seq));
-        ack.push("Max-Forwards", "70");
-        let data = ack.encode();
+        let data = invite.ack_for(response.value(HeaderName::To).unwrap_or_default());
         t.last = Some(data.clone());
         let target = t.target;
         self.transmit(Some(id), target, data);
@@ -721,7 +843,16 @@ impl Transactions {
     fn insert(&mut self, txn: Txn) -> TxnId {
         let id = TxnId(self.next_id);
         self.next_id += 1;
-        self.by_key.insert(txn.hash, id);
+        match self.by_key.get_mut(&txn.hash) {
+            None => {
+                self.by_key.insert(txn.hash, Bucket::One(id));
+            }
+            Some(bucket) => {
+                let mut ids = bucket.ids().to_vec();
+                ids.push(id);
+                *bucket = Bucket::Many(ids);
+            }
+        }
         self.txns.insert(id, txn);
         id
     }
@@ -731,9 +862,12 @@ impl Transactions {
     }
 
     fn lookup_hashed(&self, hash: u64, key: KeyRef<'_>) -> Option<TxnId> {
-        let id = *self.by_key.get(&hash)?;
-        let t = self.txns.get(&id)?;
-        key.matches(&t.key).then_some(id)
+        self.by_key
+            .get(&hash)?
+            .ids()
+            .iter()
+            .copied()
+            .find(|id| self.txns.get(id).is_some_and(|t| key.matches(&t.key)))
     }
 
     fn enter(&mut self, id: TxnId, state: State) {
@@ -744,14 +878,18 @@ impl Transactions {
 
     fn arm(&mut self, id: TxnId, timer: Timer, at: Instant) {
         if let Some(t) = self.txns.get_mut(&id) {
-            t.armed[timer.index()] = Some(at);
-            self.heap.push(Reverse((at, id, timer)));
+            if let Some(old) = t.armed[timer.index()].replace(at) {
+                self.deadlines.remove(&(old, id, timer));
+            }
+            self.deadlines.insert((at, id, timer));
         }
     }
 
     fn disarm(&mut self, id: TxnId, timer: Timer) {
-        if let Some(t) = self.txns.get_mut(&id) {
-            t.armed[timer.index()] = None;
+        if let Some(t) = self.txns.get_mut(&id)
+            && let Some(old) = t.armed[timer.index()].take()
+        {
+            self.deadlines.remove(&(old, id, timer));
         }
     }
 
@@ -773,12 +911,29 @@ impl Transactions {
     }
 
     fn terminate(&mut self, id: TxnId) {
-        if let Some(t) = self.txns.remove(&id) {
-            if self.by_key.get(&t.hash) == Some(&id) {
-                self.by_key.remove(&t.hash);
+        let Some(t) = self.txns.remove(&id) else {
+            return;
+        };
+        for (i, at) in t.armed.iter().enumerate() {
+            if let (Some(at), Some(timer)) = (at, Timer::from_index(i)) {
+                self.deadlines.remove(&(*at, id, timer));
             }
-            self.event(Event::Terminated { txn: id });
         }
+        let emptied = match self.by_key.get_mut(&t.hash) {
+            Some(Bucket::One(one)) => *one == id,
+            Some(Bucket::Many(ids)) => {
+                ids.retain(|x| *x != id);
+                if let [only] = ids[..] {
+                    self.by_key.insert(t.hash, Bucket::One(only));
+                }
+                false
+            }
+            None => false,
+        };
+        if emptied {
+            self.by_key.remove(&t.hash);
+        }
+        self.event(Event::Terminated { txn: id });
     }
 
     fn transmit(&mut self, txn: Option<TxnId>, target: Target, data: Bytes) {

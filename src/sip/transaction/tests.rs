@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::*;
-use crate::sip::message::Message;
+use crate::sip::message::{HeaderName, Message, Method};
 use crate::sip::target::{Target, Transport};
 
 const T1: Duration = Duration::from_millis(500);
@@ -57,11 +57,14 @@ fn drain(t: &mut Transactions) -> (Vec<Bytes>, Vec<Event>) {
 }
 
 fn layer() -> Transactions {
-    Transactions::new(Timers {
-        t1: T1,
-        t2: T2,
-        t4: T4,
-    })
+    Transactions::new(
+        Timers {
+            t1: T1,
+            t2: T2,
+            t4: T4,
+        },
+        std::collections::hash_map::RandomState::new(),
+    )
 }
 
 /// Runs timers up to `until`, stepping to each deadline; returns the
@@ -701,4 +704,108 @@ fn matching_finds_server_and_client_transactions_without_acting() {
         t.matching(&msg(&request("OPTIONS", "z9hG4bKnone", "OPTIONS"))),
         None
     );
+}
+
+// --- CANCEL, abandon, timer set ---------------------------------------------
+
+fn cancel_sent(events: &[Event]) -> Option<(TxnId, TxnId)> {
+    events.iter().find_map(|e| match e {
+        Event::CancelSent { invite, cancel } => Some((*invite, *cancel)),
+        _ => None,
+    })
+}
+
+#[test]
+fn cancel_in_proceeding_reuses_the_branch_and_ends_64_t1_later_without_final() {
+    let mut t = layer();
+    let t0 = Instant::now();
+    let req = request("INVITE", "z9hG4bKcx1", "INVITE");
+    let id = t
+        .send_request(t0, req.clone(), peer(Transport::Udp))
+        .unwrap();
+    drain(&mut t);
+    t.handle(t0, response_to(&req, 180), peer(Transport::Udp));
+    drain(&mut t);
+    t.cancel(t0, id).unwrap();
+    let (tx, ev) = drain(&mut t);
+    let (invite, cancel) = cancel_sent(&ev).expect("CANCEL sent at once");
+    assert_eq!(invite, id);
+    let m = msg(&tx[0]);
+    assert_eq!(m.method(), Some(Method::Cancel));
+    assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bKcx1"));
+    assert_eq!(m.cseq().unwrap().seq, 7);
+    assert_eq!(m.value(HeaderName::Route), Some("<sip:proxy.example.com;lr>"));
+    assert_eq!(t.kind(cancel), Some(Kind::NonInviteClient));
+    assert_eq!(t.cancel(t0, id), Err(TxnError::NotCancellable));
+    let (_, events) = run_until(&mut t, t0, t0 + 64 * T1);
+    assert!(timed_out(&events, Timer::Cancel));
+    assert_eq!(t.state(id), None, "INVITE ended 64×T1 after the CANCEL");
+}
+
+#[test]
+fn cancel_before_any_provisional_waits_for_one() {
+    let mut t = layer();
+    let t0 = Instant::now();
+    let req = request("INVITE", "z9hG4bKcx2", "INVITE");
+    let id = t
+        .send_request(t0, req.clone(), peer(Transport::Udp))
+        .unwrap();
+    drain(&mut t);
+    t.cancel(t0, id).unwrap();
+    let (tx, ev) = drain(&mut t);
+    assert!(tx.is_empty() && cancel_sent(&ev).is_none(), "RFC 3261 §9.1");
+    t.handle(t0 + T1, response_to(&req, 100), peer(Transport::Udp));
+    let (tx, ev) = drain(&mut t);
+    assert!(cancel_sent(&ev).is_some());
+    assert_eq!(msg(&tx[0]).method(), Some(Method::Cancel));
+    t.handle(t0 + T1, response_to(&req, 487), peer(Transport::Udp));
+    let (tx, ev) = drain(&mut t);
+    assert_eq!(msg(&tx[0]).method(), Some(Method::Ack), "487 acknowledged");
+    assert!(ev.iter().any(|e| matches!(e, Event::Response { txn, .. } if *txn == id)));
+}
+
+#[test]
+fn abandon_forgets_without_sending() {
+    let mut t = layer();
+    let t0 = Instant::now();
+    let id = t
+        .send_request(
+            t0,
+            request("INVITE", "z9hG4bKab1", "INVITE"),
+            peer(Transport::Udp),
+        )
+        .unwrap();
+    drain(&mut t);
+    t.abandon(id);
+    let (tx, ev) = drain(&mut t);
+    assert!(tx.is_empty() && terminated(&ev));
+    assert!(t.is_empty());
+    assert_eq!(t.armed_timers(), 0);
+    assert_eq!(t.poll_timeout(), None);
+}
+
+#[test]
+fn timer_set_holds_only_live_timers() {
+    let mut t = layer();
+    let t0 = Instant::now();
+    let mut reqs = Vec::new();
+    for i in 0..1000 {
+        let req = request("INVITE", &format!("z9hG4bKts{i}"), "INVITE");
+        t.send_request(t0, req.clone(), peer(Transport::Udp))
+            .unwrap();
+        reqs.push(req);
+    }
+    assert_eq!(t.armed_timers(), 2000, "A and B each");
+    for req in &reqs {
+        t.handle(t0, response_to(req, 180), peer(Transport::Udp));
+    }
+    assert_eq!(t.armed_timers(), 0, "disarmed timers are gone, not stale");
+    for req in &reqs {
+        t.handle(t0, response_to(req, 200), peer(Transport::Udp));
+    }
+    assert_eq!(t.armed_timers(), 1000, "Timer M only");
+    drain(&mut t);
+    run_until(&mut t, t0, t0 + 64 * T1);
+    assert!(t.is_empty());
+    assert_eq!(t.armed_timers(), 0);
 }
