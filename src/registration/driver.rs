@@ -226,7 +226,7 @@ fn account(
             .keepalive_secs
             .filter(|k| *k > 0 && transport != Transport::Udp)
             .map(|k| Duration::from_secs(u64::from(k))),
-        machine: Registration::new(config),
+        machine: Registration::new(config, Box::new(crate::sip::ids::OsEntropy::new())),
         target: None,
         settings: a.clone(),
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Secret;
 use crate::sip::auth::{self, Attempt, Challenge};
-use crate::sip::ids;
+use crate::sip::ids::{self, Entropy};
 use crate::sip::message::{Contacts, Message, OutMessage, Uri};
 
 /// Retry policy.
@@ -152,6 +152,7 @@ pub struct Registration {
     registered_at: Option<Instant>,
     stopping: bool,
     out: VecDeque<RegOutput>,
+    rng: Box<dyn Entropy>,
 }
 
 #[derive(Debug, Clone)]
@@ -171,8 +172,9 @@ const MIN_REREGISTER_GAP: Duration = Duration::from_secs(1);
 const MAX_CHALLENGE_ROUNDS: u32 = 3;
 
 impl Registration {
-    /// A machine in [`RegState::Unregistered`].
-    pub fn new(config: RegConfig) -> Self {
+    /// A machine in [`RegState::Unregistered`], drawing its Call-ID, tags,
+    /// cnonces and backoff jitter from `rng`.
+    pub fn new(config: RegConfig, mut rng: Box<dyn Entropy>) -> Self {
         let host = config
             .contact
             .rsplit('@')
@@ -185,8 +187,9 @@ impl Registration {
         Self {
             expires: config.expires,
             outbound: config.outbound,
-            call_id: ids::call_id(&host),
-            from_tag: ids::token(),
+            call_id: ids::call_id_from(rng.as_mut(), &host),
+            from_tag: ids::token_from(rng.as_mut()),
+            rng,
             config,
             state: RegState::Unregistered,
             cseq: 0,
@@ -441,7 +444,7 @@ impl Registration {
             .min(b.max);
         // Retry-After is honoured, up to the longer of our two intervals.
         let cap = b.max.max(b.forbidden);
-        let delay = jitter(exp).max(retry_after.unwrap_or_default().min(cap));
+        let delay = jitter(exp, self.rng.next_u64()).max(retry_after.unwrap_or_default().min(cap));
         self.schedule_retry(now + delay);
         self.set_state(RegState::Backoff {
             until: now + delay,
@@ -524,7 +527,7 @@ impl Registration {
         let answered_nonce = match (&self.challenge, &self.config.password) {
             (Some(ch), Some(password)) => {
                 self.nc += 1;
-                let cnonce = ids::token();
+                let cnonce = ids::token_from(self.rng.as_mut());
                 let value = auth::credentials(
                     ch,
                     &Attempt {
@@ -569,8 +572,8 @@ pub fn refresh_margin(lifetime: Duration) -> Duration {
 }
 
 /// ±20 % random spread, so many dialers do not retry in step.
-fn jitter(d: Duration) -> Duration {
-    let unit = (ids::random_u64() % 401) as f64 / 1000.0; // 0.0..=0.4
+fn jitter(d: Duration, random: u64) -> Duration {
+    let unit = (random % 401) as f64 / 1000.0; // 0.0..=0.4
     d.mul_f64(0.8 + unit)
 }
 

@@ -4,6 +4,10 @@
 use std::time::{Duration, Instant};
 
 use super::*;
+
+fn rng() -> Box<dyn Entropy> {
+    Box::new(crate::sip::ids::SeededEntropy::new(42))
+}
 use crate::sip::message::{AuthParams, Framing, HeaderName, Limits};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -97,7 +101,7 @@ fn assert_valid_digest(req: &Message, header: HeaderName, nc: &str) {
 
 #[test]
 fn challenge_then_registered_then_refreshed_before_expiry() {
-    let mut r = Registration::new(config(&["sip:pbx.example.com"], false));
+    let mut r = Registration::new(config(&["sip:pbx.example.com"], false), rng());
     let t0 = Instant::now();
     r.start(t0);
     let (a1, reg, first) = sent(&mut r);
@@ -152,7 +156,7 @@ fn challenge_then_registered_then_refreshed_before_expiry() {
 
 #[test]
 fn proxy_challenge_is_answered_with_proxy_authorization() {
-    let mut r = Registration::new(config(&["sip:pbx"], false));
+    let mut r = Registration::new(config(&["sip:pbx"], false), rng());
     let t0 = Instant::now();
     r.start(t0);
     let (a, _, req) = sent(&mut r);
@@ -168,7 +172,7 @@ fn proxy_challenge_is_answered_with_proxy_authorization() {
 
 #[test]
 fn stale_nonce_is_retried_without_counting_a_failure() {
-    let mut r = Registration::new(config(&["sip:pbx"], false));
+    let mut r = Registration::new(config(&["sip:pbx"], false), rng());
     let t0 = Instant::now();
     r.start(t0);
     let (a, _, req) = sent(&mut r);
@@ -193,7 +197,7 @@ fn stale_nonce_is_retried_without_counting_a_failure() {
 
 #[test]
 fn refused_credentials_do_not_loop() {
-    let mut r = Registration::new(config(&["sip:pbx"], false));
+    let mut r = Registration::new(config(&["sip:pbx"], false), rng());
     let t0 = Instant::now();
     r.start(t0);
     let (a, _, req) = sent(&mut r);
@@ -216,7 +220,7 @@ fn refused_credentials_do_not_loop() {
 
 #[test]
 fn interval_too_brief_is_retried_with_min_expires() {
-    let mut r = Registration::new(config(&["sip:pbx"], false));
+    let mut r = Registration::new(config(&["sip:pbx"], false), rng());
     let t0 = Instant::now();
     r.start(t0);
     let (a, _, req) = sent(&mut r);
@@ -233,7 +237,7 @@ fn interval_too_brief_is_retried_with_min_expires() {
 
 #[test]
 fn forbidden_waits_the_long_interval() {
-    let mut r = Registration::new(config(&["sip:pbx"], false));
+    let mut r = Registration::new(config(&["sip:pbx"], false), rng());
     let t0 = Instant::now();
     r.start(t0);
     let (a, _, req) = sent(&mut r);
@@ -248,7 +252,7 @@ fn forbidden_waits_the_long_interval() {
 
 #[test]
 fn server_errors_back_off_exponentially_and_honour_retry_after() {
-    let mut r = Registration::new(config(&["sip:pbx"], false));
+    let mut r = Registration::new(config(&["sip:pbx"], false), rng());
     let mut now = Instant::now();
     r.start(now);
     for step in [1u64, 2, 4, 8, 16, 32, 60, 60] {
@@ -276,10 +280,10 @@ fn server_errors_back_off_exponentially_and_honour_retry_after() {
 
 #[test]
 fn failures_rotate_through_registrars_in_order() {
-    let mut r = Registration::new(config(
-        &["sip:primary", "sip:secondary", "sip:tertiary"],
-        false,
-    ));
+    let mut r = Registration::new(
+        config(&["sip:primary", "sip:secondary", "sip:tertiary"], false),
+        rng(),
+    );
     let mut now = Instant::now();
     r.start(now);
     let mut order = Vec::new();
@@ -308,7 +312,7 @@ fn failures_rotate_through_registrars_in_order() {
 
 #[test]
 fn a_hundred_failures_send_one_register_per_backoff_step() {
-    let mut r = Registration::new(config(&["sip:pbx"], false));
+    let mut r = Registration::new(config(&["sip:pbx"], false), rng());
     let t0 = Instant::now();
     let mut now = t0;
     r.start(now);
@@ -337,7 +341,7 @@ fn a_hundred_failures_send_one_register_per_backoff_step() {
 
 #[test]
 fn unregister_answers_the_challenge() {
-    let mut r = Registration::new(config(&["sip:pbx"], false));
+    let mut r = Registration::new(config(&["sip:pbx"], false), rng());
     let t0 = Instant::now();
     r.start(t0);
     let (a, _, req) = sent(&mut r);
@@ -368,7 +372,7 @@ fn unregister_answers_the_challenge() {
 
 #[test]
 fn stop_before_registering_is_immediate() {
-    let mut r = Registration::new(config(&["sip:pbx"], false));
+    let mut r = Registration::new(config(&["sip:pbx"], false), rng());
     r.stop(Instant::now());
     assert!(r.is_stopped());
     assert!(nothing_sent(&mut r));
@@ -376,7 +380,7 @@ fn stop_before_registering_is_immediate() {
 
 #[test]
 fn a_lost_flow_re_registers_at_once_only_when_registered() {
-    let mut r = Registration::new(config(&["sip:pbx"], false));
+    let mut r = Registration::new(config(&["sip:pbx"], false), rng());
     let t0 = Instant::now();
     r.start(t0);
     let (a, _, req) = sent(&mut r);
@@ -402,7 +406,7 @@ fn a_lost_flow_re_registers_at_once_only_when_registered() {
 
 #[test]
 fn outbound_contact_and_fallback_on_439() {
-    let mut r = Registration::new(config(&["sip:pbx"], true));
+    let mut r = Registration::new(config(&["sip:pbx"], true), rng());
     let t0 = Instant::now();
     r.start(t0);
     let (a, _, req) = sent(&mut r);
@@ -422,7 +426,7 @@ fn outbound_contact_and_fallback_on_439() {
 
 #[test]
 fn a_binding_missing_from_the_200_is_a_failure() {
-    let mut r = Registration::new(config(&["sip:pbx"], false));
+    let mut r = Registration::new(config(&["sip:pbx"], false), rng());
     let t0 = Instant::now();
     r.start(t0);
     let (a, _, req) = sent(&mut r);
@@ -444,7 +448,7 @@ fn refresh_margins() {
 
 #[test]
 fn a_new_nonce_after_proactive_credentials_is_a_new_challenge() {
-    let mut r = Registration::new(config(&["sip:pbx"], false));
+    let mut r = Registration::new(config(&["sip:pbx"], false), rng());
     let t0 = Instant::now();
     r.start(t0);
     let (a, _, req) = sent(&mut r);
@@ -485,7 +489,7 @@ fn a_new_nonce_after_proactive_credentials_is_a_new_challenge() {
 
 #[test]
 fn endless_new_nonces_are_cut_off() {
-    let mut r = Registration::new(config(&["sip:pbx"], false));
+    let mut r = Registration::new(config(&["sip:pbx"], false), rng());
     let t0 = Instant::now();
     r.start(t0);
     for round in 0..5 {

@@ -287,7 +287,10 @@ impl Stack {
         let locals = Arc::new(locals);
         let advertised = config.advertised;
         let core = Core {
-            txns: Transactions::new(config.timers, std::collections::hash_map::RandomState::new()),
+            txns: Transactions::new(
+                config.timers,
+                std::collections::hash_map::RandomState::new(),
+            ),
             udp,
             flows: HashMap::new(),
             by_remote: HashMap::new(),
@@ -629,7 +632,10 @@ impl Core {
         };
         message.prepend(
             "Via",
-            format!("SIP/2.0/{proto} {sent_by};branch={};rport", ids::branch()),
+            format!(
+                "SIP/2.0/{proto} {sent_by};branch=z9hG4bK{};rport",
+                ids::token()
+            ),
         );
         match self
             .txns

@@ -68,6 +68,30 @@ impl OutMessage {
         self
     }
 
+    /// The method of a request.
+    pub fn method(&self) -> Option<&str> {
+        self.request_line().map(|(m, _)| m)
+    }
+
+    /// The Request-URI of a request.
+    pub fn request_uri(&self) -> Option<&str> {
+        self.request_line().map(|(_, u)| u)
+    }
+
+    fn request_line(&self) -> Option<(&str, &str)> {
+        let line = self.start.strip_suffix(" SIP/2.0")?;
+        line.split_once(' ')
+    }
+
+    /// Replaces the value of every header `name` with `f(value)`.
+    pub fn map_header(&mut self, name: &str, f: impl Fn(&str) -> String) {
+        for (n, v) in &mut self.headers {
+            if n.eq_ignore_ascii_case(name) {
+                *v = clean(&f(v));
+            }
+        }
+    }
+
     /// Headers in order.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
         self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))

@@ -372,6 +372,15 @@ impl Transactions {
         self.start_client(now, client, target)
     }
 
+    /// A fresh id for a client transaction started later with
+    /// [`Transactions::start_reserved`] (a request waiting for its
+    /// connection already has the id its sender was given).
+    pub fn reserve(&mut self) -> TxnId {
+        let id = TxnId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
     /// Starts a client transaction for a request built by the caller.
     pub fn start_client(
         &mut self,
@@ -379,6 +388,22 @@ impl Transactions {
         request: ClientRequest,
         target: Target,
     ) -> Result<TxnId, TxnError> {
+        let id = self.reserve();
+        self.start_reserved(now, id, request, target)
+    }
+
+    /// [`Transactions::start_client`] under an id from
+    /// [`Transactions::reserve`].
+    pub fn start_reserved(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        request: ClientRequest,
+        target: Target,
+    ) -> Result<TxnId, TxnError> {
+        if self.txns.contains_key(&id) {
+            return Err(TxnError::Exists);
+        }
         if request.method == Method::Ack {
             return Err(TxnError::NotTransactional);
         }
@@ -393,27 +418,30 @@ impl Transactions {
         let owned = key.to_owned_key();
         let invite = request.method == Method::Invite;
         let data = request.data.clone();
-        let id = self.insert(Txn {
-            kind: if invite {
-                Kind::InviteClient
-            } else {
-                Kind::NonInviteClient
+        let id = self.insert_as(
+            id,
+            Txn {
+                kind: if invite {
+                    Kind::InviteClient
+                } else {
+                    Kind::NonInviteClient
+                },
+                state: if invite {
+                    State::Calling
+                } else {
+                    State::Trying
+                },
+                hash,
+                key: owned,
+                target,
+                request: Some(data.clone()),
+                invite: invite.then(|| Box::new(request)),
+                last: None,
+                cancel_pending: false,
+                interval: self.timers.t1,
+                armed: [None; TIMER_COUNT],
             },
-            state: if invite {
-                State::Calling
-            } else {
-                State::Trying
-            },
-            hash,
-            key: owned,
-            target,
-            request: Some(data.clone()),
-            invite: invite.then(|| Box::new(request)),
-            last: None,
-            cancel_pending: false,
-            interval: self.timers.t1,
-            armed: [None; TIMER_COUNT],
-        });
+        );
         self.transmit(Some(id), target, data);
         let (retransmit, timeout) = if invite {
             (Timer::A, Timer::B)
@@ -451,7 +479,7 @@ impl Transactions {
             (Kind::InviteServer, State::Proceeding) => {
                 // A 2xx is retransmitted by the transaction user (RFC 6026
                 // §7.1): nothing is kept in Accepted.
-                t.last = (code < 200 || code >= 300).then(|| data.clone());
+                t.last = (!(200..300).contains(&code)).then(|| data.clone());
                 self.transmit(Some(txn), target, data);
                 match code {
                     100..=199 => {}
@@ -841,8 +869,11 @@ impl Transactions {
     }
 
     fn insert(&mut self, txn: Txn) -> TxnId {
-        let id = TxnId(self.next_id);
-        self.next_id += 1;
+        let id = self.reserve();
+        self.insert_as(id, txn)
+    }
+
+    fn insert_as(&mut self, id: TxnId, txn: Txn) -> TxnId {
         match self.by_key.get_mut(&txn.hash) {
             None => {
                 self.by_key.insert(txn.hash, Bucket::One(id));

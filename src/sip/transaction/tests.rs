@@ -734,7 +734,10 @@ fn cancel_in_proceeding_reuses_the_branch_and_ends_64_t1_later_without_final() {
     assert_eq!(m.method(), Some(Method::Cancel));
     assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bKcx1"));
     assert_eq!(m.cseq().unwrap().seq, 7);
-    assert_eq!(m.value(HeaderName::Route), Some("<sip:proxy.example.com;lr>"));
+    assert_eq!(
+        m.value(HeaderName::Route),
+        Some("<sip:proxy.example.com;lr>")
+    );
     assert_eq!(t.kind(cancel), Some(Kind::NonInviteClient));
     assert_eq!(t.cancel(t0, id), Err(TxnError::NotCancellable));
     let (_, events) = run_until(&mut t, t0, t0 + 64 * T1);
@@ -761,7 +764,10 @@ fn cancel_before_any_provisional_waits_for_one() {
     t.handle(t0 + T1, response_to(&req, 487), peer(Transport::Udp));
     let (tx, ev) = drain(&mut t);
     assert_eq!(msg(&tx[0]).method(), Some(Method::Ack), "487 acknowledged");
-    assert!(ev.iter().any(|e| matches!(e, Event::Response { txn, .. } if *txn == id)));
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::Response { txn, .. } if *txn == id))
+    );
 }
 
 #[test]

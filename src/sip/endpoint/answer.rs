@@ -1,5 +1,6 @@
-//! What dialerd answers to requests outside a dialog (sans-IO): OPTIONS,
-//! methods it does not support, unknown URI schemes and extensions.
+//! What the endpoint answers itself to requests outside a dialog (sans-IO):
+//! OPTIONS, methods it does not support, unknown URI schemes and
+//! extensions. An acceptable INVITE is left to its transaction user.
 
 use crate::sip::message::{Message, Method, Uri};
 
@@ -37,8 +38,9 @@ impl Answer {
 }
 
 /// The answer to an out-of-dialog request, or `None` for an ACK (never
-/// answered). A CANCEL is answered by the caller, which knows whether its
-/// INVITE transaction exists.
+/// answered) and for an INVITE that passes the checks every request gets
+/// (its transaction user decides). A CANCEL is answered by the caller,
+/// which knows whether its INVITE transaction exists.
 pub fn answer(request: &Message) -> Option<Answer> {
     let method = request.method()?;
     if method == Method::Ack {
@@ -64,7 +66,7 @@ pub fn answer(request: &Message) -> Option<Answer> {
             .with("Supported", SUPPORTED),
         Method::Bye => Answer::new(481, "Call/Transaction Does Not Exist"),
         Method::Cancel => Answer::new(481, "Call/Transaction Does Not Exist"),
-        Method::Invite => Answer::new(501, "Not Implemented").with("Allow", ALLOW),
+        Method::Invite => return None,
         Method::Extension => Answer::new(501, "Not Implemented").with("Allow", ALLOW),
         _ => Answer::new(405, "Method Not Allowed").with("Allow", ALLOW),
     })
@@ -95,7 +97,13 @@ mod tests {
         assert_eq!(answer(&req("REGISTER", "sip:h", "")).unwrap().code, 405);
         assert_eq!(answer(&req("SUBSCRIBE", "sip:h", "")).unwrap().code, 405);
         assert_eq!(answer(&req("FOO", "sip:h", "")).unwrap().code, 501);
-        assert_eq!(answer(&req("INVITE", "sip:h", "")).unwrap().code, 501);
+        assert!(answer(&req("INVITE", "sip:h", "")).is_none());
+        assert_eq!(
+            answer(&req("INVITE", "sip:h", "Require: 100rel\r\n"))
+                .unwrap()
+                .code,
+            420
+        );
         assert_eq!(answer(&req("BYE", "sip:h", "")).unwrap().code, 481);
         assert!(answer(&req("ACK", "sip:h", "")).is_none());
         let a = answer(&req("OPTIONS", "sip:h", "Require: foo, bar\r\n")).unwrap();
