@@ -8,10 +8,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::config::Settings;
+use crate::engine::{CoreConfig, Publish, SipCore};
 use crate::lifecycle::{DeadlineExceeded, ShutdownSteps, Signals, StopSignal};
 use crate::public_address::{self, PublicAddressError};
-use crate::registration::Publish;
-use crate::sip::stack::{Stack, StackConfig, StackError};
+use crate::sip::driver::DriverError;
 use crate::sip::transport::tls::TlsConfigError;
 use crate::status::Shared;
 
@@ -37,7 +37,15 @@ pub enum DaemonError {
     SipTls(#[from] TlsConfigError),
     /// A SIP listener could not be bound.
     #[error("sip: {0}")]
-    Sip(#[from] StackError),
+    Sip(#[from] DriverError),
+    /// A task the daemon cannot run without ended.
+    #[error("critical task {task} ended: {cause}")]
+    TaskEnded {
+        /// Which.
+        task: &'static str,
+        /// How (a panic message, or an unexpected return).
+        cause: String,
+    },
     /// Graceful shutdown took too long.
     #[error(transparent)]
     Deadline(#[from] DeadlineExceeded),
@@ -88,10 +96,15 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         .readiness
         .set("sip_listeners", false, "not bound yet");
     crate::sip::transport::tls::install_default_provider();
-    let stack_config = StackConfig::from_settings(&settings, shared.public_address)?;
-    let (stack, stack_events, stack_core) =
-        Stack::start(stack_config, shared.metrics.sip.clone()).await?;
-    let bound: Vec<String> = stack
+    let core_config = CoreConfig::from_settings(&settings, shared.public_address)?;
+    let publish = Publish {
+        status: shared.accounts.clone(),
+        registration: shared.metrics.registration.clone(),
+        sip: shared.metrics.sip.clone(),
+    };
+    let (sip, mut sip_task) = SipCore::start(core_config, &settings, publish).await?;
+    shared.set_sip(sip.clone());
+    let bound: Vec<String> = sip
         .local_addrs()
         .iter()
         .map(|(t, a)| format!("{t} {a}"))
@@ -101,18 +114,7 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         true,
         format!("listening on {}", bound.join(", ")),
     );
-    let (registrations, registration_task) = crate::registration::spawn(
-        &settings.accounts,
-        &settings.registration,
-        &settings.sip.user_agent,
-        &settings.instance.id,
-        stack.clone(),
-        stack_events,
-        Publish {
-            status: shared.accounts.clone(),
-            metrics: shared.metrics.registration.clone(),
-        },
-    );
+    let registrations = sip.clone();
     let control = settings.redis.enabled.then(|| {
         shared
             .redis_enabled
@@ -137,8 +139,38 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         "dialerd running"
     );
 
-    let signal = signals.recv().await;
-    tracing::info!(?signal, "stop requested; shutting down");
+    // Supervision: a signal stops the daemon gracefully; the end of a task
+    // it cannot run without stops it with an error (exit 1, and Kubernetes
+    // restarts the pod) after readiness turns false.
+    let (mut control, control_task) = match control {
+        Some((channel, task)) => (Some(channel), Some(task)),
+        None => (None, None),
+    };
+    let mut control_task = control_task;
+    let failure = tokio::select! {
+        signal = signals.recv() => {
+            tracing::info!(?signal, "stop requested; shutting down");
+            None
+        }
+        ended = &mut sip_task => Some(("sip_core", describe_end(ended))),
+        ended = wait_opt(&mut control_task) => Some(("control_channel", describe_end(ended))),
+    };
+    if let Some((task, cause)) = failure {
+        shared.readiness.set(task, false, format!("ended: {cause}"));
+        shared.lifecycle.stopping();
+        tracing::error!(task, %cause, "a critical task ended; exiting");
+        if let Some(channel) = control.take() {
+            channel.stop(Duration::from_secs(2)).await;
+        }
+        if let Some(t) = control_task {
+            t.abort();
+        }
+        sip.shutdown().await;
+        sip_task.abort();
+        let _ = http_stop.send(());
+        heartbeat.abort();
+        return Err(DaemonError::TaskEnded { task, cause });
+    }
     shared.lifecycle.stopping();
 
     let mut steps = ShutdownSteps::default();
@@ -147,20 +179,19 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
     let unregister_limit = Duration::from_secs(settings.shutdown.deadline_secs / 2)
         .clamp(Duration::from_secs(1), Duration::from_secs(5));
     steps.add("unregister", async move {
-        if !registrations.stop(unregister_limit).await {
-            registration_task.abort();
-        }
-        let _ = registration_task.await;
+        registrations.stop(unregister_limit).await;
     });
     steps.add("control_channel", async move {
-        if let Some((channel, task)) = control {
+        if let Some(channel) = control {
             channel.stop(Duration::from_secs(2)).await;
+        }
+        if let Some(task) = control_task {
             task.abort();
         }
     });
-    steps.add("sip_stack", async move {
-        stack.shutdown().await;
-        let _ = stack_core.await;
+    steps.add("sip_core", async move {
+        sip.shutdown().await;
+        let _ = sip_task.await;
     });
     steps.add("http_server", async move {
         let _ = http_stop.send(());
@@ -180,4 +211,29 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         tracing::info!("shutdown complete");
     }
     outcome
+}
+
+async fn wait_opt(
+    task: &mut Option<tokio::task::JoinHandle<()>>,
+) -> Result<(), tokio::task::JoinError> {
+    match task {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
+}
+
+fn describe_end(ended: Result<(), tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(()) => "returned unexpectedly".to_owned(),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let text = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            format!("panicked: {text}")
+        }
+        Err(e) => e.to_string(),
+    }
 }

@@ -56,44 +56,46 @@ pub struct SipMetrics {
     pub flows_closed_total: Family<ReasonLabel, Counter>,
     /// Open TCP/TLS connections, set from the flow table on every change.
     pub flows: Gauge,
+    /// SIP messages `sip_trace` did not log because of its rate limit.
+    pub trace_suppressed: Gauge,
 }
 
 impl SipMetrics {
-    /// Counts a received message.
-    pub fn received(&self, transport: crate::config::Transport, kind: &str) {
+    /// The handle counting received requests (`request`) or responses.
+    pub fn received_counter(&self, transport: crate::config::Transport, request: bool) -> Counter {
         self.received_total
             .get_or_create(&SipLabels {
                 transport: transport.to_string(),
-                kind: kind.to_owned(),
+                kind: if request { "request" } else { "response" }.to_owned(),
             })
-            .inc();
+            .clone()
     }
 
-    /// Counts a sent message.
-    pub fn sent(&self, transport: crate::config::Transport) {
+    /// The handle counting sent messages.
+    pub fn sent_counter(&self, transport: crate::config::Transport) -> Counter {
         self.sent_total
             .get_or_create(&TransportLabel {
                 transport: transport.to_string(),
             })
-            .inc();
+            .clone()
     }
 
-    /// Counts a drop.
-    pub fn dropped(&self, reason: &str) {
+    /// The handle counting drops for `reason`.
+    pub fn dropped_counter(&self, reason: &str) -> Counter {
         self.dropped_total
             .get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),
             })
-            .inc();
+            .clone()
     }
 
-    /// Counts a closed connection.
-    pub fn flow_closed(&self, reason: &str) {
+    /// The handle counting closed connections for `reason`.
+    pub fn closed_counter(&self, reason: &str) -> Counter {
         self.flows_closed_total
             .get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),
             })
-            .inc();
+            .clone()
     }
 
     fn register(&self, registry: &mut Registry) {
@@ -115,6 +117,11 @@ impl SipMetrics {
             self.flows_closed_total.clone(),
         );
         sip.register("flows", "Open TCP/TLS connections", self.flows.clone());
+        sip.register(
+            "trace_suppressed",
+            "SIP messages sip_trace did not log (rate limit)",
+            self.trace_suppressed.clone(),
+        );
     }
 }
 

@@ -6,13 +6,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Transport, parse_fingerprint};
-use crate::metrics::SipMetrics;
+use crate::config::{Settings, Transport, parse_fingerprint};
+use crate::engine::{CoreConfig, Publish, RequestError, SipCore};
+use crate::metrics::{RegistrationMetrics, SipMetrics};
+use crate::sip::driver::{DriverConfig, DriverError, local_ip_toward};
+use crate::sip::endpoint::{EndpointConfig, OutRequest, PeerOptions, TlsClient};
 use crate::sip::ids;
 use crate::sip::message::{Host, Message, OutMessage, Uri};
-use crate::sip::stack::{Request, RequestError, Stack, StackConfig, TlsClient, local_ip_toward};
 use crate::sip::target::Target;
 use crate::sip::transport::tls::{self, Trust};
+use crate::sip::transport::{Gate, TransportLimits};
 
 /// What to probe and how.
 #[derive(Debug, Clone)]
@@ -63,7 +66,7 @@ pub enum ProbeError {
     Tls(#[from] tls::TlsConfigError),
     /// The local socket could not be bound.
     #[error("{0}")]
-    Stack(#[from] crate::sip::stack::StackError),
+    Stack(#[from] DriverError),
     /// No final response.
     #[error("{target}: {error}")]
     Request {
@@ -133,18 +136,38 @@ pub async fn probe(opts: &ProbeOptions) -> Result<ProbeAnswer, ProbeError> {
     } else {
         None
     };
-    let mut config = StackConfig::default();
+    let mut udp = Vec::new();
     if transport == Transport::Udp {
         let any: SocketAddr = if addr.is_ipv4() {
             SocketAddr::from(([0, 0, 0, 0], 0))
         } else {
             SocketAddr::from(([0u16; 8], 0))
         };
-        config.udp.push(any);
+        udp.push(any);
     }
     let local_ip = local_ip_toward(addr);
-    config.advertised = Some(local_ip);
-    let (stack, _events, core) = Stack::start(config, Arc::new(SipMetrics::default())).await?;
+    let config = CoreConfig {
+        driver: DriverConfig {
+            udp,
+            tcp: Vec::new(),
+            tls: Vec::new(),
+            tls_server: None,
+            limits: TransportLimits::default(),
+            gate: Gate::open(1024 * 1024),
+        },
+        endpoint: EndpointConfig {
+            advertised: Some(local_ip),
+            ..EndpointConfig::default()
+        },
+        sip_trace: false,
+        panic_after: None,
+    };
+    let publish = Publish {
+        status: tokio::sync::watch::channel(Vec::new()).0,
+        registration: Arc::new(RegistrationMetrics::default()),
+        sip: Arc::new(SipMetrics::default()),
+    };
+    let (core, task) = SipCore::start(config, &Settings::default(), publish).await?;
     let local_host = match local_ip {
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("[{a}]"),
@@ -161,15 +184,14 @@ pub async fn probe(opts: &ProbeOptions) -> Result<ProbeAnswer, ProbeError> {
         .header("Accept", "application/sdp")
         .header("User-Agent", concat!("dialerd/", env!("CARGO_PKG_VERSION")));
     let started = Instant::now();
-    let sent = stack.request(Request {
-        message: request,
-        target,
-        tls,
+    let options = tls.map(|tls| PeerOptions {
         keepalive: None,
+        tls: Some(tls),
     });
+    let sent = core.request(OutRequest::new(request), target, options);
     let outcome = tokio::time::timeout(opts.timeout, sent).await;
-    stack.shutdown().await;
-    let _ = core.await;
+    core.shutdown().await;
+    let _ = task.await;
     match outcome {
         Err(_) => Err(ProbeError::Timeout {
             target,

@@ -39,6 +39,9 @@ pub struct Shared {
     pub redis: tokio::sync::watch::Sender<ChannelStatus>,
     /// Whether the control channel runs (`redis.enabled`).
     pub redis_enabled: std::sync::atomic::AtomicBool,
+    /// The SIP core, once started (for run-time switches such as
+    /// `sip_trace`).
+    pub sip: std::sync::OnceLock<crate::engine::SipCore>,
 }
 
 impl Shared {
@@ -66,12 +69,18 @@ impl Shared {
             accounts: tokio::sync::watch::Sender::new(Vec::new()),
             redis: tokio::sync::watch::Sender::new(ChannelStatus::default()),
             redis_enabled: std::sync::atomic::AtomicBool::new(false),
+            sip: std::sync::OnceLock::new(),
         }
     }
 
     fn redis_on(&self) -> bool {
         self.redis_enabled
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records the SIP core's handle.
+    pub fn set_sip(&self, sip: crate::engine::SipCore) {
+        let _ = self.sip.set(sip);
     }
 
     /// Every readiness check: the stored ones and `accounts`, derived from

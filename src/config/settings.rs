@@ -164,6 +164,9 @@ pub struct LogSettings {
     pub level: String,
     /// `text` or `json`; the `--log-format` flag wins.
     pub format: LogFormat,
+    /// Log every SIP message in and out (credentials redacted); also
+    /// switchable at run time.
+    pub sip_trace: bool,
 }
 
 impl Default for LogSettings {
@@ -171,6 +174,7 @@ impl Default for LogSettings {
         Self {
             level: "info".to_owned(),
             format: LogFormat::Text,
+            sip_trace: false,
         }
     }
 }

@@ -228,6 +228,13 @@ impl Registration {
         self.out.pop_front()
     }
 
+    /// The Contact URI the REGISTERs actually carried (the transport layer
+    /// fills in the flow's address); bindings in responses are matched
+    /// against it.
+    pub fn set_contact(&mut self, contact: String) {
+        self.config.contact = contact;
+    }
+
     /// When [`Registration::handle_timeout`] should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.in_flight.is_some() {

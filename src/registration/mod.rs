@@ -1,8 +1,11 @@
-//! Per-account SIP registration: the sans-IO machine and the task that
-//! drives every account over the SIP stack.
+//! Per-account SIP registration: the sans-IO machine, and the accounts
+//! that run one each as owners on the endpoint inside the SIP core task.
 
-pub mod driver;
+pub mod accounts;
 pub mod machine;
 
-pub use driver::{AccountStatus, Publish, Registrations, spawn};
+pub use accounts::{AccountStatus, Accounts, Lookup};
 pub use machine::{Backoff, Failure, RegConfig, RegOutput, RegState, Registration, refresh_margin};
+
+/// The handle the control channel registers and unregisters accounts with.
+pub type Registrations = crate::engine::SipCore;

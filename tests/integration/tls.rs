@@ -5,17 +5,16 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dialerd::metrics::SipMetrics;
+use dialerd::sip::endpoint::{Event, OutRequest, OwnerId, PeerOptions, TlsClient};
 use dialerd::sip::message::OutMessage;
-use dialerd::sip::stack::{Request, Stack, StackConfig, StackEvent, TlsClient};
 use dialerd::sip::target::{Target, Transport};
 use dialerd::sip::transport::CloseReason;
 use dialerd::sip::transport::tls::{self as stack_tls, Trust};
 
 use crate::support::daemon::Daemon;
+use crate::support::live::Live;
 use crate::support::tls::{PeerPlan, TestPki, TlsPeer, ok_for, read_message, tls_options};
 use crate::support::{ports, probe, text};
 
@@ -128,13 +127,15 @@ fn inbound_tls_is_accepted_by_dialerd_run() {
     );
 }
 
-fn options(uri: &str) -> OutMessage {
-    OutMessage::request("OPTIONS", uri)
-        .header("Max-Forwards", "70")
-        .header("From", "<sip:test@127.0.0.1>;tag=t1")
-        .header("To", format!("<{uri}>"))
-        .header("Call-ID", dialerd::sip::ids::call_id("127.0.0.1"))
-        .header("CSeq", "1 OPTIONS")
+fn options(uri: &str) -> OutRequest {
+    OutRequest::new(
+        OutMessage::request("OPTIONS", uri)
+            .header("Max-Forwards", "70")
+            .header("From", "<sip:test@127.0.0.1>;tag=t1")
+            .header("To", format!("<{uri}>"))
+            .header("Call-ID", dialerd::sip::ids::call_id("127.0.0.1"))
+            .header("CSeq", "1 OPTIONS"),
+    )
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -152,29 +153,27 @@ fn a_request_arrives_over_the_connection_dialerd_opened() {
     let addr = peer.addr();
     let rt = runtime();
     rt.block_on(async {
-        let (stack, _events, core) =
-            Stack::start(StackConfig::default(), Arc::new(SipMetrics::default()))
-                .await
-                .unwrap();
+        let mut live = Live::start().await;
         let tls = TlsClient {
             config: stack_tls::client_config(&Trust::CaFile(pki.ca.clone())).unwrap(),
             name: stack_tls::server_name("127.0.0.1").unwrap(),
         };
-        let response = stack
-            .request(Request {
-                message: options(&format!("sips:{addr}")),
-                target: Target::new(Transport::Tls, addr),
-                tls: Some(tls),
-                keepalive: None,
-            })
-            .await
-            .unwrap();
-        assert_eq!(response.status(), Some(200));
+        let options_for = PeerOptions {
+            keepalive: None,
+            tls: Some(tls),
+        };
+        let txn = live.send(
+            OwnerId(1),
+            options(&format!("sips:{addr}")),
+            Target::new(Transport::Tls, addr),
+            Some(options_for),
+        );
+        let response = live.final_response(txn, Duration::from_secs(10)).await;
+        assert_eq!(response.unwrap().status(), Some(200));
         // The peer now sends its own OPTIONS over the same connection; give
         // the endpoint time to answer it before stopping.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        stack.shutdown().await;
-        let _ = core.await;
+        let _ = live.next_event(Duration::from_millis(500)).await;
+        let _ = live.next_event(Duration::from_millis(500)).await;
     });
     let report = peer.finish();
     let answer = report
@@ -213,16 +212,14 @@ fn keepalive_peer(pongs: usize) -> (SocketAddr, std::thread::JoinHandle<usize>) 
     (addr, thread)
 }
 
-async fn first_close(
-    events: &mut tokio::sync::mpsc::Receiver<StackEvent>,
-    within: Duration,
-) -> Option<CloseReason> {
-    let end = tokio::time::Instant::now() + within;
+async fn first_close(live: &mut Live, within: Duration) -> Option<CloseReason> {
+    let end = Instant::now() + within;
     loop {
-        match tokio::time::timeout_at(end, events.recv()).await {
-            Ok(Some(StackEvent::FlowClosed { reason, .. })) => return Some(reason),
-            Ok(Some(_)) => continue,
-            _ => return None,
+        let left = end.saturating_duration_since(Instant::now());
+        match live.next_event(left).await {
+            Some(Event::FlowClosed { reason, .. }) => return Some(reason),
+            Some(_) => continue,
+            None => return None,
         }
     }
 }
@@ -231,22 +228,20 @@ async fn first_close(
 /// then returns the first close within `watch`, and when it came.
 fn options_with_keepalive(addr: SocketAddr, watch: Duration) -> (Option<CloseReason>, Duration) {
     runtime().block_on(async {
-        let (stack, mut events, _core) =
-            Stack::start(StackConfig::default(), Arc::new(SipMetrics::default()))
-                .await
-                .unwrap();
+        let mut live = Live::start().await;
         let sent = Instant::now();
-        let response = stack
-            .request(Request {
-                message: options(&format!("sip:{addr};transport=tcp")),
-                target: Target::new(Transport::Tcp, addr),
-                tls: None,
+        let txn = live.send(
+            OwnerId(1),
+            options(&format!("sip:{addr};transport=tcp")),
+            Target::new(Transport::Tcp, addr),
+            Some(PeerOptions {
                 keepalive: Some(Duration::from_secs(1)),
-            })
-            .await
-            .unwrap();
-        assert_eq!(response.status(), Some(200));
-        let reason = first_close(&mut events, watch).await;
+                tls: None,
+            }),
+        );
+        let response = live.final_response(txn, Duration::from_secs(10)).await;
+        assert_eq!(response.unwrap().status(), Some(200));
+        let reason = first_close(&mut live, watch).await;
         (reason, sent.elapsed())
     })
 }
@@ -300,18 +295,14 @@ fn a_request_on_a_connection_that_closes_fails_at_once() {
     });
     let started = Instant::now();
     let outcome = runtime().block_on(async {
-        let (stack, _events, _core) =
-            Stack::start(StackConfig::default(), Arc::new(SipMetrics::default()))
-                .await
-                .unwrap();
-        stack
-            .request(Request {
-                message: options(&format!("sip:{addr};transport=tcp")),
-                target: Target::new(Transport::Tcp, addr),
-                tls: None,
-                keepalive: None,
-            })
-            .await
+        let mut live = Live::start().await;
+        let txn = live.send(
+            OwnerId(1),
+            options(&format!("sip:{addr};transport=tcp")),
+            Target::new(Transport::Tcp, addr),
+            None,
+        );
+        live.final_response(txn, Duration::from_secs(40)).await
     });
     peer.join().unwrap();
     let error = outcome.unwrap_err().to_string();

@@ -103,6 +103,11 @@ impl Flows {
         self.conns.len()
     }
 
+    /// Open connections dialerd opened.
+    pub fn outbound_connections(&self) -> usize {
+        self.conns.values().filter(|c| c.outbound).count()
+    }
+
     /// Connections being opened.
     pub fn connecting(&self) -> usize {
         self.connecting.len()

@@ -812,7 +812,11 @@ impl Endpoint {
         if target.transport == Transport::Tls && options.tls.is_none() {
             return Err(EndpointError::NoTlsTrust(target.addr));
         }
-        if self.flows.connections() + self.flows.connecting() >= self.config.max_connections {
+        // Connections peers open are limited where they are accepted; a flood
+        // of those must not keep dialerd from reaching its registrar.
+        if self.flows.outbound_connections() + self.flows.connecting()
+            >= self.config.max_connections
+        {
             return Err(EndpointError::ConnectionLimit(target.addr));
         }
         self.flows.start_connect(peer);

@@ -83,6 +83,22 @@ impl OutMessage {
         line.split_once(' ')
     }
 
+    /// Removes every header `name`; returns the first value removed.
+    pub fn remove_header(&mut self, name: &str) -> Option<String> {
+        let mut first = None;
+        self.headers.retain(|(n, v)| {
+            if n.eq_ignore_ascii_case(name) {
+                if first.is_none() {
+                    first = Some(v.clone());
+                }
+                false
+            } else {
+                true
+            }
+        });
+        first
+    }
+
     /// Replaces the value of every header `name` with `f(value)`.
     pub fn map_header(&mut self, name: &str, f: impl Fn(&str) -> String) {
         for (n, v) in &mut self.headers {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::framer::{Frame, Framer};
-use super::{CloseReason, Inbound};
+use super::{CloseReason, Gate, Inbound};
 use crate::sip::target::{FlowId, Target, Transport};
 
 /// Per-connection behaviour.
@@ -27,6 +27,10 @@ pub struct ConnOptions {
     pub keepalive: Option<Duration>,
     /// Longest a single write may block (a peer that stops reading).
     pub write_timeout: Duration,
+    /// Longest a message may take to arrive whole, from its first byte (and
+    /// on a connection a peer opened, from the accept to its first
+    /// message): a slow sender cannot hold a slot for long.
+    pub message_timeout: Duration,
 }
 
 impl ConnOptions {
@@ -37,6 +41,7 @@ impl ConnOptions {
             idle_timeout: limits.idle_timeout,
             keepalive,
             write_timeout: limits.write_timeout,
+            message_timeout: limits.message_timeout,
         }
     }
 }
@@ -51,22 +56,35 @@ pub(super) async fn run<S>(
     outbox: mpsc::Receiver<Bytes>,
     inbound: mpsc::Sender<Inbound>,
     opts: ConnOptions,
+    gate: Gate,
+    outbound: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let reason = serve(stream, flow, transport, remote, outbox, &inbound, opts).await;
+    let io = Io {
+        inbound: &inbound,
+        gate: &gate,
+    };
+    let reason = serve(stream, flow, transport, remote, outbox, io, opts, outbound).await;
     tracing::debug!(%flow, %remote, %transport, reason = reason.label(), "connection closed");
     let _ = inbound.send(Inbound::Closed { flow, reason }).await;
 }
 
+struct Io<'a> {
+    inbound: &'a mpsc::Sender<Inbound>,
+    gate: &'a Gate,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve<S>(
     mut stream: S,
     flow: FlowId,
     transport: Transport,
     remote: SocketAddr,
     mut outbox: mpsc::Receiver<Bytes>,
-    inbound: &mpsc::Sender<Inbound>,
+    io: Io<'_>,
     opts: ConnOptions,
+    outbound: bool,
 ) -> CloseReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -83,8 +101,13 @@ where
     let mut pong_seen = false;
     let keepalive = opts.keepalive.unwrap_or(Duration::from_secs(86_400 * 365));
     let mut next_ping = Instant::now() + keepalive;
+    // A connection a peer opened must deliver its first message in time; then
+    // every message must arrive whole within the limit of its first byte.
+    let mut message_started: Option<Instant> = (!outbound).then(Instant::now);
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
         let idle_deadline = last_activity + opts.idle_timeout;
+        let message_deadline = message_started.map_or(far, |t| t + opts.message_timeout);
         tokio::select! {
             read = stream.read(&mut buf) => {
                 let n = match read {
@@ -93,14 +116,20 @@ where
                     Err(e) => return CloseReason::Io(e.to_string()),
                 };
                 last_activity = Instant::now();
-                framer.push(&buf[..n]);
+                if message_started.is_none() {
+                    message_started = Some(last_activity);
+                }
+                framer.push(buf.get(..n).unwrap_or_default());
                 loop {
                     match framer.next_frame() {
                         Ok(None) => break,
                         Ok(Some(Frame::Message(data))) => {
-                            if inbound.send(Inbound::Message { data, source }).await.is_err() {
+                            let permit = io.gate.reserve(data.len()).await;
+                            let message = Inbound::Message { data, source, permit };
+                            if io.inbound.send(message).await.is_err() {
                                 return CloseReason::Shutdown;
                             }
+                            message_started = None;
                         }
                         Ok(Some(Frame::Ping)) => {
                             if let Err(e) = write(&mut stream, b"\r\n", opts.write_timeout).await {
@@ -113,6 +142,11 @@ where
                         }
                         Err(e) => return CloseReason::Framing(e),
                     }
+                }
+                if framer.buffered() == 0 {
+                    message_started = None;
+                } else if message_started.is_none() {
+                    message_started = Some(last_activity);
                 }
             }
             queued = outbox.recv() => {
@@ -138,6 +172,9 @@ where
             }
             // Recomputed from the last activity on every turn: firing means idle.
             () = tokio::time::sleep_until(idle_deadline) => return CloseReason::Idle,
+            () = tokio::time::sleep_until(message_deadline), if message_started.is_some() => {
+                return CloseReason::SlowSender;
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::conn::{self, ConnOptions};
-use super::{FlowIds, Inbound, TransportLimits};
+use super::{Admission, FlowIds, Gate, Inbound, TransportLimits};
 use crate::sip::target::Transport;
 
 /// Queue depth of one connection's writer.
@@ -41,11 +41,20 @@ impl SourceLimits {
         self.lock().values().sum()
     }
 
-    fn admit(&self, ip: IpAddr, limits: &TransportLimits) -> Option<SourceGuard> {
+    /// A slot for a connection from `ip`; a `priority` source (a configured
+    /// peer) may also take the slots kept for such peers.
+    fn admit(&self, ip: IpAddr, limits: &TransportLimits, priority: bool) -> Option<SourceGuard> {
         let mut counts = self.lock();
         let total: usize = counts.values().sum();
         let from_ip = counts.get(&ip).copied().unwrap_or(0);
-        if total >= limits.max_connections || from_ip >= limits.max_connections_per_source {
+        let cap = if priority {
+            limits.max_connections
+        } else {
+            limits
+                .max_connections
+                .saturating_sub(limits.reserved_connections)
+        };
+        if total >= cap || from_ip >= limits.max_connections_per_source {
             return None;
         }
         counts.insert(ip, from_ip + 1);
@@ -77,12 +86,14 @@ pub async fn accept_loop(
     inbound: mpsc::Sender<Inbound>,
     limits: TransportLimits,
     sources: SourceLimits,
+    gate: Gate,
 ) {
     let transport = if tls.is_some() {
         Transport::Tls
     } else {
         Transport::Tcp
     };
+    let mut refusals = Refusals::default();
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(a) => a,
@@ -95,8 +106,18 @@ pub async fn accept_loop(
         if inbound.is_closed() {
             return;
         }
-        let Some(guard) = sources.admit(remote.ip(), &limits) else {
-            tracing::warn!(%remote, %transport, "connection refused: connection limit reached");
+        if gate.admit(remote.ip()) != Admission::Allowed {
+            drop(stream);
+            refusals.note(remote, transport, "source outside sip.allowed_peers");
+            let _ = inbound.try_send(Inbound::Dropped {
+                reason: "untrusted_source",
+            });
+            continue;
+        }
+        let priority = gate.is_listed(remote.ip());
+        let Some(guard) = sources.admit(remote.ip(), &limits, priority) else {
+            drop(stream);
+            refusals.note(remote, transport, "connection limit reached");
             let _ = inbound.try_send(Inbound::Dropped {
                 reason: "connection_limit",
             });
@@ -104,7 +125,7 @@ pub async fn accept_loop(
         };
         let local = stream.local_addr().unwrap_or(remote);
         let _ = stream.set_nodelay(true);
-        let (ids, inbound, tls) = (ids.clone(), inbound.clone(), tls.clone());
+        let (ids, inbound, tls, gate) = (ids.clone(), inbound.clone(), tls.clone(), gate.clone());
         tokio::spawn(async move {
             let _guard = guard;
             let opts = ConnOptions::new(&limits, None);
@@ -119,6 +140,7 @@ pub async fn accept_loop(
                         ids,
                         inbound,
                         opts,
+                        gate,
                     )
                     .await
                 }
@@ -127,7 +149,18 @@ pub async fn accept_loop(
                         .await
                     {
                         Ok(Ok(s)) => {
-                            start(s, Transport::Tls, remote, local, false, ids, inbound, opts).await
+                            start(
+                                s,
+                                Transport::Tls,
+                                remote,
+                                local,
+                                false,
+                                ids,
+                                inbound,
+                                opts,
+                                gate,
+                            )
+                            .await
                         }
                         Ok(Err(e)) => {
                             tracing::info!(%remote, error = %e, "inbound TLS handshake failed");
@@ -158,6 +191,7 @@ async fn start<S>(
     ids: Arc<FlowIds>,
     inbound: mpsc::Sender<Inbound>,
     opts: ConnOptions,
+    gate: Gate,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -174,11 +208,15 @@ async fn start<S>(
     if inbound.send(opened).await.is_err() {
         return;
     }
-    conn::run(stream, flow, transport, remote, queue, inbound, opts).await;
+    conn::run(
+        stream, flow, transport, remote, queue, inbound, opts, gate, outbound,
+    )
+    .await;
 }
 
 /// Opens a TCP (or TLS, with `tls`) connection to `remote` and runs it;
 /// reports [`Inbound::Opened`] or [`Inbound::ConnectFailed`].
+#[allow(clippy::too_many_arguments)]
 pub async fn connect(
     transport: Transport,
     remote: SocketAddr,
@@ -187,6 +225,7 @@ pub async fn connect(
     inbound: mpsc::Sender<Inbound>,
     limits: TransportLimits,
     keepalive: Option<Duration>,
+    gate: Gate,
 ) {
     let fail = |error: String| Inbound::ConnectFailed {
         transport,
@@ -226,6 +265,7 @@ pub async fn connect(
                 ids,
                 inbound,
                 opts,
+                gate,
             )
             .await
         }
@@ -235,7 +275,18 @@ pub async fn connect(
                 .await
             {
                 Ok(Ok(s)) => {
-                    start(s, Transport::Tls, remote, local, true, ids, inbound, opts).await
+                    start(
+                        s,
+                        Transport::Tls,
+                        remote,
+                        local,
+                        true,
+                        ids,
+                        inbound,
+                        opts,
+                        gate,
+                    )
+                    .await
                 }
                 Ok(Err(e)) => {
                     let _ = inbound
@@ -269,5 +320,31 @@ fn describe_tls_error(e: &std::io::Error) -> String {
             format!("invalid peer certificate: {}", other.0)
         }
         _ => e.to_string(),
+    }
+}
+
+/// Warnings about refused connections, at most one per interval with the
+/// count of those not logged.
+#[derive(Debug, Default)]
+struct Refusals {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Refusals {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    fn note(&mut self, remote: SocketAddr, transport: Transport, why: &str) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|at| now.duration_since(at) < Self::INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(%remote, %transport, reason = why, suppressed_since_last = self.suppressed, "connection refused");
+        self.last = Some(now);
+        self.suppressed = 0;
     }
 }

@@ -9,12 +9,13 @@ mod conn;
 mod listen;
 mod udp;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 pub use conn::ConnOptions;
 pub use listen::{SourceLimits, accept_loop, connect};
@@ -31,6 +32,16 @@ pub enum Inbound {
         /// The bytes.
         data: Bytes,
         /// Where it came from (with the flow it came over).
+        source: Target,
+        /// Its share of the inbound byte budget, returned when dropped.
+        permit: Option<OwnedSemaphorePermit>,
+    },
+    /// A UDP request from a source outside the allow-list, to be refused
+    /// with 403 (`sip.untrusted = reject`).
+    Refused {
+        /// The bytes.
+        data: Bytes,
+        /// Where it came from.
         source: Target,
     },
     /// A connection is open; send to it through `outbox`.
@@ -84,6 +95,8 @@ pub enum CloseReason {
     KeepaliveTimeout,
     /// No traffic for the idle timeout.
     Idle,
+    /// A message did not arrive whole within the message timeout.
+    SlowSender,
     /// The core asked it to close.
     Shutdown,
 }
@@ -97,8 +110,103 @@ impl CloseReason {
             CloseReason::Framing(_) => "framing_error",
             CloseReason::KeepaliveTimeout => "keepalive_timeout",
             CloseReason::Idle => "idle",
+            CloseReason::SlowSender => "slow_sender",
             CloseReason::Shutdown => "shutdown",
         }
+    }
+}
+
+/// What every receiving task checks before anything reaches the core: the
+/// source allow-list, and the byte budget of the inbound queue.
+#[derive(Clone)]
+pub struct Gate {
+    allowed: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
+    listed: bool,
+    reject: bool,
+    budget: Arc<Semaphore>,
+    budget_bytes: usize,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("reject", &self.reject)
+            .field("budget_bytes", &self.budget_bytes)
+            .finish()
+    }
+}
+
+/// What the gate says of a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Allowed.
+    Allowed,
+    /// Outside the allow-list: answer requests with 403.
+    Refuse,
+    /// Outside the allow-list: drop silently.
+    Drop,
+}
+
+impl Gate {
+    /// A gate admitting sources for which `allowed` holds (the others are
+    /// refused with 403 when `reject`, else dropped) into a queue of at most
+    /// `budget_bytes` of messages.
+    /// `listed` says that `allowed` is an explicit list (its members may use
+    /// the connection slots kept for configured peers).
+    pub fn new(
+        allowed: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
+        listed: bool,
+        reject: bool,
+        budget_bytes: usize,
+    ) -> Self {
+        Self {
+            allowed,
+            listed,
+            reject,
+            budget: Arc::new(Semaphore::new(budget_bytes)),
+            budget_bytes,
+        }
+    }
+
+    /// A gate that admits everyone (one-shot commands).
+    pub fn open(budget_bytes: usize) -> Self {
+        Self::new(Arc::new(|_| true), false, false, budget_bytes)
+    }
+
+    /// Whether `ip` is on an explicit allow-list (a configured peer, which
+    /// may use the kept connection slots).
+    pub fn is_listed(&self, ip: IpAddr) -> bool {
+        self.listed && (self.allowed)(ip)
+    }
+
+    /// Whether `ip` may send.
+    pub fn admit(&self, ip: IpAddr) -> Admission {
+        if (self.allowed)(ip) {
+            Admission::Allowed
+        } else if self.reject {
+            Admission::Refuse
+        } else {
+            Admission::Drop
+        }
+    }
+
+    /// Takes `len` bytes of budget at once, or `None` when the queue is full.
+    pub fn try_reserve(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(len.max(1)).ok()?;
+        self.budget.clone().try_acquire_many_owned(n).ok()
+    }
+
+    /// Takes `len` bytes of budget, waiting for the core to drain (a
+    /// connection's reader, which must not lose a framed message).
+    pub async fn reserve(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(len.max(1).min(self.budget_bytes)).ok()?;
+        self.budget.clone().acquire_many_owned(n).await.ok()
+    }
+
+    /// Bytes queued toward the core now.
+    pub fn queued_bytes(&self) -> usize {
+        self.budget_bytes
+            .saturating_sub(self.budget.available_permits())
     }
 }
 
@@ -128,6 +236,12 @@ pub struct TransportLimits {
     pub connect_timeout: Duration,
     /// Longest a single write may block.
     pub write_timeout: Duration,
+    /// Longest a message may take to arrive whole (and a peer's new
+    /// connection to deliver its first one).
+    pub message_timeout: Duration,
+    /// Connection slots kept for configured peers (registrars, proxies):
+    /// other sources may use only `max_connections - reserved`.
+    pub reserved_connections: usize,
 }
 
 impl Default for TransportLimits {
@@ -139,6 +253,8 @@ impl Default for TransportLimits {
             idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            message_timeout: Duration::from_secs(8),
+            reserved_connections: 64,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod http;
+pub mod live;
 pub mod ports;
 pub mod proxy;
 pub mod redis;

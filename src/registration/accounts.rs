@@ -1,0 +1,578 @@
+//! Every account's registration machine as an owner on the SIP endpoint,
+//! run inside the SIP core task (no task per REGISTER): sends what the
+//! machines emit, feeds back responses, failures, flow losses and time,
+//! and reports each account's state. Names that need DNS are looked up by
+//! the core task and handed back with [`Accounts::resolved`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::machine::{Backoff, Failure, RegConfig, RegOutput, RegState, Registration};
+use crate::config::{AccountSettings, RegistrationSettings, Transport, parse_fingerprint};
+use crate::metrics::RegistrationMetrics;
+use crate::sip::endpoint::{
+    self, ContactSpec, Endpoint, Event, OutRequest, OwnerId, PeerOptions, TlsClient,
+};
+use crate::sip::ids::Entropy;
+use crate::sip::message::{Host, OutMessage, Uri};
+use crate::sip::target::Target;
+use crate::sip::transaction::TxnId;
+use crate::sip::transport::tls::{self, Trust};
+
+/// Owner ids of accounts start here (account `i` is `BASE + i`).
+const BASE: u64 = 1 << 48;
+
+/// Published state of one account (in `/status`, and on Redis).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountStatus {
+    /// Account name.
+    pub name: String,
+    /// `unregistered`, `registering`, `registered`, `backoff`, `failed`, `unregistering`.
+    pub state: &'static str,
+    /// Registrar URI in use.
+    pub registrar: String,
+    /// Transport.
+    pub transport: Transport,
+    /// Whether readiness waits for it.
+    pub required: bool,
+    /// When the binding lapses (registered), Unix milliseconds.
+    pub expires_at_unix_ms: Option<u64>,
+    /// Next attempt (backoff, failed), Unix milliseconds.
+    pub retry_at_unix_ms: Option<u64>,
+    /// SIP status of a definitive rejection.
+    pub code: Option<u16>,
+    /// The last error (a TLS or transport problem, a SIP status).
+    pub last_error: Option<String>,
+}
+
+/// A name the core task is to resolve for an account's attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// The account.
+    pub account: usize,
+    /// The attempt waiting for it.
+    pub attempt: u64,
+    /// Host name.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+struct Account {
+    settings: AccountSettings,
+    transport: Transport,
+    registrars: Vec<String>,
+    proxy: Option<String>,
+    tls: Result<Option<Arc<rustls::ClientConfig>>, String>,
+    keepalive: Option<Duration>,
+    machine: Registration,
+    target: Option<Target>,
+    in_flight: Option<(TxnId, u64)>,
+    waiting_dns: Option<(u64, String, OutMessage)>,
+}
+
+/// Every account.
+pub struct Accounts {
+    list: Vec<Account>,
+    started: (Instant, SystemTime),
+    lookups: Vec<Lookup>,
+    metrics: Arc<RegistrationMetrics>,
+}
+
+impl Accounts {
+    /// Machines for `accounts`; `contact_ip` is the address their Contact
+    /// starts with (the endpoint writes the real one per flow); `rng` makes
+    /// each machine's randomness.
+    pub fn new(
+        accounts: &[AccountSettings],
+        policy: &RegistrationSettings,
+        user_agent: &str,
+        instance_id: &str,
+        contact_ip: std::net::IpAddr,
+        rng: &mut dyn FnMut() -> Box<dyn Entropy>,
+        metrics: Arc<RegistrationMetrics>,
+    ) -> Self {
+        let backoff = Backoff {
+            initial: Duration::from_millis(policy.backoff_initial_ms),
+            max: Duration::from_millis(policy.backoff_max_ms),
+            forbidden: Duration::from_secs(policy.forbidden_retry_secs),
+        };
+        let list = accounts
+            .iter()
+            .map(|a| account(a, backoff, user_agent, instance_id, contact_ip, rng()))
+            .collect();
+        Self {
+            list,
+            started: (Instant::now(), SystemTime::now()),
+            lookups: Vec::new(),
+            metrics,
+        }
+    }
+
+    /// The owner id of account `i` on the endpoint.
+    pub fn owner(i: usize) -> OwnerId {
+        OwnerId(BASE + i as u64)
+    }
+
+    /// The account an owner id names.
+    pub fn owns(&self, owner: OwnerId) -> Option<usize> {
+        let i = usize::try_from(owner.0.checked_sub(BASE)?).ok()?;
+        (i < self.list.len()).then_some(i)
+    }
+
+    /// Starts every account.
+    pub fn start_all(&mut self, now: Instant) {
+        for a in &mut self.list {
+            a.machine.start(now);
+        }
+    }
+
+    /// Registers or unregisters one account; its state after, or `None`
+    /// when there is no such account.
+    pub fn control(&mut self, now: Instant, name: &str, register: bool) -> Option<&'static str> {
+        let a = self.list.iter_mut().find(|a| a.settings.name == name)?;
+        if register {
+            a.machine.start(now);
+        } else {
+            a.machine.stop(now);
+        }
+        Some(a.machine.state().name())
+    }
+
+    /// Unregisters every account.
+    pub fn stop_all(&mut self, now: Instant) {
+        for a in &mut self.list {
+            a.machine.stop(now);
+        }
+    }
+
+    /// Whether every account is unregistered.
+    pub fn all_stopped(&self) -> bool {
+        self.list.iter().all(|a| a.machine.is_stopped())
+    }
+
+    /// When [`Accounts::handle_timeout`] is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.list
+            .iter()
+            .filter_map(|a| a.machine.poll_timeout())
+            .min()
+    }
+
+    /// Runs due refreshes and retries.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for a in &mut self.list {
+            a.machine.handle_timeout(now);
+        }
+    }
+
+    /// Names to resolve, taken.
+    pub fn take_lookups(&mut self) -> Vec<Lookup> {
+        std::mem::take(&mut self.lookups)
+    }
+
+    /// An endpoint event for one of the accounts.
+    pub fn on_event(&mut self, now: Instant, ep: &Endpoint, event: Event) {
+        match event {
+            Event::Response {
+                owner,
+                txn,
+                response,
+                ..
+            } => {
+                let Some(a) = self.owns(owner).and_then(|i| self.list.get_mut(i)) else {
+                    return;
+                };
+                let Some((expected, attempt)) = a.in_flight else {
+                    return;
+                };
+                if expected != txn || response.status().is_none_or(|c| c < 200) {
+                    return;
+                }
+                a.in_flight = None;
+                if let Some(addr) = a.target.and_then(|t| ep.contact_addr(t)) {
+                    a.machine
+                        .set_contact(contact_uri(&a.settings.username, addr, a.transport));
+                }
+                a.machine.on_result(now, attempt, Ok(response));
+            }
+            Event::RequestFailed {
+                owner,
+                txn,
+                failure,
+            } => {
+                let Some(a) = self.owns(owner).and_then(|i| self.list.get_mut(i)) else {
+                    return;
+                };
+                if let Some((expected, attempt)) = a.in_flight
+                    && expected == txn
+                {
+                    a.in_flight = None;
+                    let failure = match failure {
+                        endpoint::Failure::Timeout => Failure::Timeout,
+                        endpoint::Failure::Transport(why) => Failure::Transport(why),
+                    };
+                    a.machine.on_result(now, attempt, Err(failure));
+                }
+            }
+            Event::FlowLost {
+                owner,
+                flow,
+                transport,
+                remote,
+                reason,
+            } => {
+                let Some(a) = self.owns(owner).and_then(|i| self.list.get_mut(i)) else {
+                    return;
+                };
+                tracing::info!(account = %a.settings.name, %flow, %transport, %remote, reason = reason.label(), "registration flow lost; registering again");
+                a.machine.flow_closed(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends what the machines emitted; true when anything happened (the
+    /// caller loops until quiet).
+    pub fn flush(&mut self, now: Instant, ep: &mut Endpoint) -> bool {
+        let mut any = false;
+        for i in 0..self.list.len() {
+            while let Some(output) = self.list.get_mut(i).and_then(|a| a.machine.poll_output()) {
+                any = true;
+                let Some(a) = self.list.get_mut(i) else {
+                    break;
+                };
+                match output {
+                    RegOutput::State(state) => log_state(&a.settings.name, &state),
+                    RegOutput::Send {
+                        attempt,
+                        registrar,
+                        request,
+                    } => {
+                        self.metrics.request(&a.settings.name);
+                        let uri = a.proxy.clone().unwrap_or_else(|| {
+                            a.registrars.get(registrar).cloned().unwrap_or_default()
+                        });
+                        self.route(now, ep, i, attempt, &uri, request);
+                    }
+                }
+            }
+        }
+        any
+    }
+
+    /// A name looked up for `account`'s `attempt`.
+    pub fn resolved(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        account: usize,
+        attempt: u64,
+        result: Result<SocketAddr, String>,
+    ) {
+        let Some(a) = self.list.get_mut(account) else {
+            return;
+        };
+        let Some((waiting, host, request)) = a.waiting_dns.take() else {
+            return;
+        };
+        if waiting != attempt {
+            return;
+        }
+        match result {
+            Ok(addr) => self.send(now, ep, account, attempt, &host, addr, request),
+            Err(why) => a
+                .machine
+                .on_result(now, attempt, Err(Failure::Transport(why))),
+        }
+    }
+
+    fn route(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        i: usize,
+        attempt: u64,
+        uri: &str,
+        request: OutMessage,
+    ) {
+        let Some(a) = self.list.get_mut(i) else {
+            return;
+        };
+        let parsed = Uri::parse(uri).ok();
+        let Some(sip) = parsed.as_ref().and_then(Uri::as_sip) else {
+            let why = format!("{uri}: not a SIP URI");
+            a.machine
+                .on_result(now, attempt, Err(Failure::Transport(why)));
+            return;
+        };
+        let port = sip.port.unwrap_or(if a.transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        });
+        let host = host_text(&sip.host);
+        match sip.host.ip() {
+            Some(ip) => self.send(
+                now,
+                ep,
+                i,
+                attempt,
+                &host,
+                SocketAddr::new(ip, port),
+                request,
+            ),
+            None => {
+                a.waiting_dns = Some((attempt, host.clone(), request));
+                self.lookups.push(Lookup {
+                    account: i,
+                    attempt,
+                    host,
+                    port,
+                });
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        i: usize,
+        attempt: u64,
+        host: &str,
+        addr: SocketAddr,
+        mut request: OutMessage,
+    ) {
+        let Some(a) = self.list.get_mut(i) else {
+            return;
+        };
+        let target = Target::new(a.transport, addr);
+        a.target = Some(target);
+        let tls = match &a.tls {
+            Err(e) => {
+                a.machine
+                    .on_result(now, attempt, Err(Failure::Transport(e.clone())));
+                return;
+            }
+            Ok(None) => None,
+            Ok(Some(config)) => match tls::server_name(host) {
+                Ok(name) => Some(TlsClient {
+                    config: config.clone(),
+                    name,
+                }),
+                Err(e) => {
+                    a.machine
+                        .on_result(now, attempt, Err(Failure::Transport(e)));
+                    return;
+                }
+            },
+        };
+        if a.transport != Transport::Udp {
+            ep.configure_peer(
+                (a.transport, addr),
+                PeerOptions {
+                    keepalive: a.keepalive,
+                    tls,
+                },
+            );
+        }
+        // The endpoint writes the Contact with the address of the flow the
+        // REGISTER leaves on; the machine's parameters are kept.
+        let params = request
+            .remove_header("Contact")
+            .and_then(|c| c.split_once('>').map(|(_, p)| p.to_owned()))
+            .unwrap_or_default();
+        let out = OutRequest::new(request).with_contact(ContactSpec {
+            user: a.settings.username.clone(),
+            params,
+        });
+        match ep.send_request(now, Self::owner(i), out, target) {
+            Ok(txn) => a.in_flight = Some((txn, attempt)),
+            Err(e) => a
+                .machine
+                .on_result(now, attempt, Err(Failure::Transport(e.to_string()))),
+        }
+    }
+
+    /// Every account's state.
+    pub fn statuses(&self) -> Vec<AccountStatus> {
+        self.list.iter().map(|a| status(a, self.started)).collect()
+    }
+}
+
+fn account(
+    a: &AccountSettings,
+    backoff: Backoff,
+    user_agent: &str,
+    instance_id: &str,
+    contact_ip: std::net::IpAddr,
+    rng: Box<dyn Entropy>,
+) -> Account {
+    let transport = a.transport.unwrap_or(Transport::Udp);
+    let mut registrars = vec![a.registrar.clone()];
+    registrars.extend(a.failover_registrars.iter().cloned());
+    let host = Uri::parse(&a.registrar)
+        .ok()
+        .and_then(|u| u.as_sip().map(|s| host_text(&s.host)))
+        .unwrap_or_else(|| "invalid".into());
+    let tls = if transport == Transport::Tls {
+        let trust = match (&a.tls_fingerprint_sha256, &a.tls_ca_file) {
+            (Some(fp), _) => parse_fingerprint(fp).map(Trust::Pinned),
+            (None, Some(ca)) => Ok(Trust::CaFile(ca.clone())),
+            (None, None) => Ok(Trust::System),
+        };
+        trust
+            .and_then(|t| tls::client_config(&t).map_err(|e| e.to_string()))
+            .map(Some)
+            .map_err(|e| format!("TLS trust: {e}"))
+    } else {
+        Ok(None)
+    };
+    let config = RegConfig {
+        aor: format!("sip:{}@{host}", a.username),
+        registrars: registrars.clone(),
+        contact: contact_uri(&a.username, SocketAddr::new(contact_ip, 0), transport),
+        auth_username: a
+            .auth_username
+            .clone()
+            .unwrap_or_else(|| a.username.clone()),
+        password: a.password.clone(),
+        expires: a.expires_secs.unwrap_or(3600),
+        outbound: a.outbound.unwrap_or(false),
+        instance: instance_urn(instance_id, &a.name),
+        route: a.outbound_proxy.as_ref().map(|p| format!("<{p};lr>")),
+        user_agent: user_agent.to_owned(),
+        backoff,
+    };
+    Account {
+        transport,
+        registrars,
+        proxy: a.outbound_proxy.clone(),
+        tls,
+        keepalive: a
+            .keepalive_secs
+            .filter(|k| *k > 0 && transport != Transport::Udp)
+            .map(|k| Duration::from_secs(u64::from(k))),
+        machine: Registration::new(config, rng),
+        target: None,
+        in_flight: None,
+        waiting_dns: None,
+        settings: a.clone(),
+    }
+}
+
+/// A stable `+sip.instance` per instance and account (RFC 5626 §4.1).
+fn instance_urn(instance_id: &str, account: &str) -> String {
+    let digest = Sha256::digest(format!("dialerd:{instance_id}:{account}"));
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let part = |from: usize, to: usize| hex.get(from..to).unwrap_or_default();
+    format!(
+        "urn:uuid:{}-{}-{}-{}-{}",
+        part(0, 8),
+        part(8, 12),
+        part(12, 16),
+        part(16, 20),
+        part(20, 32)
+    )
+}
+
+/// The Contact URI the endpoint writes for `user` at `addr`.
+fn contact_uri(user: &str, addr: SocketAddr, transport: Transport) -> String {
+    let param = match transport {
+        Transport::Udp => "",
+        Transport::Tcp => ";transport=tcp",
+        Transport::Tls => ";transport=tls",
+    };
+    format!("sip:{user}@{addr}{param}")
+}
+
+fn host_text(host: &Host<'_>) -> String {
+    match host {
+        Host::Domain(d) => (*d).to_owned(),
+        Host::V4(a) => a.to_string(),
+        Host::V6(a) => a.to_string(),
+    }
+}
+
+fn log_state(account: &str, state: &RegState) {
+    match state {
+        RegState::Registered { expires_at } => {
+            let secs = expires_at
+                .saturating_duration_since(Instant::now())
+                .as_secs();
+            tracing::info!(account, expires_in_secs = secs, "registered");
+        }
+        RegState::Backoff { until, last_error } => {
+            let secs = until
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64();
+            tracing::warn!(account, error = %last_error, retry_in_secs = secs, "registration failed; backing off");
+        }
+        RegState::Failed {
+            code,
+            reason,
+            retry_at,
+        } => {
+            let secs = retry_at.saturating_duration_since(Instant::now()).as_secs();
+            tracing::error!(account, code, %reason, retry_in_secs = secs, "registration refused");
+        }
+        RegState::Unregistered => tracing::info!(account, "unregistered"),
+        other => tracing::debug!(account, state = other.name(), "registration state"),
+    }
+}
+
+fn unix_ms(at: Instant, started: (Instant, SystemTime)) -> Option<u64> {
+    let wall = if at >= started.0 {
+        started.1 + (at - started.0)
+    } else {
+        started.1 - (started.0 - at)
+    };
+    wall.duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
+}
+
+fn status(a: &Account, started: (Instant, SystemTime)) -> AccountStatus {
+    let state = a.machine.state();
+    let (expires, retry, code, error) = match state {
+        RegState::Registered { expires_at } => (unix_ms(*expires_at, started), None, None, None),
+        RegState::Backoff { until, last_error } => (
+            None,
+            unix_ms(*until, started),
+            None,
+            Some(last_error.clone()),
+        ),
+        RegState::Failed {
+            code,
+            reason,
+            retry_at,
+        } => (
+            None,
+            unix_ms(*retry_at, started),
+            Some(*code),
+            Some(reason.clone()),
+        ),
+        _ => (None, None, None, None),
+    };
+    AccountStatus {
+        name: a.settings.name.clone(),
+        state: state.name(),
+        registrar: a
+            .registrars
+            .get(a.machine.registrar())
+            .cloned()
+            .unwrap_or_default(),
+        transport: a.transport,
+        required: a.settings.required.unwrap_or(true),
+        expires_at_unix_ms: expires,
+        retry_at_unix_ms: retry,
+        code,
+        last_error: error,
+    }
+}
