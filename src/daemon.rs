@@ -15,6 +15,10 @@ use crate::sip::driver::DriverError;
 use crate::sip::transport::tls::TlsConfigError;
 use crate::status::Shared;
 
+/// How long the status server keeps answering (with readiness false) after
+/// a critical task ended, before the process exits.
+const FAILURE_GRACE: Duration = Duration::from_secs(2);
+
 /// Why the daemon stopped without a clean shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -167,6 +171,8 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         }
         sip.shutdown().await;
         sip_task.abort();
+        // Probes see the failure (readiness 503) before the process goes.
+        tokio::time::sleep(FAILURE_GRACE).await;
         let _ = http_stop.send(());
         heartbeat.abort();
         return Err(DaemonError::TaskEnded { task, cause });

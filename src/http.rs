@@ -1,9 +1,11 @@
 //! The ops HTTP server: `/healthz`, `/readyz`, `/status`, `/metrics`,
 //! `POST /drain`.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
@@ -26,6 +28,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/drain", post(drain))
+        .route("/sip-trace", post(sip_trace))
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             count_requests,
@@ -33,17 +36,137 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// Most HTTP connections at once; past it, a new connection closes the
+/// oldest one that is not in the middle of a request.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Longest a client may take to send a request head (also the idle limit
+/// of a kept-alive connection between requests).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves the router on `listener` until `stop` completes, then finishes
-/// in-flight requests.
+/// in-flight requests (for at most a second). Idle and slow clients cannot
+/// use up the file limit or keep the probes out: connections are capped,
+/// request heads and idle time are bounded, and at the cap the oldest idle
+/// connection gives way to the new one.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(shared).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
+    let app = router(shared);
+    let mut slots = Slots::default();
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        slots.prune();
+        if slots.live() >= MAX_CONNECTIONS && !slots.evict_idle() {
+            drop(stream); // every slot is in a request: refuse this one
+            continue;
+        }
+        let slot = slots.add();
+        let service = app.clone().layer(axum::Extension(ConnectInfo(peer)));
+        tokio::spawn(serve_connection(stream, service, slot));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while slots.live() > 0 && tokio::time::Instant::now() < deadline {
+        slots.evict_all_idle();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        slots.prune();
+    }
+    Ok(())
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, service: Router, slot: Arc<Slot>) {
+    let busy = slot.clone();
+    let service = service.layer(middleware::from_fn(move |request: Request, next: Next| {
+        let busy = busy.clone();
+        async move {
+            busy.in_request.store(true, Ordering::Relaxed);
+            let response = next.run(request).await;
+            busy.in_request.store(false, Ordering::Relaxed);
+            response
+        }
+    }));
+    let hyper_service = hyper_util::service::TowerToHyperService::new(service);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), hyper_service);
+    tokio::select! {
+        result = connection => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        }
+        () = slot.evict.notified() => {}
+    }
+    slot.done.store(true, Ordering::Relaxed);
+}
+
+/// One connection's state as the accept loop sees it.
+#[derive(Debug, Default)]
+struct Slot {
+    in_request: AtomicBool,
+    done: AtomicBool,
+    evict: tokio::sync::Notify,
+}
+
+/// Connections in accept order.
+#[derive(Debug, Default)]
+struct Slots {
+    list: VecDeque<Arc<Slot>>,
+}
+
+impl Slots {
+    fn prune(&mut self) {
+        self.list.retain(|s| !s.done.load(Ordering::Relaxed));
+    }
+
+    fn live(&self) -> usize {
+        self.list.len()
+    }
+
+    fn add(&mut self) -> Arc<Slot> {
+        let slot = Arc::new(Slot::default());
+        self.list.push_back(slot.clone());
+        slot
+    }
+
+    /// Closes the oldest connection not in a request; false when there is
+    /// none.
+    fn evict_idle(&mut self) -> bool {
+        let Some(i) = self
+            .list
+            .iter()
+            .position(|s| !s.in_request.load(Ordering::Relaxed))
+        else {
+            return false;
+        };
+        if let Some(slot) = self.list.remove(i) {
+            slot.evict.notify_one();
+        }
+        true
+    }
+
+    fn evict_all_idle(&mut self) {
+        for slot in &self.list {
+            if !slot.in_request.load(Ordering::Relaxed) {
+                slot.evict.notify_one();
+            }
+        }
+    }
 }
 
 async fn count_requests(
@@ -155,4 +278,36 @@ async fn drain(
     let phase = shared.lifecycle.drain();
     tracing::info!(?phase, "drain requested over HTTP");
     (StatusCode::ACCEPTED, Json(json!({ "phase": phase }))).into_response()
+}
+
+/// Switches SIP message logging (`log.sip_trace`) at run time; loopback
+/// callers only (the log then holds message contents).
+async fn sip_trace(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: axum::http::Uri,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        tracing::warn!(%peer, "refused /sip-trace from a non-loopback address");
+        let body = json!({"error": "forbidden", "message": "POST /sip-trace is accepted from loopback only"});
+        return (StatusCode::FORBIDDEN, Json(body)).into_response();
+    }
+    let on = match uri.query() {
+        Some("on=true") => Some(true),
+        Some("on=false") => Some(false),
+        _ => None,
+    };
+    let Some(on) = on else {
+        let body = json!({"error": "bad_request", "message": "give ?on=true or ?on=false"});
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    };
+    let Some(sip) = shared.sip.get() else {
+        let body = json!({"error": "unavailable", "message": "the SIP core is not running"});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    };
+    if !sip.set_trace(on).await {
+        let body = json!({"error": "unavailable", "message": "the SIP core stopped"});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    (StatusCode::OK, Json(json!({ "sip_trace": on }))).into_response()
 }

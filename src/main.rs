@@ -51,9 +51,9 @@ struct CtlArgs {
     /// Seconds to wait for the result.
     #[arg(long, default_value_t = 5)]
     timeout_secs: u64,
-    /// Command type: ping, status, register, unregister, drain.
+    /// Command type: ping, status, register, unregister, drain, sip_trace.
     command: String,
-    /// Account, for register and unregister.
+    /// Account, for register and unregister; `on` or `off` for sip_trace.
     account: Option<String>,
 }
 
@@ -148,9 +148,15 @@ fn ctl(args: &CtlArgs) -> ExitCode {
         Some(i) => Some(i.to_owned()),
         None => Some(settings.instance.id.clone()),
     };
-    let cmd_args = match &args.account {
-        Some(a) => serde_json::json!({ "account": a }),
-        None => serde_json::json!({}),
+    let cmd_args = match (args.command.as_str(), args.account.as_deref()) {
+        ("sip_trace", Some("on")) => serde_json::json!({ "on": true }),
+        ("sip_trace", Some("off")) => serde_json::json!({ "on": false }),
+        ("sip_trace", _) => {
+            eprintln!("dialerd ctl sip_trace takes on or off");
+            return ExitCode::from(2);
+        }
+        (_, Some(a)) => serde_json::json!({ "account": a }),
+        (_, None) => serde_json::json!({}),
     };
     let runtime = match small_runtime() {
         Ok(rt) => rt,

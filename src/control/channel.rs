@@ -638,6 +638,13 @@ async fn run_command(
         CommandKind::Status => serde_json::to_value(shared.snapshot())
             .map_err(|e| error(ErrorCode::Internal, e.to_string())),
         CommandKind::Drain => Ok(json!({"phase": shared.lifecycle.drain()})),
+        CommandKind::SipTrace { on } => match shared.sip.get() {
+            Some(sip) if sip.set_trace(*on).await => Ok(json!({"sip_trace": on})),
+            _ => Err(error(
+                ErrorCode::Internal,
+                "the SIP core is not running".into(),
+            )),
+        },
         CommandKind::Register { account } | CommandKind::Unregister { account } => {
             let register = matches!(cmd.kind, CommandKind::Register { .. });
             match registrations.control(account, register).await {

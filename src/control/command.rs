@@ -115,6 +115,11 @@ pub enum CommandKind {
     },
     /// Start draining.
     Drain,
+    /// Switch SIP message logging.
+    SipTrace {
+        /// On or off.
+        on: bool,
+    },
 }
 
 impl CommandKind {
@@ -126,6 +131,7 @@ impl CommandKind {
             CommandKind::Register { .. } => "register",
             CommandKind::Unregister { .. } => "unregister",
             CommandKind::Drain => "drain",
+            CommandKind::SipTrace { .. } => "sip_trace",
         }
     }
 
@@ -276,6 +282,21 @@ pub fn parse(payload: &[u8], prefix: &str) -> Result<Command, CommandError> {
         "ping" => only(&[]).map(|()| CommandKind::Ping)?,
         "status" => only(&[]).map(|()| CommandKind::Status)?,
         "drain" => only(&[]).map(|()| CommandKind::Drain)?,
+        "sip_trace" => {
+            only(&["on"])?;
+            match args.get("on") {
+                Some(Value::Bool(on)) => CommandKind::SipTrace { on: *on },
+                None => {
+                    return Err(fail(ErrorCode::MissingField, "args.on is missing".into()));
+                }
+                Some(other) => {
+                    return Err(fail(
+                        ErrorCode::BadField,
+                        format!("args.on must be true or false, not {}", kind(other)),
+                    ));
+                }
+            }
+        }
         "register" => CommandKind::Register {
             account: account()?,
         },
@@ -337,6 +358,10 @@ mod tests {
         assert_eq!(
             ok(r#"{"v":1,"id":"s","type":"status","args":{}}"#).kind,
             CommandKind::Status
+        );
+        assert_eq!(
+            ok(r#"{"v":1,"id":"t","type":"sip_trace","args":{"on":true}}"#).kind,
+            CommandKind::SipTrace { on: true }
         );
         assert_eq!(
             ok(r#"{"v":1,"id":"d","type":"drain","reply_to":null}"#).kind,

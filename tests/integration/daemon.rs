@@ -223,3 +223,40 @@ fn unreachable_metadata_service_fails_start_with_a_clear_error() {
         "{log}"
     );
 }
+
+#[test]
+fn a_sip_core_that_panics_turns_readiness_false_and_the_process_exits_non_zero() {
+    let mut d = Daemon::start(
+        &["--profile", "local"],
+        &[("DIALERD_TEST_FAULT", "sip-core-panic:1500")],
+    );
+    let addr = d.http();
+    assert_eq!(http::get(addr, "/readyz").unwrap().status, 200);
+    let failed = crate::support::wait_for(Duration::from_secs(10), || {
+        http::get(addr, "/readyz")
+            .ok()
+            .filter(|r| r.status == 503)
+            .map(|r| r.json())
+    })
+    .expect("readiness turns false when the SIP core dies");
+    let checks = failed["checks"].as_array().unwrap();
+    let sip = checks
+        .iter()
+        .find(|c| c["name"] == "sip_core")
+        .expect("a sip_core check");
+    assert_eq!(sip["ok"], false);
+    assert!(
+        sip["detail"].as_str().unwrap().contains("panicked"),
+        "{sip}"
+    );
+    let (status, _) = d
+        .wait_exit(Duration::from_secs(15))
+        .expect("the process exits");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit 1 so that Kubernetes restarts it"
+    );
+    let log = d.log();
+    assert!(log.contains("a critical task ended"), "{log}");
+}

@@ -361,6 +361,41 @@ mod tls {
     }
 
     #[test]
+    fn without_a_tls_listener_contact_and_via_carry_the_connections_own_port() {
+        let pki = TestPki::generate();
+        let registrar = TlsRegistrar::start(pki.server_config(false), None);
+        let extra = format!("tls_ca_file = {:?}\n", pki.ca.to_str().unwrap());
+        let r = dialerd_registering(&format!("sips:{}", registrar.addr()), "tls", &extra, &[]);
+        wait_state(&r.daemon, "registered", Duration::from_secs(10));
+        registrar.with_log(|log| {
+            let local = log.peers[0];
+            let (_, conn, first) = &log.registers[0];
+            assert_eq!(*conn, 0);
+            let reachable = format!("{local}");
+            let contact = first
+                .lines()
+                .find(|l| l.starts_with("Contact:"))
+                .unwrap_or_default();
+            let via = first
+                .lines()
+                .find(|l| l.starts_with("Via:"))
+                .unwrap_or_default();
+            assert!(
+                contact.contains(&format!("@{reachable};transport=tls>")),
+                "Contact names the connection's local address {reachable}: {contact}"
+            );
+            assert!(
+                via.contains(&format!("SIP/2.0/TLS {reachable};")),
+                "Via sent-by is the connection's local address {reachable}: {via}"
+            );
+            assert!(
+                !contact.contains(":5061"),
+                "no port where nothing listens: {contact}"
+            );
+        });
+    }
+
+    #[test]
     fn registers_over_tls_with_a_pinned_fingerprint() {
         let pki = TestPki::generate();
         let registrar = TlsRegistrar::start(pki.server_config(true), None);

@@ -313,3 +313,132 @@ fn a_request_on_a_connection_that_closes_fails_at_once() {
         started.elapsed()
     );
 }
+
+/// A TCP peer that answers `answers[i]` requests on its i-th connection,
+/// counts the CRLF CRLF pings on each (answering pongs), and closes each
+/// connection `hold` after its last answer. Returns pings per connection.
+fn counting_peer(
+    answers: Vec<usize>,
+    hold: Duration,
+) -> (SocketAddr, std::thread::JoinHandle<Vec<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let thread = std::thread::spawn(move || {
+        let mut pings = Vec::new();
+        for n in answers {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut buf = Vec::new();
+            let (mut answered, mut count) = (0, 0);
+            let mut last = Instant::now();
+            let end_by = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < end_by && (answered < n || last.elapsed() < hold) {
+                let mut chunk = [0u8; 2048];
+                match s.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    Err(_) => {}
+                }
+                loop {
+                    if buf.starts_with(b"\r\n\r\n") {
+                        buf.drain(..4);
+                        count += 1;
+                        let _ = s.write_all(b"\r\n");
+                        continue;
+                    }
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        break;
+                    };
+                    let request: Vec<u8> = buf.drain(..end + 4).collect();
+                    let request = String::from_utf8_lossy(&request).into_owned();
+                    s.write_all(ok_for(&request).as_bytes()).unwrap();
+                    answered += 1;
+                    last = Instant::now();
+                }
+            }
+            pings.push(count);
+            drop(s);
+        }
+        pings
+    });
+    (addr, thread)
+}
+
+#[test]
+fn every_owner_on_a_flow_hears_of_its_loss_and_the_peers_keepalive_survives_other_requests() {
+    let (addr, peer) = counting_peer(vec![2, 1], Duration::from_millis(2500));
+    let target = Target::new(Transport::Tcp, addr);
+    let (lost, pings) = runtime().block_on(async {
+        let mut live = Live::start().await;
+        // The registration configures its peer: 1 s keepalive.
+        let registration = OwnerId(1);
+        let call = OwnerId(2);
+        let first = live.send(
+            registration,
+            options(&format!("sip:{addr};transport=tcp")),
+            target,
+            Some(PeerOptions {
+                keepalive: Some(Duration::from_secs(1)),
+                tls: None,
+            }),
+        );
+        assert_eq!(
+            live.final_response(first, Duration::from_secs(10))
+                .await
+                .unwrap()
+                .status(),
+            Some(200)
+        );
+        // A second owner uses the same connection, with no options of its own.
+        let second = live.send(
+            call,
+            options(&format!("sip:{addr};transport=tcp")),
+            target,
+            None,
+        );
+        assert_eq!(
+            live.final_response(second, Duration::from_secs(10))
+                .await
+                .unwrap()
+                .status(),
+            Some(200)
+        );
+        assert_eq!(live.ep.flows().connections(), 1, "one connection for both");
+        let mut lost = Vec::new();
+        while lost.len() < 2 {
+            match live.next_event(Duration::from_secs(10)).await {
+                Some(Event::FlowLost { owner, .. }) => lost.push(owner),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        lost.sort();
+        // The registration sends again: a new connection, still with the
+        // peer's keepalive.
+        let third = live.send(
+            registration,
+            options(&format!("sip:{addr};transport=tcp")),
+            target,
+            None,
+        );
+        assert_eq!(
+            live.final_response(third, Duration::from_secs(10))
+                .await
+                .unwrap()
+                .status(),
+            Some(200)
+        );
+        let _ = live.next_event(Duration::from_secs(3)).await;
+        (lost, peer.join().unwrap())
+    });
+    assert_eq!(lost, [OwnerId(1), OwnerId(2)], "both owners told");
+    assert!(
+        pings[0] >= 2,
+        "keepalive on the first connection: {pings:?}"
+    );
+    assert!(
+        pings[1] >= 1,
+        "the new connection kept the peer's keepalive: {pings:?}"
+    );
+}

@@ -304,6 +304,8 @@ pub struct RegistrarLog {
     pub closed_first: Option<Instant>,
     /// Handshake or I/O errors, by connection.
     pub errors: Vec<String>,
+    /// The far end (dialerd's local address) of each connection, in order.
+    pub peers: Vec<SocketAddr>,
 }
 
 /// A registrar over TLS (blocking rustls): answers every REGISTER with 200
@@ -328,10 +330,15 @@ impl TlsRegistrar {
             let mut index = 0;
             let mut workers = Vec::new();
             while index < 3 && Instant::now() < end {
-                let Ok((tcp, _)) = listener.accept() else {
+                let Ok((tcp, peer)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
+                shared
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .peers
+                    .push(peer);
                 let (config, log) = (config.clone(), shared.clone());
                 let close = if index == 0 { close_first_after } else { None };
                 let conn = index;
