@@ -388,3 +388,108 @@ fn application_layer_messages_parse() {
         msg.validate().unwrap_or_else(|e| panic!("{tag}: {e}"));
     }
 }
+
+/// Every RFC 4475 request sent over UDP to a running dialerd: each §3.1.1
+/// request is answered, each §3.1.2 request refused with a 4xx or 5xx, and
+/// the process stays healthy. Responses go to the sender's address and the
+/// sent-by port of the message's own Via (5060, 5050, 5070), so the test
+/// sends from its own loopback address and listens on those ports there.
+#[test]
+fn every_torture_request_sent_to_dialerd_is_answered_or_refused() {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::time::{Duration, Instant};
+
+    let port = crate::support::ports::free_udp_tcp_port();
+    let d = crate::support::daemon::Daemon::start(
+        &["--profile", "local"],
+        &[("DIALERD__SIP__UDP_LISTEN", &format!("127.0.0.1:{port}"))],
+    );
+    let dialerd = SocketAddr::from(([127, 0, 0, 1], port));
+    // A loopback address of this test's own (from the port, to keep
+    // parallel runs apart).
+    let me = std::net::Ipv4Addr::new(127, 44, (port >> 8) as u8, (port & 0xff) as u8);
+    let sender = UdpSocket::bind((me, 0)).expect("bind sender");
+    let listeners: Vec<UdpSocket> = [5060u16, 5050, 5070]
+        .iter()
+        .map(|p| UdpSocket::bind((me, *p)).expect("bind a sent-by port"))
+        .collect();
+    for l in listeners.iter().chain(std::iter::once(&sender)) {
+        l.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    }
+    let valid = [
+        "wsinv",
+        "intmeth",
+        "esc01",
+        "escnull",
+        "esc02",
+        "lwsdisp",
+        "longreq",
+        "dblreq",
+        "semiuri",
+        "transports",
+        "mpart01",
+    ];
+    let invalid = [
+        "badinv01",
+        "clerr",
+        "ncl",
+        "scalar02",
+        "quotbal",
+        "ltgtruri",
+        "lwsruri",
+        "lwsstart",
+        "trws",
+        "escruri",
+        "baddate",
+        "regbadct",
+        "badaspec",
+        "baddn",
+        "badvers",
+        "mismatch01",
+        "mismatch02",
+    ];
+    let mut missing = Vec::new();
+    let mut wrong = Vec::new();
+    for tag in valid.iter().chain(invalid.iter()) {
+        let data = load(tag);
+        sender.send_to(&data, dialerd).unwrap();
+        // The Call-ID names the answer (each torture message has its own).
+        let call_id = String::from_utf8_lossy(&data)
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                let n = n.trim();
+                (n.eq_ignore_ascii_case("call-id") || n.eq_ignore_ascii_case("i"))
+                    .then(|| v.trim().to_owned())
+            })
+            .unwrap_or_default();
+        let end = Instant::now() + Duration::from_secs(5);
+        let mut code = None;
+        'wait: while Instant::now() < end {
+            for s in listeners.iter().chain(std::iter::once(&sender)) {
+                let mut buf = [0u8; 65536];
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    let Ok(m) = Message::parse_datagram(buf[..n].to_vec()) else {
+                        continue;
+                    };
+                    let final_code = m.status().filter(|c| *c >= 200);
+                    if m.call_id() == Some(call_id.as_str())
+                        && let Some(c) = final_code
+                    {
+                        code = Some(c);
+                        break 'wait;
+                    }
+                }
+            }
+        }
+        match code {
+            None => missing.push(*tag),
+            Some(c) if invalid.contains(tag) && c < 400 => wrong.push(format!("{tag}: {c}")),
+            Some(_) => {}
+        }
+    }
+    assert!(missing.is_empty(), "not answered: {missing:?}");
+    assert!(wrong.is_empty(), "invalid requests accepted: {wrong:?}");
+    let health = crate::support::http::get(d.http(), "/healthz").unwrap();
+    assert_eq!(health.status, 200, "the process is alive and healthy");
+}

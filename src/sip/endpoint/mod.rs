@@ -1183,8 +1183,10 @@ impl Endpoint {
         }
     }
 
-    /// Answers a request outside any transaction (RFC 3261 §8.2.1); false
-    /// when it has no usable Via to answer along.
+    /// Answers a request outside any transaction (RFC 3261 §8.2.1): along
+    /// its top Via, or, when the Via is there but unreadable (RFC 4475
+    /// badinv01), straight back to the source address. False when it has no
+    /// Via at all.
     fn reply_stateless(
         &mut self,
         request: &Message,
@@ -1192,21 +1194,24 @@ impl Endpoint {
         code: u16,
         reason: &str,
     ) -> bool {
-        let has_via = request
-            .value(HeaderName::Via)
-            .and_then(|v| lex::split_list(v).next())
-            .is_some_and(|v| super::message::Via::parse(v).is_ok());
-        if !has_via {
+        let Some(via) = request.value(HeaderName::Via) else {
             self.event(Event::Dropped {
                 reason: "unanswerable",
             });
             return false;
-        }
+        };
+        let readable = lex::split_list(via)
+            .next()
+            .is_some_and(|v| super::message::Via::parse(v).is_ok());
         let tag = ids::token_from(self.rng.as_mut());
         let mut response =
             OutMessage::response_to(request, code, reason, Some(&tag), Some(source.addr));
         response.push("Server", &self.config.user_agent);
-        let target = response_target(request, source);
+        let target = if readable {
+            response_target(request, source)
+        } else {
+            source
+        };
         self.transmit(None, target, response.encode());
         true
     }
