@@ -78,7 +78,6 @@ impl CoreConfig {
             ..TransportLimits::default()
         };
         let nets = sip.allowed_peers.clone();
-        let listed = !nets.is_empty();
         let allowed = Arc::new(move |ip| nets.is_empty() || nets.iter().any(|n| n.contains(ip)));
         let timers = Timers {
             t1: Duration::from_millis(sip.t1_ms),
@@ -92,12 +91,7 @@ impl CoreConfig {
                 tls: sip.tls_listen.clone(),
                 tls_server,
                 limits,
-                gate: Gate::new(
-                    allowed,
-                    listed,
-                    sip.untrusted == Untrusted::Reject,
-                    INBOUND_BUDGET,
-                ),
+                gate: Gate::new(allowed, sip.untrusted == Untrusted::Reject, INBOUND_BUDGET),
             },
             endpoint: EndpointConfig {
                 timers,
@@ -208,6 +202,8 @@ impl SipCore {
         let (dns_tx, dns_rx) = mpsc::channel(64);
         let counters = Counters::new(publish.sip.clone());
         let core = Core {
+            gate: config.driver.gate.clone(),
+            peers: std::collections::HashSet::new(),
             ep,
             driver,
             accounts,
@@ -356,6 +352,9 @@ impl Counters {
 type DnsResult = (usize, u64, Result<SocketAddr, String>);
 
 struct Core {
+    /// The transport tasks' gate, told which addresses are configured peers.
+    gate: Gate,
+    peers: std::collections::HashSet<std::net::IpAddr>,
     ep: Endpoint,
     driver: Driver,
     accounts: Accounts,
@@ -546,6 +545,11 @@ impl Core {
             }
             if !busy {
                 break;
+            }
+        }
+        for ip in self.accounts.peer_ips() {
+            if self.peers.insert(ip) {
+                self.gate.add_peer(ip);
             }
         }
         self.publish.status.send_if_modified(|current| {

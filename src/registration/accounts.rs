@@ -400,6 +400,13 @@ impl Accounts {
         }
     }
 
+    /// The addresses of the registrars and proxies in use.
+    pub fn peer_ips(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        self.list
+            .iter()
+            .filter_map(|a| a.target.map(|t| t.addr.ip()))
+    }
+
     /// Every account's state.
     pub fn statuses(&self) -> Vec<AccountStatus> {
         self.list.iter().map(|a| status(a, self.started)).collect()

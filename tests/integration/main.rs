@@ -6,6 +6,7 @@ mod support;
 mod check_config;
 mod control;
 mod daemon;
+mod flood;
 mod peers;
 mod registration;
 mod rfc4475;

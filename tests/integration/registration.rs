@@ -23,6 +23,16 @@ pub fn dialerd_registering(
     extra_account: &str,
     env: &[(&str, &str)],
 ) -> Registering {
+    dialerd_registering_with(registrar, transport, extra_account, env)
+}
+
+/// [`dialerd_registering`] (the same, named for other modules' use).
+pub fn dialerd_registering_with(
+    registrar: &str,
+    transport: &str,
+    extra_account: &str,
+    env: &[(&str, &str)],
+) -> Registering {
     let dir = Scratch::new("reg");
     let config = dir.write(
         "dialerd.toml",

@@ -57,15 +57,16 @@ pub(super) async fn run<S>(
     inbound: mpsc::Sender<Inbound>,
     opts: ConnOptions,
     gate: Gate,
-    outbound: bool,
+    slot: Option<std::sync::Arc<super::listen::Slot>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let io = Io {
         inbound: &inbound,
         gate: &gate,
+        slot: slot.as_deref(),
     };
-    let reason = serve(stream, flow, transport, remote, outbox, io, opts, outbound).await;
+    let reason = serve(stream, flow, transport, remote, outbox, io, opts).await;
     tracing::debug!(%flow, %remote, %transport, reason = reason.label(), "connection closed");
     let _ = inbound.send(Inbound::Closed { flow, reason }).await;
 }
@@ -73,6 +74,8 @@ pub(super) async fn run<S>(
 struct Io<'a> {
     inbound: &'a mpsc::Sender<Inbound>,
     gate: &'a Gate,
+    /// The slot of a connection a peer opened (`None` for ours).
+    slot: Option<&'a super::listen::Slot>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -84,7 +87,6 @@ async fn serve<S>(
     mut outbox: mpsc::Receiver<Bytes>,
     io: Io<'_>,
     opts: ConnOptions,
-    outbound: bool,
 ) -> CloseReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -103,7 +105,7 @@ where
     let mut next_ping = Instant::now() + keepalive;
     // A connection a peer opened must deliver its first message in time; then
     // every message must arrive whole within the limit of its first byte.
-    let mut message_started: Option<Instant> = (!outbound).then(Instant::now);
+    let mut message_started: Option<Instant> = io.slot.is_some().then(Instant::now);
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
         let idle_deadline = last_activity + opts.idle_timeout;
@@ -130,6 +132,9 @@ where
                                 return CloseReason::Shutdown;
                             }
                             message_started = None;
+                            if let Some(slot) = io.slot {
+                                slot.prove();
+                            }
                         }
                         Ok(Some(Frame::Ping)) => {
                             if let Err(e) = write(&mut stream, b"\r\n", opts.write_timeout).await {
@@ -175,6 +180,7 @@ where
             () = tokio::time::sleep_until(message_deadline), if message_started.is_some() => {
                 return CloseReason::SlowSender;
             }
+            () = evicted(io.slot) => return CloseReason::Evicted,
         }
     }
 }
@@ -189,5 +195,12 @@ async fn write<S: AsyncWrite + Unpin>(
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(CloseReason::Io(e.to_string())),
         Err(_) => Err(CloseReason::Io(format!("write blocked for {limit:?}"))),
+    }
+}
+
+async fn evicted(slot: Option<&super::listen::Slot>) {
+    match slot {
+        Some(slot) => slot.evicted().await,
+        None => std::future::pending().await,
     }
 }

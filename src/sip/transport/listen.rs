@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::conn::{self, ConnOptions};
@@ -19,34 +20,80 @@ use crate::sip::target::Transport;
 /// Queue depth of one connection's writer.
 const OUTBOX_DEPTH: usize = 256;
 
-/// Open connections by source address, shared by the accept loops and the
-/// connection tasks (touched on accept and close only, never per message).
+/// Inbound connections by source address, shared by the accept loops and
+/// the connection tasks (touched on accept and close only, never per
+/// message). At the cap, a new connection takes the slot of the oldest one
+/// that has not delivered a whole message yet (a slow sender), so a flood
+/// of those cannot keep real peers out.
 #[derive(Debug, Default, Clone)]
 pub struct SourceLimits {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    inner: Arc<Mutex<Inner>>,
 }
 
-struct SourceGuard {
-    limits: SourceLimits,
+#[derive(Debug, Default)]
+struct Inner {
+    counts: HashMap<IpAddr, usize>,
+    total: usize,
+    order: std::collections::VecDeque<Arc<Slot>>,
+}
+
+/// One inbound connection's slot.
+#[derive(Debug)]
+pub struct Slot {
     ip: IpAddr,
+    priority: bool,
+    proven: AtomicBool,
+    released: AtomicBool,
+    evict: Notify,
+}
+
+impl Slot {
+    /// The connection delivered a whole message.
+    pub fn prove(&self) {
+        self.proven.store(true, Ordering::Relaxed);
+    }
+
+    /// Resolves when the slot was given to a newer connection.
+    pub async fn evicted(&self) {
+        self.evict.notified().await;
+    }
+}
+
+struct SlotGuard {
+    limits: SourceLimits,
+    slot: Arc<Slot>,
+}
+
+/// Why a connection got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    PerSource,
+    Full,
 }
 
 impl SourceLimits {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Open connections in all.
+    /// Open inbound connections in all.
     pub fn total(&self) -> usize {
-        self.lock().values().sum()
+        self.lock().total
     }
 
     /// A slot for a connection from `ip`; a `priority` source (a configured
     /// peer) may also take the slots kept for such peers.
-    fn admit(&self, ip: IpAddr, limits: &TransportLimits, priority: bool) -> Option<SourceGuard> {
-        let mut counts = self.lock();
-        let total: usize = counts.values().sum();
-        let from_ip = counts.get(&ip).copied().unwrap_or(0);
+    fn admit(
+        &self,
+        ip: IpAddr,
+        limits: &TransportLimits,
+        priority: bool,
+    ) -> Result<SlotGuard, Refusal> {
+        let mut inner = self.lock();
+        let from_ip = inner.counts.get(&ip).copied().unwrap_or(0);
+        if from_ip >= limits.max_connections_per_source {
+            return Err(Refusal::PerSource);
+        }
         let cap = if priority {
             limits.max_connections
         } else {
@@ -54,26 +101,53 @@ impl SourceLimits {
                 .max_connections
                 .saturating_sub(limits.reserved_connections)
         };
-        if total >= cap || from_ip >= limits.max_connections_per_source {
-            return None;
+        if inner.total >= cap {
+            inner.order.retain(|s| !s.released.load(Ordering::Relaxed));
+            let victim = inner
+                .order
+                .iter()
+                .position(|s| !s.priority && !s.proven.load(Ordering::Relaxed));
+            let Some(victim) = victim.and_then(|i| inner.order.remove(i)) else {
+                return Err(Refusal::Full);
+            };
+            release(&mut inner, &victim);
+            victim.evict.notify_one();
         }
-        counts.insert(ip, from_ip + 1);
-        Some(SourceGuard {
-            limits: self.clone(),
+        inner.total += 1;
+        *inner.counts.entry(ip).or_insert(0) += 1;
+        let slot = Arc::new(Slot {
             ip,
+            priority,
+            proven: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+            evict: Notify::new(),
+        });
+        inner.order.push_back(slot.clone());
+        Ok(SlotGuard {
+            limits: self.clone(),
+            slot,
         })
     }
 }
 
-impl Drop for SourceGuard {
-    fn drop(&mut self) {
-        let mut counts = self.limits.lock();
-        if let Some(n) = counts.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.ip);
-            }
+/// Gives a slot back once.
+fn release(inner: &mut Inner, slot: &Slot) {
+    if slot.released.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    inner.total = inner.total.saturating_sub(1);
+    if let Some(n) = inner.counts.get_mut(&slot.ip) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            inner.counts.remove(&slot.ip);
         }
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut inner = self.limits.lock();
+        release(&mut inner, &self.slot);
     }
 }
 
@@ -114,19 +188,25 @@ pub async fn accept_loop(
             });
             continue;
         }
-        let priority = gate.is_listed(remote.ip());
-        let Some(guard) = sources.admit(remote.ip(), &limits, priority) else {
-            drop(stream);
-            refusals.note(remote, transport, "connection limit reached");
-            let _ = inbound.try_send(Inbound::Dropped {
-                reason: "connection_limit",
-            });
-            continue;
+        let priority = gate.is_peer(remote.ip());
+        let guard = match sources.admit(remote.ip(), &limits, priority) {
+            Ok(guard) => guard,
+            Err(refusal) => {
+                drop(stream);
+                let (why, reason) = match refusal {
+                    Refusal::PerSource => ("per-source connection limit reached", "source_limit"),
+                    Refusal::Full => ("connection limit reached", "connection_limit"),
+                };
+                refusals.note(remote, transport, why);
+                let _ = inbound.try_send(Inbound::Dropped { reason });
+                continue;
+            }
         };
         let local = stream.local_addr().unwrap_or(remote);
         let _ = stream.set_nodelay(true);
         let (ids, inbound, tls, gate) = (ids.clone(), inbound.clone(), tls.clone(), gate.clone());
         tokio::spawn(async move {
+            let slot = Some(guard.slot.clone());
             let _guard = guard;
             let opts = ConnOptions::new(&limits, None);
             match tls {
@@ -141,6 +221,7 @@ pub async fn accept_loop(
                         inbound,
                         opts,
                         gate,
+                        slot,
                     )
                     .await
                 }
@@ -159,6 +240,7 @@ pub async fn accept_loop(
                                 inbound,
                                 opts,
                                 gate,
+                                slot,
                             )
                             .await
                         }
@@ -192,6 +274,7 @@ async fn start<S>(
     inbound: mpsc::Sender<Inbound>,
     opts: ConnOptions,
     gate: Gate,
+    slot: Option<Arc<Slot>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -209,7 +292,7 @@ async fn start<S>(
         return;
     }
     conn::run(
-        stream, flow, transport, remote, queue, inbound, opts, gate, outbound,
+        stream, flow, transport, remote, queue, inbound, opts, gate, slot,
     )
     .await;
 }
@@ -266,6 +349,7 @@ pub async fn connect(
                 inbound,
                 opts,
                 gate,
+                None,
             )
             .await
         }
@@ -285,6 +369,7 @@ pub async fn connect(
                         inbound,
                         opts,
                         gate,
+                        None,
                     )
                     .await
                 }

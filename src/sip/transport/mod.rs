@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 pub use conn::ConnOptions;
-pub use listen::{SourceLimits, accept_loop, connect};
+pub use listen::{Slot, SourceLimits, accept_loop, connect};
 pub use udp::receive_loop;
 
 use super::target::{FlowId, Target, Transport};
@@ -97,6 +97,9 @@ pub enum CloseReason {
     Idle,
     /// A message did not arrive whole within the message timeout.
     SlowSender,
+    /// At the connection cap, a newer connection took the slot of this one,
+    /// which had not delivered a whole message.
+    Evicted,
     /// The core asked it to close.
     Shutdown,
 }
@@ -111,6 +114,7 @@ impl CloseReason {
             CloseReason::KeepaliveTimeout => "keepalive_timeout",
             CloseReason::Idle => "idle",
             CloseReason::SlowSender => "slow_sender",
+            CloseReason::Evicted => "evicted",
             CloseReason::Shutdown => "shutdown",
         }
     }
@@ -121,7 +125,7 @@ impl CloseReason {
 #[derive(Clone)]
 pub struct Gate {
     allowed: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
-    listed: bool,
+    peers: Arc<std::sync::RwLock<std::collections::HashSet<IpAddr>>>,
     reject: bool,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
@@ -151,17 +155,14 @@ impl Gate {
     /// A gate admitting sources for which `allowed` holds (the others are
     /// refused with 403 when `reject`, else dropped) into a queue of at most
     /// `budget_bytes` of messages.
-    /// `listed` says that `allowed` is an explicit list (its members may use
-    /// the connection slots kept for configured peers).
     pub fn new(
         allowed: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
-        listed: bool,
         reject: bool,
         budget_bytes: usize,
     ) -> Self {
         Self {
             allowed,
-            listed,
+            peers: Arc::default(),
             reject,
             budget: Arc::new(Semaphore::new(budget_bytes)),
             budget_bytes,
@@ -170,13 +171,25 @@ impl Gate {
 
     /// A gate that admits everyone (one-shot commands).
     pub fn open(budget_bytes: usize) -> Self {
-        Self::new(Arc::new(|_| true), false, false, budget_bytes)
+        Self::new(Arc::new(|_| true), false, budget_bytes)
     }
 
-    /// Whether `ip` is on an explicit allow-list (a configured peer, which
-    /// may use the kept connection slots).
-    pub fn is_listed(&self, ip: IpAddr) -> bool {
-        self.listed && (self.allowed)(ip)
+    /// Marks `ip` as a configured peer (a registrar or proxy an account
+    /// uses): its connections may use the slots kept for such peers and are
+    /// never given up to a newcomer.
+    pub fn add_peer(&self, ip: IpAddr) {
+        self.peers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ip);
+    }
+
+    /// Whether `ip` is a configured peer (looked up on accept only).
+    pub fn is_peer(&self, ip: IpAddr) -> bool {
+        self.peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&ip)
     }
 
     /// Whether `ip` may send.

@@ -75,6 +75,11 @@ impl Daemon {
         panic!("dialerd found its HTTP port taken three times in a row");
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// The HTTP status server's address.
     pub fn http(&self) -> SocketAddr {
         self.http
