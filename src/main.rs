@@ -175,7 +175,7 @@ fn ctl(args: &CtlArgs) -> ExitCode {
         Ok(result) => {
             let text = serde_json::to_string_pretty(&result).unwrap_or_default();
             say(format_args!("{text}\n"));
-            if result["ok"] == true {
+            if result.get("ok") == Some(&serde_json::Value::Bool(true)) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_RUNTIME)

@@ -489,9 +489,15 @@ struct Outcome {
 fn publish_result(outcome: Outcome, events: &mut Events, status: &watch::Sender<ChannelStatus>) {
     let mut fields =
         json!({"id": outcome.id, "command": outcome.command, "ok": outcome.result.is_ok()});
-    match outcome.result {
-        Ok(v) => fields["result"] = v,
-        Err(e) => fields["error"] = json!({"code": e.code.as_str(), "message": e.message}),
+    let (key, value) = match outcome.result {
+        Ok(v) => ("result", v),
+        Err(e) => (
+            "error",
+            json!({"code": e.code.as_str(), "message": e.message}),
+        ),
+    };
+    if let Some(object) = fields.as_object_mut() {
+        object.insert(key.to_owned(), value);
     }
     events.push(
         "command.result",
@@ -584,20 +590,19 @@ async fn duplicate(key: &str, cmd: &Command, link: &mut Link) -> Result<Value, C
             Some(text) => {
                 let v: Value =
                     serde_json::from_str(text).map_err(|e| internal(cmd, &e.to_string()))?;
-                return if v["ok"] == true {
-                    Ok(v["result"].clone())
+                let error = v.get("error");
+                let field = |name: &str| error.and_then(|e| e.get(name)).and_then(Value::as_str);
+                return if v.get("ok") == Some(&Value::Bool(true)) {
+                    Ok(v.get("result").cloned().unwrap_or(Value::Null))
                 } else {
-                    let code = match v["error"]["code"].as_str() {
+                    let code = match field("code") {
                         Some("unknown_account") => ErrorCode::UnknownAccount,
                         Some("draining") => ErrorCode::Draining,
                         _ => ErrorCode::Internal,
                     };
                     Err(CommandError {
                         code,
-                        message: v["error"]["message"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
+                        message: field("message").unwrap_or_default().to_owned(),
                         id: Some(cmd.id.clone()),
                         command: Some(cmd.kind.name().to_owned()),
                     })

@@ -1,6 +1,9 @@
 //! Integration tests against real processes: the dialerd binary,
 //! redis-server and SIPp, all on loopback.
 
+// A panic in a test is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod support;
 
 mod check_config;

@@ -234,18 +234,16 @@ fn untrusted_source_is_dropped_and_counted() {
 
 #[test]
 fn a_tcp_connection_from_outside_the_allow_list_is_closed_at_accept() {
-    use std::io::Read;
     let (d, addr) = dialerd(&[("DIALERD__SIP__ALLOWED_PEERS", "127.0.0.1/32")]);
-    let socket = socket2_free_connect("127.9.9.9", addr);
-    let mut stream = socket.expect("connect from 127.9.9.9");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut buf = [0u8; 16];
-    let read = stream.read(&mut buf);
-    assert!(
-        matches!(read, Ok(0))
-            || read.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+    // A connection from another loopback address (bound before connecting).
+    let out = std::process::Command::new("python3")
+        .arg(crate::support::repo_root().join("tests/tools/connect_from.py"))
+        .args(["--source", "127.9.9.9", "--target", &addr.to_string()])
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "closed",
         "closed at once, before anything is sent"
     );
     let metrics = http::get(d.http(), "/metrics").unwrap().body;
@@ -253,43 +251,6 @@ fn a_tcp_connection_from_outside_the_allow_list_is_closed_at_accept() {
         metrics.contains("dialerd_sip_dropped_total{reason=\"untrusted_source\"}"),
         "{metrics}"
     );
-}
-
-/// A TCP connection to `to` from the loopback address `from`.
-fn socket2_free_connect(from: &str, to: SocketAddr) -> std::io::Result<std::net::TcpStream> {
-    // std has no bind-before-connect; use a raw socket through libc.
-    use std::os::fd::FromRawFd;
-    let from: std::net::Ipv4Addr = from.parse().expect("an IPv4 address");
-    let std::net::IpAddr::V4(to_ip) = to.ip() else {
-        panic!("IPv4 only");
-    };
-    // SAFETY: plain socket syscalls on a descriptor this function owns; the
-    // sockaddr structures are fully initialised and sized correctly.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(ip).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let local = sockaddr(from, 0);
-        let remote = sockaddr(to_ip, to.port());
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        if libc::bind(fd, (&raw const local).cast(), len) != 0
-            || libc::connect(fd, (&raw const remote).cast(), len) != 0
-        {
-            let e = std::io::Error::last_os_error();
-            libc::close(fd);
-            return Err(e);
-        }
-        Ok(std::net::TcpStream::from_raw_fd(fd))
-    }
 }
 
 #[test]
@@ -389,7 +350,7 @@ fn connections_per_source_are_limited() {
         !closed_within(&mut conns[1], Duration::from_millis(300)),
         "the second stays"
     );
-    assert!(metric(&d, "dialerd_sip_dropped_total{reason=\"connection_limit\"}") >= 1);
+    assert!(metric(&d, "dialerd_sip_dropped_total{reason=\"source_limit\"}") >= 1);
     assert_eq!(metric(&d, "dialerd_sip_flows "), 2);
 }
 

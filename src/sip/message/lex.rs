@@ -76,8 +76,8 @@ impl<'a> Iterator for ListIter<'a> {
         let mut in_quote = false;
         let mut in_angle = false;
         let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
+        while let Some(&b) = bytes.get(i) {
+            match b {
                 b'\\' if in_quote => i += 1,
                 b'"' => in_quote = !in_quote,
                 b'<' if !in_quote => in_angle = true,
@@ -100,8 +100,8 @@ impl<'a> Iterator for ListIter<'a> {
 pub fn quoted_len(s: &str) -> Option<usize> {
     let bytes = s.as_bytes();
     let mut i = 1;
-    while i < bytes.len() {
-        match bytes[i] {
+    while let Some(&b) = bytes.get(i) {
+        match b {
             b'\\' => i += 2,
             b'"' => return Some(i + 1),
             _ => i += 1,
@@ -290,13 +290,13 @@ pub fn percent_decode(s: &str) -> Option<std::borrow::Cow<'_, str>> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
             let hex = s.get(i + 1..i + 3)?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
-            out.push(bytes[i]);
+            out.push(b);
             i += 1;
         }
     }

@@ -188,7 +188,10 @@ impl Message {
 
     /// How many fields carry `name` (saturating at 255).
     pub fn count(&self, name: HeaderName) -> usize {
-        usize::from(self.counts[name as usize])
+        self.counts
+            .get(name as usize)
+            .copied()
+            .map_or(0, usize::from)
     }
 
     /// Fields with any name, matched case-insensitively as written (for

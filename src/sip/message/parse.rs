@@ -171,10 +171,11 @@ pub(crate) fn split(data: &Bytes, framing: Framing, limits: &Limits) -> Result<P
     let mut repeated_length = false;
     let mut pos = 0;
     while pos < text.len() {
-        let nl = memchr::memchr(b'\n', &text.as_bytes()[pos..])
+        let rest = text.as_bytes().get(pos..).unwrap_or_default();
+        let nl = memchr::memchr(b'\n', rest)
             .map(|i| pos + i)
             .ok_or(FrameError::BareLineEnd)?;
-        if nl == pos || text.as_bytes()[nl - 1] != b'\r' {
+        if nl == pos || text.as_bytes().get(nl - 1) != Some(&b'\r') {
             return Err(FrameError::BareLineEnd);
         }
         let line_end = nl - 1;
@@ -198,8 +199,9 @@ pub(crate) fn split(data: &Bytes, framing: Framing, limits: &Limits) -> Result<P
             let (name_end, value_start, value_end) = header_line(line)?;
             let name = HeaderName::from_name(&line[..name_end]);
             let value = Span::new(pos + value_start, pos + value_end);
-            let n = &mut counts[name as usize];
-            *n = n.saturating_add(1);
+            if let Some(n) = counts.get_mut(name as usize) {
+                *n = n.saturating_add(1);
+            }
             if name == HeaderName::ContentLength {
                 repeated_length |= content_length.is_some();
                 content_length = Some(value);
@@ -254,7 +256,12 @@ fn frame_body(
 
 fn start_line(line: &str, offset: usize) -> Result<StartLine, FrameError> {
     let span = |a: usize, b: usize| Span::new(offset + a, offset + b);
-    if line.len() > 4 && line.as_bytes()[..4].eq_ignore_ascii_case(b"SIP/") {
+    if line.len() > 4
+        && line
+            .as_bytes()
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
+    {
         // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
         let sp1 = lex::find(line, b' ').ok_or(FrameError::StartLine("no status code"))?;
         let after = &line[sp1 + 1..];
@@ -301,21 +308,21 @@ fn start_line(line: &str, offset: usize) -> Result<StartLine, FrameError> {
 fn header_line(line: &str) -> Result<(usize, usize, usize), FrameError> {
     let bytes = line.as_bytes();
     let colon = memchr::memchr(b':', bytes).ok_or(FrameError::HeaderLine)?;
-    let mut name_end = colon;
-    while name_end > 0 && matches!(bytes[name_end - 1], b' ' | b'\t') {
-        name_end -= 1;
-    }
-    if name_end == 0 || !bytes[..name_end].iter().all(|b| lex::is_token_byte(*b)) {
+    let name = bytes.get(..colon).unwrap_or_default();
+    let name_end = name.len()
+        - name
+            .iter()
+            .rev()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+    let name = name.get(..name_end).unwrap_or_default();
+    if name.is_empty() || !name.iter().all(|b| lex::is_token_byte(*b)) {
         return Err(FrameError::HeaderLine);
     }
-    let mut start = colon + 1;
-    while start < bytes.len() && lex::is_lws(bytes[start]) {
-        start += 1;
-    }
-    let mut end = bytes.len();
-    while end > start && lex::is_lws(bytes[end - 1]) {
-        end -= 1;
-    }
+    let after = bytes.get(colon + 1..).unwrap_or_default();
+    let start = colon + 1 + after.iter().take_while(|b| lex::is_lws(**b)).count();
+    let value = bytes.get(start..).unwrap_or_default();
+    let end = start + value.len() - value.iter().rev().take_while(|b| lex::is_lws(**b)).count();
     Ok((name_end, start, end))
 }
 

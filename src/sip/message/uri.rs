@@ -234,7 +234,7 @@ fn parse_host(h: &str) -> Result<Host<'_>, UriError> {
     if h.is_empty() {
         return Err(UriError::EmptyHost);
     }
-    if h.as_bytes()[0].is_ascii_digit()
+    if h.as_bytes().first().is_some_and(u8::is_ascii_digit)
         && let Ok(v4) = h.parse::<Ipv4Addr>()
     {
         return Ok(Host::V4(v4));

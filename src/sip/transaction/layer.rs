@@ -541,7 +541,10 @@ impl Transactions {
     /// timeout.
     pub fn cancel(&mut self, now: Instant, txn: TxnId) -> Result<(), TxnError> {
         let t = self.txns.get_mut(&txn).ok_or(TxnError::Unknown)?;
-        let cancelled = t.armed[Timer::Cancel.index()].is_some();
+        let cancelled = t
+            .armed
+            .get(Timer::Cancel.index())
+            .is_some_and(Option::is_some);
         if t.kind != Kind::InviteClient || t.invite.is_none() || cancelled {
             return Err(TxnError::NotCancellable);
         }
@@ -623,7 +626,9 @@ impl Transactions {
             }
             self.deadlines.pop_first();
             if let Some(t) = self.txns.get_mut(&id) {
-                t.armed[timer.index()] = None;
+                if let Some(slot) = t.armed.get_mut(timer.index()) {
+                    *slot = None;
+                }
                 self.fire(now, id, timer);
             }
         }
@@ -908,8 +913,12 @@ impl Transactions {
     }
 
     fn arm(&mut self, id: TxnId, timer: Timer, at: Instant) {
-        if let Some(t) = self.txns.get_mut(&id) {
-            if let Some(old) = t.armed[timer.index()].replace(at) {
+        if let Some(slot) = self
+            .txns
+            .get_mut(&id)
+            .and_then(|t| t.armed.get_mut(timer.index()))
+        {
+            if let Some(old) = slot.replace(at) {
                 self.deadlines.remove(&(old, id, timer));
             }
             self.deadlines.insert((at, id, timer));
@@ -917,8 +926,11 @@ impl Transactions {
     }
 
     fn disarm(&mut self, id: TxnId, timer: Timer) {
-        if let Some(t) = self.txns.get_mut(&id)
-            && let Some(old) = t.armed[timer.index()].take()
+        if let Some(old) = self
+            .txns
+            .get_mut(&id)
+            .and_then(|t| t.armed.get_mut(timer.index()))
+            .and_then(Option::take)
         {
             self.deadlines.remove(&(old, id, timer));
         }

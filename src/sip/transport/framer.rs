@@ -70,7 +70,8 @@ impl Framer {
             return Ok(Some(Frame::Ping));
         }
         if self.buf.starts_with(b"\r\n") {
-            let lone = self.buf.len() == 2 || (self.buf.len() == 3 && self.buf[2] == b'\r');
+            let lone =
+                self.buf.len() == 2 || (self.buf.len() == 3 && self.buf.get(2) == Some(&b'\r'));
             if lone && !self.expect_pong {
                 // Maybe the first half of a ping: wait for more.
                 return Ok(None);
@@ -90,7 +91,7 @@ impl Framer {
         };
         // A missing Content-Length frames as an empty body; validation then
         // answers 400 (Content-Length is mandatory on streams).
-        let body = content_length(&self.buf[..head])?.unwrap_or(0);
+        let body = content_length(self.buf.get(..head).unwrap_or_default())?.unwrap_or(0);
         let total = head
             .checked_add(body)
             .ok_or(FramerError::TooLarge(self.max_message))?;
@@ -111,9 +112,9 @@ fn content_length(head: &[u8]) -> Result<Option<usize>, FramerError> {
         let Some(colon) = line.iter().position(|b| *b == b':') else {
             continue;
         };
-        let name = trim_ascii(&line[..colon]);
+        let name = trim_ascii(line.get(..colon).unwrap_or_default());
         if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
-            let value = trim_ascii(&line[colon + 1..]);
+            let value = trim_ascii(line.get(colon + 1..).unwrap_or_default());
             let text = std::str::from_utf8(value).map_err(|_| FramerError::BadContentLength)?;
             return crate::sip::message::lex::parse_u64(text, u64::from(u32::MAX))
                 .and_then(|n| usize::try_from(n).ok())

@@ -32,7 +32,7 @@ pub async fn receive_loop(
                 continue;
             }
         };
-        let data = &buf[..n];
+        let data = buf.get(..n).unwrap_or_default();
         if data.iter().all(|b| matches!(b, b'\r' | b'\n' | b' ' | 0)) {
             continue; // keepalive datagram
         }
