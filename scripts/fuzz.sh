@@ -12,6 +12,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz@0.13.2
 fi
 
+# The fuzz crate's lock file is committed and must be current: fail rather
+# than let cargo rewrite it.
+cargo metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null
+
 # Seed corpora from the RFC 4475 vectors and the benchmark messages.
 for target in parse_message transaction; do
   mkdir -p "fuzz/corpus/$target"
