@@ -126,8 +126,8 @@ impl Tracer {
             %local,
             %flow,
             bytes = data.len(),
-            "\n{}",
-            redact(data)
+            sip = %format_args!("\n{}", redact(data)),
+            "SIP message"
         );
         true
     }

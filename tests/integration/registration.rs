@@ -137,6 +137,52 @@ fn digest_401_then_200_over_tcp() {
 }
 
 #[test]
+fn sip_trace_logs_every_message_with_credentials_redacted_and_switches_at_run_time() {
+    let server = registrar("registrar_auth.xml", SippTransport::Udp, "60");
+    let r = dialerd_registering(
+        &uri(&server),
+        "udp",
+        "",
+        &[("DIALERD__LOG__SIP_TRACE", "true")],
+    );
+    wait_state(&r.daemon, "registered", Duration::from_secs(10));
+    let log = r.daemon.log();
+    let traced: Vec<&str> = log.lines().filter(|l| l.contains("sip_trace")).collect();
+    assert!(
+        traced
+            .iter()
+            .any(|l| l.contains("direction=\"out\"") && l.contains("transport=udp")),
+        "{log}"
+    );
+    assert!(
+        traced.iter().any(|l| l.contains("direction=\"in\"")),
+        "{log}"
+    );
+    assert!(
+        log.contains("REGISTER sip:"),
+        "the message itself is logged: {log}"
+    );
+    assert!(log.contains("Authorization: <redacted>"), "{log}");
+    assert!(
+        !log.contains("response=\""),
+        "no digest response in the log: {log}"
+    );
+    // Off at run time, from loopback: a REGISTER refresh is no longer logged.
+    let off = http::post(r.daemon.http(), "/sip-trace?on=false").unwrap();
+    assert_eq!(off.status, 200, "{}", off.body);
+    let before = r.daemon.log().matches("REGISTER sip:").count();
+    let unregister = http::post(r.daemon.http(), "/sip-trace?on=maybe").unwrap();
+    assert_eq!(unregister.status, 400);
+    r.daemon.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        r.daemon.log().matches("REGISTER sip:").count(),
+        before,
+        "the unREGISTER is not traced once switched off"
+    );
+}
+
+#[test]
 fn proxy_challenge_407_then_200() {
     digest_registration(SippTransport::Udp, "registrar_proxy_auth.xml");
 }
