@@ -58,17 +58,18 @@ load() {
     -trace_stat -stf "$work/stat-$name-$rate.csv" -fd 1 >/dev/null 2>&1 || status=$?
   end=$(date +%s.%N)
   after=$(cpu_ticks "$pid")
-  local failed
-  failed=$(tail -1 "$work/stat-$name-$rate.csv" | awk -F';' '{print $16}')
-  python3 - "$name" "$rate" "$total" "$status" "$start" "$end" "$before" "$after" "$tick" "$secs" "${failed:-?}" <<'PY'
+  local failed ok
+  ok=$(tail -1 "$work/stat-$name-$rate.csv" | awk -F';' '{print $16}')
+  failed=$(tail -1 "$work/stat-$name-$rate.csv" | awk -F';' '{print $18}')
+  python3 - "$name" "$rate" "$total" "$status" "$start" "$end" "$before" "$after" "$tick" "$secs" "${failed:-?}" "${ok:-?}" <<'PY'
 import sys
-name, rate, total, status, start, end, before, after, tick, secs, failed = sys.argv[1:]
+name, rate, total, status, start, end, before, after, tick, secs, failed, ok = sys.argv[1:]
 took = float(end) - float(start)
 cpu_us = (int(after) - int(before)) * 1e6 / int(tick)
 per = cpu_us / int(total)
 held = status == "0" and took <= float(secs) * 1.1
 print(f"{name:8} rate {int(rate):6}/s  {int(total):7} OPTIONS in {took:5.1f} s  "
-      f"exit {status} failed {failed}  {'HELD' if held else 'not held'}  "
+      f"exit {status} answered {ok} failed {failed}  {'HELD' if held else 'not held'}  "
       f"responder CPU {per:5.2f} us/OPTIONS")
 PY
   [ "$status" = 0 ]

@@ -590,16 +590,43 @@ impl Endpoint {
     /// retransmitted until its ACK arrives (or 64×T1 passes:
     /// [`Event::AckTimeout`]).
     pub fn respond(&mut self, now: Instant, txn: TxnId, reply: Reply) -> Result<(), EndpointError> {
-        let server = self.servers.get(&txn).ok_or(EndpointError::NotWaiting)?;
-        let request = server.request.as_ref().ok_or(EndpointError::NotWaiting)?;
-        let code = reply.status.code();
-        let mut out = OutMessage::response_to(
-            request,
-            code,
-            &reply.reason,
-            Some(&server.tag),
-            Some(server.source.addr),
+        let mut server = self.servers.remove(&txn).ok_or(EndpointError::NotWaiting)?;
+        let Some(request) = server.request.take() else {
+            return Err(EndpointError::NotWaiting);
+        };
+        let provisional = reply.status.is_provisional();
+        let sent = self.send_response(
+            now,
+            txn,
+            &request,
+            server.source,
+            &server.tag,
+            server.owner,
+            reply,
         );
+        if provisional || sent.is_err() {
+            // Still waiting for a final response.
+            server.request = Some(request);
+            self.servers.insert(txn, server);
+        }
+        sent
+    }
+
+    /// Builds and sends a response to `request` on its server transaction.
+    #[allow(clippy::too_many_arguments)]
+    fn send_response(
+        &mut self,
+        now: Instant,
+        txn: TxnId,
+        request: &Message,
+        source: Target,
+        tag: &str,
+        owner: Option<OwnerId>,
+        reply: Reply,
+    ) -> Result<(), EndpointError> {
+        let code = reply.status.code();
+        let mut out =
+            OutMessage::response_to(request, code, &reply.reason, Some(tag), Some(source.addr));
         for (name, value) in &reply.headers {
             out.push(name, value);
         }
@@ -616,20 +643,32 @@ impl Endpoint {
                 Some((Box::<str>::from(request.call_id()?), seq))
             })
             .flatten();
-        let reliable = server.source.is_reliable();
-        let owner = server.owner;
-        self.txns.respond(now, txn, code, data.clone())?;
-        if !reply.status.is_provisional()
-            && let Some(s) = self.servers.get_mut(&txn)
-        {
-            s.request = None;
-        }
+        let reliable = source.is_reliable();
         if let Some(key) = ack_key {
+            self.txns.respond(now, txn, code, data.clone())?;
             self.unacked
                 .insert(now, key, txn, owner, (!reliable).then_some(data));
+        } else {
+            self.txns.respond(now, txn, code, data)?;
         }
         self.pump(now);
         Ok(())
+    }
+
+    /// Answers a request the endpoint serves itself.
+    fn answer_here(
+        &mut self,
+        now: Instant,
+        txn: TxnId,
+        request: &Message,
+        source: Target,
+        reply: Reply,
+    ) {
+        let code = reply.status.code();
+        let tag = ids::token_from(self.rng.as_mut());
+        if let Err(e) = self.send_response(now, txn, request, source, &tag, None, reply) {
+            tracing::debug!(code, error = %e, "could not respond");
+        }
     }
 
     /// Routes in-dialog requests with `key` to `owner`.
@@ -1075,30 +1114,21 @@ impl Endpoint {
     }
 
     fn on_request(&mut self, now: Instant, txn: TxnId, request: Message, source: Target) {
-        let tag: Box<str> = ids::token_from(self.rng.as_mut()).into();
         let method = request.method();
+        if method == Some(Method::Cancel) {
+            self.on_cancel(now, txn, &request, source);
+            return;
+        }
         let dialog = request
             .to_header()
             .ok()
             .and_then(|t| t.tag().map(Box::<str>::from));
-        self.servers.insert(
-            txn,
-            Server {
-                owner: None,
-                request: Some(request.clone()),
-                source,
-                tag: dialog.clone().unwrap_or(tag),
-            },
-        );
-        if method == Some(Method::Cancel) {
-            self.on_cancel(now, txn, &request);
-            return;
-        }
         if let Some(local_tag) = dialog {
-            let owner = dialog_key(&request, local_tag).and_then(|k| self.dialogs.get(&k).copied());
+            let owner =
+                dialog_key(&request, local_tag.clone()).and_then(|k| self.dialogs.get(&k).copied());
             match owner {
                 Some(owner) => {
-                    self.adopt(txn, owner);
+                    self.keep_server(txn, &request, source, local_tag, Some(owner));
                     self.event(Event::InDialog {
                         owner,
                         txn: Some(txn),
@@ -1106,9 +1136,11 @@ impl Endpoint {
                         source,
                     });
                 }
-                None => self.respond_or_log(
+                None => self.answer_here(
                     now,
                     txn,
+                    &request,
+                    source,
                     Reply::code(481, "Call/Transaction Does Not Exist"),
                 ),
             }
@@ -1120,26 +1152,62 @@ impl Endpoint {
                 for (name, value) in a.headers {
                     reply = reply.header(name, value);
                 }
-                self.respond_or_log(now, txn, reply);
+                self.answer_here(now, txn, &request, source, reply);
             }
-            None => self.event(Event::NewRequest {
-                txn,
-                request,
-                source,
-            }),
+            None => {
+                let tag = ids::token_from(self.rng.as_mut()).into();
+                self.keep_server(txn, &request, source, tag, None);
+                self.event(Event::NewRequest {
+                    txn,
+                    request,
+                    source,
+                });
+            }
         }
     }
 
-    fn on_cancel(&mut self, now: Instant, txn: TxnId, cancel: &Message) {
+    /// Keeps what a response to a request passed to an owner is built from.
+    fn keep_server(
+        &mut self,
+        txn: TxnId,
+        request: &Message,
+        source: Target,
+        tag: Box<str>,
+        owner: Option<OwnerId>,
+    ) {
+        self.servers.insert(
+            txn,
+            Server {
+                owner,
+                request: Some(request.clone()),
+                source,
+                tag,
+            },
+        );
+    }
+
+    fn on_cancel(&mut self, now: Instant, txn: TxnId, cancel: &Message, source: Target) {
         let Some(invite) = self.txns.cancelled_invite(cancel) else {
-            self.respond_or_log(
+            self.answer_here(
                 now,
                 txn,
+                cancel,
+                source,
                 Reply::code(481, "Call/Transaction Does Not Exist"),
             );
             return;
         };
-        self.respond_or_log(now, txn, Reply::code(200, "OK"));
+        // RFC 3261 §9.2: the 200 carries the To tag of the INVITE's responses.
+        let tag = self
+            .servers
+            .get(&invite)
+            .map(|s| s.tag.to_string())
+            .unwrap_or_else(|| ids::token_from(self.rng.as_mut()));
+        if let Err(e) =
+            self.send_response(now, txn, cancel, source, &tag, None, Reply::code(200, "OK"))
+        {
+            tracing::debug!(error = %e, "could not answer a CANCEL");
+        }
         if self.txns.state(invite) != Some(State::Proceeding) {
             return; // already answered: the CANCEL has no effect
         }

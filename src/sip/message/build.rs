@@ -19,7 +19,11 @@ pub struct OutMessage {
 
 /// Replaces CR and LF so that no value can inject a header line.
 fn clean(value: &str) -> String {
-    value.replace(['\r', '\n'], " ")
+    if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+        value.replace(['\r', '\n'], " ")
+    } else {
+        value.to_owned()
+    }
 }
 
 impl OutMessage {

@@ -113,34 +113,6 @@ pub enum Timer {
     Cancel,
 }
 
-const TIMER_COUNT: usize = 13;
-
-impl Timer {
-    const ALL: [Timer; TIMER_COUNT] = [
-        Timer::A,
-        Timer::B,
-        Timer::D,
-        Timer::E,
-        Timer::F,
-        Timer::G,
-        Timer::H,
-        Timer::I,
-        Timer::J,
-        Timer::K,
-        Timer::L,
-        Timer::M,
-        Timer::Cancel,
-    ];
-
-    fn index(self) -> usize {
-        self as usize
-    }
-
-    fn from_index(i: usize) -> Option<Timer> {
-        Timer::ALL.get(i).copied()
-    }
-}
-
 /// What the layer asks its owner to do.
 #[derive(Debug)]
 pub enum Output {
@@ -267,7 +239,47 @@ struct Txn {
     /// response; it goes out with the first one.
     cancel_pending: bool,
     interval: Duration,
-    armed: [Option<Instant>; TIMER_COUNT],
+    armed: Armed,
+}
+
+/// The timers a transaction has armed: never more than three at once (A, B
+/// and the CANCEL guard of an INVITE client), so four slots, not one per
+/// timer kind.
+#[derive(Debug, Clone, Copy, Default)]
+struct Armed([Option<(Timer, Instant)>; 4]);
+
+impl Armed {
+    fn get(&self, timer: Timer) -> Option<Instant> {
+        self.0
+            .iter()
+            .flatten()
+            .find(|(t, _)| *t == timer)
+            .map(|(_, at)| *at)
+    }
+
+    /// Arms `timer` at `at`; returns the instant it was armed at before.
+    fn set(&mut self, timer: Timer, at: Instant) -> Option<Instant> {
+        if let Some(slot) = self.0.iter_mut().flatten().find(|(t, _)| *t == timer) {
+            return Some(std::mem::replace(&mut slot.1, at));
+        }
+        match self.0.iter_mut().find(|s| s.is_none()) {
+            Some(free) => *free = Some((timer, at)),
+            None => tracing::error!(?timer, "more timers than a transaction can arm; dropped"),
+        }
+        None
+    }
+
+    fn take(&mut self, timer: Timer) -> Option<Instant> {
+        let slot = self
+            .0
+            .iter_mut()
+            .find(|s| s.is_some_and(|(t, _)| t == timer))?;
+        slot.take().map(|(_, at)| at)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Timer, Instant)> + '_ {
+        self.0.iter().flatten().copied()
+    }
 }
 
 /// Transactions sharing a key hash (distinct keys may collide; each hit is
@@ -439,7 +451,7 @@ impl Transactions {
                 last: None,
                 cancel_pending: false,
                 interval: self.timers.t1,
-                armed: [None; TIMER_COUNT],
+                armed: Armed::default(),
             },
         );
         self.transmit(Some(id), target, data);
@@ -541,10 +553,7 @@ impl Transactions {
     /// timeout.
     pub fn cancel(&mut self, now: Instant, txn: TxnId) -> Result<(), TxnError> {
         let t = self.txns.get_mut(&txn).ok_or(TxnError::Unknown)?;
-        let cancelled = t
-            .armed
-            .get(Timer::Cancel.index())
-            .is_some_and(Option::is_some);
+        let cancelled = t.armed.get(Timer::Cancel).is_some();
         if t.kind != Kind::InviteClient || t.invite.is_none() || cancelled {
             return Err(TxnError::NotCancellable);
         }
@@ -626,9 +635,7 @@ impl Transactions {
             }
             self.deadlines.pop_first();
             if let Some(t) = self.txns.get_mut(&id) {
-                if let Some(slot) = t.armed.get_mut(timer.index()) {
-                    *slot = None;
-                }
+                t.armed.take(timer);
                 self.fire(now, id, timer);
             }
         }
@@ -840,7 +847,7 @@ impl Transactions {
             last: None,
             cancel_pending: false,
             interval: self.timers.t1,
-            armed: [None; TIMER_COUNT],
+            armed: Armed::default(),
         });
         if invite {
             // RFC 3261 §17.2.1: 100 Trying at once, so the client stops
@@ -913,12 +920,8 @@ impl Transactions {
     }
 
     fn arm(&mut self, id: TxnId, timer: Timer, at: Instant) {
-        if let Some(slot) = self
-            .txns
-            .get_mut(&id)
-            .and_then(|t| t.armed.get_mut(timer.index()))
-        {
-            if let Some(old) = slot.replace(at) {
+        if let Some(t) = self.txns.get_mut(&id) {
+            if let Some(old) = t.armed.set(timer, at) {
                 self.deadlines.remove(&(old, id, timer));
             }
             self.deadlines.insert((at, id, timer));
@@ -926,12 +929,7 @@ impl Transactions {
     }
 
     fn disarm(&mut self, id: TxnId, timer: Timer) {
-        if let Some(old) = self
-            .txns
-            .get_mut(&id)
-            .and_then(|t| t.armed.get_mut(timer.index()))
-            .and_then(Option::take)
-        {
+        if let Some(old) = self.txns.get_mut(&id).and_then(|t| t.armed.take(timer)) {
             self.deadlines.remove(&(old, id, timer));
         }
     }
@@ -957,10 +955,8 @@ impl Transactions {
         let Some(t) = self.txns.remove(&id) else {
             return;
         };
-        for (i, at) in t.armed.iter().enumerate() {
-            if let (Some(at), Some(timer)) = (at, Timer::from_index(i)) {
-                self.deadlines.remove(&(*at, id, timer));
-            }
+        for (timer, at) in t.armed.iter() {
+            self.deadlines.remove(&(at, id, timer));
         }
         let emptied = match self.by_key.get_mut(&t.hash) {
             Some(Bucket::One(one)) => *one == id,
