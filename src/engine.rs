@@ -214,6 +214,7 @@ impl SipCore {
             next_oneshot: ONESHOT_BASE,
             unregistering: None,
             dns: dns_tx,
+            trace_suppressed: 0,
         };
         let task = tokio::spawn(core.run(inbound, rx, dns_rx, config.panic_after));
         Ok((SipCore { commands, locals }, task))
@@ -365,6 +366,8 @@ struct Core {
     next_oneshot: u64,
     unregistering: Option<oneshot::Sender<()>>,
     dns: mpsc::Sender<DnsResult>,
+    /// What the tracer had suppressed when last counted.
+    trace_suppressed: u64,
 }
 
 impl Core {
@@ -564,10 +567,14 @@ impl Core {
             .sip
             .flows
             .set(i64::try_from(self.ep.flows().connections()).unwrap_or(i64::MAX));
-        self.publish
-            .sip
-            .trace_suppressed
-            .set(i64::try_from(self.tracer.suppressed()).unwrap_or(i64::MAX));
+        let suppressed = self.tracer.suppressed();
+        if suppressed > self.trace_suppressed {
+            self.publish
+                .sip
+                .trace_suppressed
+                .inc_by(suppressed - self.trace_suppressed);
+            self.trace_suppressed = suppressed;
+        }
         if self.accounts.all_stopped()
             && let Some(done) = self.unregistering.take()
         {

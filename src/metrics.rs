@@ -57,7 +57,7 @@ pub struct SipMetrics {
     /// Open TCP/TLS connections, set from the flow table on every change.
     pub flows: Gauge,
     /// SIP messages `sip_trace` did not log because of its rate limit.
-    pub trace_suppressed: Gauge,
+    pub trace_suppressed: Counter,
 }
 
 impl SipMetrics {

@@ -618,3 +618,157 @@ fn statuses_outside_100_to_699_are_refused() {
     assert!(Status::new(487).is_ok());
     assert_eq!(Reply::code(1000, "x").status().code(), 500);
 }
+
+/// Forked 2xx under 20 % loss: a forking proxy retransmits each 2xx until
+/// its ACK arrives (as a UAS does); the owner gets each 2xx and every one
+/// is acknowledged; retransmissions after the owner's ACK are acknowledged
+/// again by the endpoint.
+#[test]
+fn forked_2xx_under_loss_are_each_delivered_and_acknowledged() {
+    for seed in 0..20u64 {
+        let mut p = Pair::new(300 + seed, Wire::lossy(0.2));
+        let now = p.now;
+        let inv =
+            p.a.ep
+                .send_request(now, A_OWNER, invite("lossy-fork"), p.target(Side::B))
+                .unwrap();
+        let (_, request) = new_invite(&mut p);
+        let a_addr = p.a.addr;
+        let fork = |tag: &str| {
+            OutMessage::response_to(&request, 200, "OK", Some(tag), Some(a_addr)).encode()
+        };
+        let mut first_seen = Vec::new();
+        let mut interval = Duration::from_millis(500);
+        let mut next = p.now;
+        let deadline = p.now + 32 * SEC;
+        while p.now < deadline && (acks_to_b(&p, "f1") == 0 || acks_to_b(&p, "f2") == 0) {
+            if p.now >= next {
+                for tag in ["f1", "f2"] {
+                    if acks_to_b(&p, tag) == 0 {
+                        p.send_raw(Side::B, fork(tag));
+                    }
+                }
+                next = p.now + interval;
+                interval = (interval * 2).min(4 * SEC);
+            }
+            while let Some(e) = p.a.events.pop_front() {
+                if let Event::Response {
+                    txn,
+                    response,
+                    acked_again: false,
+                    ..
+                } = e
+                    && txn == inv
+                    && response.status() == Some(200)
+                {
+                    let tag = to_tag(&response);
+                    first_seen.push(tag.clone());
+                    let now = p.now;
+                    p.a.ep
+                        .send_ack(
+                            now,
+                            A_OWNER,
+                            inv,
+                            &tag,
+                            in_dialog("ACK", &response, 1),
+                            p.target(Side::B),
+                        )
+                        .unwrap();
+                }
+            }
+            let until = p.now + Duration::from_millis(50);
+            p.run_until(until);
+        }
+        // A duplicate that arrives before the owner acknowledged is reported
+        // as new again (the owner acknowledges it again); none is lost.
+        first_seen.sort();
+        first_seen.dedup();
+        assert_eq!(first_seen, ["f1", "f2"], "seed {seed}: each 2xx delivered");
+        assert!(
+            acks_to_b(&p, "f1") >= 1 && acks_to_b(&p, "f2") >= 1,
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn in_dialog_requests_under_loss_reach_their_owner_or_get_481() {
+    for seed in 0..20u64 {
+        let mut p = Pair::new(400 + seed, Wire::lossy(0.2));
+        let now = p.now;
+        p.a.ep
+            .send_request(now, A_OWNER, invite("lossy-bye"), p.target(Side::B))
+            .unwrap();
+        let (txn, request) = new_invite(&mut p);
+        let tag = p.b.ep.local_tag(txn).unwrap().to_owned();
+        let key = DialogKey {
+            call_id: "lossy-bye".into(),
+            local_tag: "a1".into(),
+            remote_tag: tag.clone().into(),
+        };
+        p.a.ep.bind_dialog(key.clone(), A_OWNER);
+        let now = p.now;
+        let bye =
+            p.b.ep
+                .send_request(
+                    now,
+                    B_OWNER,
+                    from_b("BYE", &request, &tag, 1),
+                    p.target(Side::A),
+                )
+                .unwrap();
+        let mut answered = false;
+        let mut done = false;
+        let deadline = p.now + 40 * SEC;
+        while p.now < deadline && !done {
+            while let Some(e) = p.a.events.pop_front() {
+                if let Event::InDialog {
+                    owner,
+                    txn: Some(t),
+                    request,
+                    ..
+                } = e
+                    && request.method() == Some(Method::Bye)
+                {
+                    assert_eq!(owner, A_OWNER);
+                    let now = p.now;
+                    p.a.ep.respond(now, t, Reply::code(200, "OK")).unwrap();
+                    answered = true;
+                }
+            }
+            while let Some(e) = p.b.events.pop_front() {
+                if status(&e) == Some((bye, 200)) {
+                    done = true;
+                }
+            }
+            if !p.step() {
+                break;
+            }
+        }
+        assert!(
+            answered && done,
+            "seed {seed}: BYE answered through its owner"
+        );
+        p.a.ep.unbind_dialog(&key);
+        let now = p.now;
+        let stray =
+            p.b.ep
+                .send_request(
+                    now,
+                    B_OWNER,
+                    from_b("BYE", &request, &tag, 2),
+                    p.target(Side::A),
+                )
+                .unwrap();
+        let mut code = None;
+        while let Some(e) = p.next_event(Side::B, 40 * SEC) {
+            if let Some((t, c)) = status(&e)
+                && t == stray
+            {
+                code = Some(c);
+                break;
+            }
+        }
+        assert_eq!(code, Some(481), "seed {seed}");
+    }
+}
