@@ -67,6 +67,18 @@ fn status(e: &Event) -> Option<(TxnId, u16)> {
     }
 }
 
+/// A calls B: the INVITE's client transaction, and B's server transaction
+/// and view of the request (adopted by B's owner).
+fn place(p: &mut Pair, call_id: &str) -> (TxnId, TxnId, Message) {
+    let now = p.now;
+    let inv =
+        p.a.ep
+            .send_request(now, A_OWNER, invite(call_id), p.target(Side::B))
+            .unwrap();
+    let (txn, request) = new_invite(p);
+    (inv, txn, request)
+}
+
 /// B's view of a new INVITE.
 fn new_invite(p: &mut Pair) -> (TxnId, Message) {
     loop {
@@ -90,12 +102,7 @@ fn acks_to_b(p: &Pair, tag: &str) -> usize {
 #[test]
 fn invite_client_gets_every_provisional_and_each_forked_2xx_and_acks_each() {
     let mut p = Pair::new(1, Wire::perfect());
-    let now = p.now;
-    let inv =
-        p.a.ep
-            .send_request(now, A_OWNER, invite("fork-1"), p.target(Side::B))
-            .unwrap();
-    let (txn, request) = new_invite(&mut p);
+    let (inv, txn, request) = place(&mut p, "fork-1");
     let now = p.now;
     p.b.ep
         .respond(now, txn, Reply::code(180, "Ringing"))
@@ -185,12 +192,7 @@ fn invite_client_gets_every_provisional_and_each_forked_2xx_and_acks_each() {
 /// A places a call to B; B rings; A cancels. Returns A's (cancel 200,
 /// invite 487) observations.
 fn cancel_while_ringing(p: &mut Pair) -> (bool, bool, bool) {
-    let now = p.now;
-    let inv =
-        p.a.ep
-            .send_request(now, A_OWNER, invite("cancel-1"), p.target(Side::B))
-            .unwrap();
-    let (txn, _) = new_invite(p);
+    let (inv, txn, _) = place(p, "cancel-1");
     let now = p.now;
     p.b.ep
         .respond(now, txn, Reply::code(180, "Ringing"))
@@ -243,12 +245,7 @@ fn cancel_while_ringing_gives_200_and_487_and_tells_the_uas_owner() {
 #[test]
 fn cancel_crossing_a_200_delivers_both_to_the_owner() {
     let mut p = Pair::new(3, Wire::perfect());
-    let now = p.now;
-    let inv =
-        p.a.ep
-            .send_request(now, A_OWNER, invite("cross-1"), p.target(Side::B))
-            .unwrap();
-    let (txn, _) = new_invite(&mut p);
+    let (inv, txn, _) = place(&mut p, "cross-1");
     let now = p.now;
     p.b.ep
         .respond(now, txn, Reply::code(180, "Ringing"))
@@ -281,12 +278,7 @@ fn cancel_crossing_a_200_delivers_both_to_the_owner() {
 #[test]
 fn invite_server_retransmits_its_2xx_until_the_ack_then_stops() {
     let mut p = Pair::new(4, Wire::perfect());
-    let now = p.now;
-    let inv =
-        p.a.ep
-            .send_request(now, A_OWNER, invite("uas-1"), p.target(Side::B))
-            .unwrap();
-    let (txn, request) = new_invite(&mut p);
+    let (inv, txn, request) = place(&mut p, "uas-1");
     let tag = p.b.ep.local_tag(txn).unwrap().to_owned();
     p.b.ep.bind_dialog(
         DialogKey {
@@ -352,11 +344,7 @@ fn invite_server_retransmits_its_2xx_until_the_ack_then_stops() {
 #[test]
 fn a_2xx_never_acknowledged_ends_in_ack_timeout_after_64_t1() {
     let mut p = Pair::new(5, Wire::perfect());
-    let now = p.now;
-    p.a.ep
-        .send_request(now, A_OWNER, invite("noack-1"), p.target(Side::B))
-        .unwrap();
-    let (txn, _) = new_invite(&mut p);
+    let (_, txn, _) = place(&mut p, "noack-1");
     let answered = p.now;
     p.b.ep
         .respond(answered, txn, Reply::code(200, "OK"))
@@ -375,95 +363,10 @@ fn a_2xx_never_acknowledged_ends_in_ack_timeout_after_64_t1() {
     assert_eq!(p.count(Side::A, |m| m.status() == Some(200)), 1 + 10);
 }
 
-#[test]
-fn in_dialog_bye_reaches_its_owner_and_an_unknown_one_gets_481() {
-    let mut p = Pair::new(6, Wire::perfect());
-    let now = p.now;
-    p.a.ep
-        .send_request(now, A_OWNER, invite("bye-1"), p.target(Side::B))
-        .unwrap();
-    let (txn, request) = new_invite(&mut p);
-    let tag = p.b.ep.local_tag(txn).unwrap().to_owned();
-    let now = p.now;
-    p.b.ep.respond(now, txn, Reply::code(200, "OK")).unwrap();
-    // A binds the dialog it is in: its tag a1, B's tag.
-    p.a.ep.bind_dialog(
-        DialogKey {
-            call_id: "bye-1".into(),
-            local_tag: "a1".into(),
-            remote_tag: tag.clone().into(),
-        },
-        A_OWNER,
-    );
-    let now = p.now;
-    let bye =
-        p.b.ep
-            .send_request(
-                now,
-                B_OWNER,
-                from_b("BYE", &request, &tag, 1),
-                p.target(Side::A),
-            )
-            .unwrap();
-    let got = loop {
-        match p.next_event(Side::A, 5 * SEC) {
-            Some(Event::InDialog {
-                owner,
-                txn: Some(t),
-                request,
-                ..
-            }) if request.method() == Some(Method::Bye) => break Some((owner, t)),
-            Some(_) => continue,
-            None => break None,
-        }
-    };
-    let (owner, bye_txn) = got.expect("BYE delivered");
-    assert_eq!(owner, A_OWNER);
-    let now = p.now;
-    p.a.ep
-        .respond(now, bye_txn, Reply::code(200, "OK"))
-        .unwrap();
-    assert_eq!(
-        p.next_event(Side::B, 5 * SEC).as_ref().and_then(status),
-        Some((bye, 200))
-    );
-    // A BYE for a dialog nobody owns.
-    p.a.ep.unbind_dialog(&DialogKey {
-        call_id: "bye-1".into(),
-        local_tag: "a1".into(),
-        remote_tag: tag.clone().into(),
-    });
-    let now = p.now;
-    let again =
-        p.b.ep
-            .send_request(
-                now,
-                B_OWNER,
-                from_b("BYE", &request, &tag, 2),
-                p.target(Side::A),
-            )
-            .unwrap();
-    let mut code = None;
-    while let Some(e) = p.next_event(Side::B, 5 * SEC) {
-        if let Some((t, c)) = status(&e)
-            && t == again
-        {
-            code = Some(c);
-            break;
-        }
-    }
-    assert_eq!(code, Some(481));
-}
-
 /// A whole call over the lossy wire: INVITE, 180, 200, ACK, BYE from A,
 /// 200; returns whether each step was seen by its owner.
 fn call_over(p: &mut Pair, call_id: &str) -> bool {
-    let now = p.now;
-    let inv =
-        p.a.ep
-            .send_request(now, A_OWNER, invite(call_id), p.target(Side::B))
-            .unwrap();
-    let (txn, _) = new_invite(p);
+    let (inv, txn, _) = place(p, call_id);
     let tag = p.b.ep.local_tag(txn).unwrap().to_owned();
     p.b.ep.bind_dialog(
         DialogKey {
@@ -627,12 +530,7 @@ fn statuses_outside_100_to_699_are_refused() {
 fn forked_2xx_under_loss_are_each_delivered_and_acknowledged() {
     for seed in 0..20u64 {
         let mut p = Pair::new(300 + seed, Wire::lossy(0.2));
-        let now = p.now;
-        let inv =
-            p.a.ep
-                .send_request(now, A_OWNER, invite("lossy-fork"), p.target(Side::B))
-                .unwrap();
-        let (_, request) = new_invite(&mut p);
+        let (inv, _, request) = place(&mut p, "lossy-fork");
         let a_addr = p.a.addr;
         let fork = |tag: &str| {
             OutMessage::response_to(&request, 200, "OK", Some(tag), Some(a_addr)).encode()
@@ -691,84 +589,91 @@ fn forked_2xx_under_loss_are_each_delivered_and_acknowledged() {
     }
 }
 
+/// B answers A's INVITE, A binds the dialog, B sends a BYE (which must
+/// reach A's owner, whose 200 must reach B), A unbinds, B sends another BYE
+/// (which must get 481). Returns whether the first BYE went through its
+/// owner and the second BYE's final status.
+fn bye_then_stray_bye(p: &mut Pair, call_id: &str) -> (bool, Option<u16>) {
+    let (_, txn, request) = place(&mut *p, call_id);
+    let tag = p.b.ep.local_tag(txn).unwrap().to_owned();
+    let now = p.now;
+    p.b.ep.respond(now, txn, Reply::code(200, "OK")).unwrap();
+    let key = DialogKey {
+        call_id: call_id.into(),
+        local_tag: "a1".into(),
+        remote_tag: tag.clone().into(),
+    };
+    p.a.ep.bind_dialog(key.clone(), A_OWNER);
+    let bye =
+        p.b.ep
+            .send_request(
+                now,
+                B_OWNER,
+                from_b("BYE", &request, &tag, 1),
+                p.target(Side::A),
+            )
+            .unwrap();
+    let (mut answered, mut done) = (false, false);
+    let deadline = p.now + 40 * SEC;
+    while p.now < deadline && !done {
+        while let Some(e) = p.a.events.pop_front() {
+            if let Event::InDialog {
+                owner,
+                txn: Some(t),
+                request,
+                ..
+            } = e
+                && request.method() == Some(Method::Bye)
+            {
+                assert_eq!(owner, A_OWNER);
+                let now = p.now;
+                p.a.ep.respond(now, t, Reply::code(200, "OK")).unwrap();
+                answered = true;
+            }
+        }
+        while let Some(e) = p.b.events.pop_front() {
+            if status(&e) == Some((bye, 200)) {
+                done = true;
+            }
+        }
+        if !p.step() {
+            break;
+        }
+    }
+    p.a.ep.unbind_dialog(&key);
+    let now = p.now;
+    let stray =
+        p.b.ep
+            .send_request(
+                now,
+                B_OWNER,
+                from_b("BYE", &request, &tag, 2),
+                p.target(Side::A),
+            )
+            .unwrap();
+    let mut code = None;
+    while let Some(e) = p.next_event(Side::B, 40 * SEC) {
+        if let Some((t, c)) = status(&e)
+            && t == stray
+        {
+            code = Some(c);
+            break;
+        }
+    }
+    (answered && done, code)
+}
+
+#[test]
+fn in_dialog_bye_reaches_its_owner_and_an_unknown_one_gets_481() {
+    let mut p = Pair::new(6, Wire::perfect());
+    assert_eq!(bye_then_stray_bye(&mut p, "bye-1"), (true, Some(481)));
+}
+
 #[test]
 fn in_dialog_requests_under_loss_reach_their_owner_or_get_481() {
     for seed in 0..20u64 {
         let mut p = Pair::new(400 + seed, Wire::lossy(0.2));
-        let now = p.now;
-        p.a.ep
-            .send_request(now, A_OWNER, invite("lossy-bye"), p.target(Side::B))
-            .unwrap();
-        let (txn, request) = new_invite(&mut p);
-        let tag = p.b.ep.local_tag(txn).unwrap().to_owned();
-        let key = DialogKey {
-            call_id: "lossy-bye".into(),
-            local_tag: "a1".into(),
-            remote_tag: tag.clone().into(),
-        };
-        p.a.ep.bind_dialog(key.clone(), A_OWNER);
-        let now = p.now;
-        let bye =
-            p.b.ep
-                .send_request(
-                    now,
-                    B_OWNER,
-                    from_b("BYE", &request, &tag, 1),
-                    p.target(Side::A),
-                )
-                .unwrap();
-        let mut answered = false;
-        let mut done = false;
-        let deadline = p.now + 40 * SEC;
-        while p.now < deadline && !done {
-            while let Some(e) = p.a.events.pop_front() {
-                if let Event::InDialog {
-                    owner,
-                    txn: Some(t),
-                    request,
-                    ..
-                } = e
-                    && request.method() == Some(Method::Bye)
-                {
-                    assert_eq!(owner, A_OWNER);
-                    let now = p.now;
-                    p.a.ep.respond(now, t, Reply::code(200, "OK")).unwrap();
-                    answered = true;
-                }
-            }
-            while let Some(e) = p.b.events.pop_front() {
-                if status(&e) == Some((bye, 200)) {
-                    done = true;
-                }
-            }
-            if !p.step() {
-                break;
-            }
-        }
-        assert!(
-            answered && done,
-            "seed {seed}: BYE answered through its owner"
-        );
-        p.a.ep.unbind_dialog(&key);
-        let now = p.now;
-        let stray =
-            p.b.ep
-                .send_request(
-                    now,
-                    B_OWNER,
-                    from_b("BYE", &request, &tag, 2),
-                    p.target(Side::A),
-                )
-                .unwrap();
-        let mut code = None;
-        while let Some(e) = p.next_event(Side::B, 40 * SEC) {
-            if let Some((t, c)) = status(&e)
-                && t == stray
-            {
-                code = Some(c);
-                break;
-            }
-        }
-        assert_eq!(code, Some(481), "seed {seed}");
+        let outcome = bye_then_stray_bye(&mut p, &format!("lossy-bye-{seed}"));
+        assert_eq!(outcome, (true, Some(481)), "seed {seed}");
     }
 }

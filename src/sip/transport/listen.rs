@@ -208,42 +208,23 @@ pub async fn accept_loop(
         tokio::spawn(async move {
             let slot = Some(guard.slot.clone());
             let _guard = guard;
-            let opts = ConnOptions::new(&limits, None);
+            let setup = Setup {
+                remote,
+                local,
+                outbound: false,
+                ids,
+                inbound: inbound.clone(),
+                opts: ConnOptions::new(&limits, None),
+                gate,
+                slot,
+            };
             match tls {
-                None => {
-                    start(
-                        stream,
-                        Transport::Tcp,
-                        remote,
-                        local,
-                        false,
-                        ids,
-                        inbound,
-                        opts,
-                        gate,
-                        slot,
-                    )
-                    .await
-                }
+                None => start(stream, Transport::Tcp, setup).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.connect_timeout, acceptor.accept(stream))
                         .await
                     {
-                        Ok(Ok(s)) => {
-                            start(
-                                s,
-                                Transport::Tls,
-                                remote,
-                                local,
-                                false,
-                                ids,
-                                inbound,
-                                opts,
-                                gate,
-                                slot,
-                            )
-                            .await
-                        }
+                        Ok(Ok(s)) => start(s, Transport::Tls, setup).await,
                         Ok(Err(e)) => {
                             tracing::info!(%remote, error = %e, "inbound TLS handshake failed");
                             let _ = inbound.try_send(Inbound::Dropped {
@@ -263,10 +244,8 @@ pub async fn accept_loop(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn start<S>(
-    stream: S,
-    transport: Transport,
+/// What a connection task starts with, whatever its transport.
+struct Setup {
     remote: SocketAddr,
     local: SocketAddr,
     outbound: bool,
@@ -275,9 +254,23 @@ async fn start<S>(
     opts: ConnOptions,
     gate: Gate,
     slot: Option<Arc<Slot>>,
-) where
+}
+
+/// Reports the connection open and runs it.
+async fn start<S>(stream: S, transport: Transport, setup: Setup)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Setup {
+        remote,
+        local,
+        outbound,
+        ids,
+        inbound,
+        opts,
+        gate,
+        slot,
+    } = setup;
     let flow = ids.next();
     let (outbox, queue) = mpsc::channel::<Bytes>(OUTBOX_DEPTH);
     let opened = Inbound::Opened {
@@ -337,42 +330,24 @@ pub async fn connect(
         };
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(remote);
+    let setup = Setup {
+        remote,
+        local,
+        outbound: true,
+        ids,
+        inbound: inbound.clone(),
+        opts,
+        gate,
+        slot: None,
+    };
     match tls {
-        None => {
-            start(
-                stream,
-                Transport::Tcp,
-                remote,
-                local,
-                true,
-                ids,
-                inbound,
-                opts,
-                gate,
-                None,
-            )
-            .await
-        }
+        None => start(stream, Transport::Tcp, setup).await,
         Some((config, name)) => {
             let connector = TlsConnector::from(config);
             match tokio::time::timeout(limits.connect_timeout, connector.connect(name, stream))
                 .await
             {
-                Ok(Ok(s)) => {
-                    start(
-                        s,
-                        Transport::Tls,
-                        remote,
-                        local,
-                        true,
-                        ids,
-                        inbound,
-                        opts,
-                        gate,
-                        None,
-                    )
-                    .await
-                }
+                Ok(Ok(s)) => start(s, Transport::Tls, setup).await,
                 Ok(Err(e)) => {
                     let _ = inbound
                         .send(fail(format!(
