@@ -52,7 +52,10 @@ fn config() -> Criterion {
 /// Matching a retransmitted request (already parsed) among `LIVE` server
 /// transactions: Via and CSeq reads, key hash, table lookup, key check.
 fn matching(c: &mut Criterion) {
-    let mut t = Transactions::new(Timers::default(), std::collections::hash_map::RandomState::new());
+    let mut t = Transactions::new(
+        Timers::default(),
+        std::collections::hash_map::RandomState::new(),
+    );
     let now = Instant::now();
     let requests: Vec<Message> = (0..LIVE).map(|i| parse(options(i))).collect();
     for r in &requests {
@@ -77,7 +80,10 @@ fn matching(c: &mut Criterion) {
 /// zero, so the transaction ends with its response): event to the TU, the
 /// 200 built from the request, respond, outputs drained.
 fn server_rps(c: &mut Criterion) {
-    let mut t = Transactions::new(Timers::default(), std::collections::hash_map::RandomState::new());
+    let mut t = Transactions::new(
+        Timers::default(),
+        std::collections::hash_map::RandomState::new(),
+    );
     let raw = options(1);
     let request = parse(raw.clone());
     let mut g = c.benchmark_group("transaction");

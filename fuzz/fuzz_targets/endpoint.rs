@@ -125,7 +125,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         while let Some(out) = ep.poll_output() {
-            if let Output::Event(Event::NewRequest { txn, .. } | Event::InDialog { txn: Some(txn), .. }) = out {
+            if let Output::Event(
+                Event::NewRequest { txn, .. } | Event::InDialog { txn: Some(txn), .. },
+            ) = out
+            {
                 ep.adopt(txn, OwnerId(2));
                 pending.push(txn);
             }

@@ -42,7 +42,10 @@ fn drain(t: &mut Transactions, servers: &mut Vec<TxnId>, seen: &mut HashSet<TxnI
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut t = Transactions::new(Timers::default(), std::collections::hash_map::RandomState::new());
+    let mut t = Transactions::new(
+        Timers::default(),
+        std::collections::hash_map::RandomState::new(),
+    );
     let start = Instant::now();
     let mut now = start;
     let mut servers = Vec::new();
