@@ -112,6 +112,10 @@ fn a_flood_of_slow_senders_and_idle_http_connections_starves_nothing() {
     }
     let slow_stats: serde_json::Value =
         serde_json::from_str(text(&slow_report.stdout).trim()).expect("slow sender stats");
+    eprintln!(
+        "flood: {} probes, slowest /healthz {slowest_health:?}, most open files {most_fds} of {limit}, slow senders {slow_stats}",
+        probes.len()
+    );
     assert!(
         slowest_health < Duration::from_secs(1),
         "/healthz took {slowest_health:?} at worst"

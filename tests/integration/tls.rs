@@ -442,3 +442,63 @@ fn every_owner_on_a_flow_hears_of_its_loss_and_the_peers_keepalive_survives_othe
         "the new connection kept the peer's keepalive: {pings:?}"
     );
 }
+
+#[test]
+fn closing_a_registrars_tls_flow_tells_the_registration_and_every_other_owner_on_it() {
+    use crate::support::tls::TlsRegistrar;
+    let pki = TestPki::generate();
+    // Answers the first request, then closes the connection 700 ms later.
+    let registrar = TlsRegistrar::start(pki.server_config(false), Some(Duration::from_millis(700)));
+    let addr = registrar.addr();
+    let target = Target::new(Transport::Tls, addr);
+    let lost = runtime().block_on(async {
+        let mut live = Live::start().await;
+        let registration = OwnerId(1);
+        let call = OwnerId(2);
+        let trust = PeerOptions {
+            keepalive: Some(Duration::from_secs(25)),
+            tls: Some(TlsClient {
+                config: stack_tls::client_config(&Trust::CaFile(pki.ca.clone())).unwrap(),
+                name: stack_tls::server_name("127.0.0.1").unwrap(),
+            }),
+        };
+        let register = OutRequest::new(
+            OutMessage::request("REGISTER", &format!("sips:{addr}"))
+                .header("Max-Forwards", "70")
+                .header("From", "<sips:1001@127.0.0.1>;tag=r1")
+                .header("To", "<sips:1001@127.0.0.1>")
+                .header("Call-ID", "reg-1@127.0.0.1")
+                .header("CSeq", "1 REGISTER")
+                .header("Expires", "60"),
+        );
+        let first = live.send(registration, register, target, Some(trust));
+        assert_eq!(
+            live.final_response(first, Duration::from_secs(10))
+                .await
+                .unwrap()
+                .status(),
+            Some(200)
+        );
+        // A second owner sends over the same TLS connection (no options of
+        // its own); the registrar closes before answering it.
+        let _ = live.send(call, options(&format!("sips:{addr}")), target, None);
+        assert_eq!(live.ep.flows().connections(), 1, "one TLS connection");
+        let mut lost = Vec::new();
+        while lost.len() < 2 {
+            match live.next_event(Duration::from_secs(10)).await {
+                Some(Event::FlowLost {
+                    owner, transport, ..
+                }) => {
+                    assert_eq!(transport, Transport::Tls);
+                    lost.push(owner);
+                }
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        lost.sort();
+        lost
+    });
+    assert_eq!(lost, [OwnerId(1), OwnerId(2)], "both owners told");
+    registrar.with_log(|log| assert_eq!(log.peers.len(), 1));
+}
