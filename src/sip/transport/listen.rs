@@ -113,6 +113,11 @@ impl SourceLimits {
             release(&mut inner, &victim);
             victim.evict.notify_one();
         }
+        // Released slots leave the accept-order list in batches, so it stays
+        // within twice the open connections.
+        if inner.order.len() > 2 * inner.total + 64 {
+            inner.order.retain(|s| !s.released.load(Ordering::Relaxed));
+        }
         inner.total += 1;
         *inner.counts.entry(ip).or_insert(0) += 1;
         let slot = Arc::new(Slot {
@@ -406,5 +411,48 @@ impl Refusals {
         tracing::warn!(%remote, %transport, reason = why, suppressed_since_last = self.suppressed, "connection refused");
         self.last = Some(now);
         self.suppressed = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_order_list_stays_bounded_without_reaching_the_cap() {
+        let sources = SourceLimits::default();
+        let limits = TransportLimits::default();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..10_000 {
+            let guard = sources.admit(ip, &limits, false).unwrap();
+            drop(guard);
+        }
+        let inner = sources.lock();
+        assert_eq!(inner.total, 0);
+        assert!(inner.order.len() <= 65, "{}", inner.order.len());
+    }
+
+    #[test]
+    fn at_the_cap_a_newcomer_displaces_the_oldest_silent_connection() {
+        let sources = SourceLimits::default();
+        let limits = TransportLimits {
+            max_connections: 3,
+            reserved_connections: 1,
+            ..TransportLimits::default()
+        };
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = sources.admit(a, &limits, false).unwrap();
+        let second = sources.admit(a, &limits, false).unwrap();
+        second.slot.prove();
+        // Cap for non-peers is 2: the silent first one gives way.
+        let third = sources.admit(a, &limits, false).unwrap();
+        assert!(first.slot.released.load(Ordering::Relaxed));
+        assert!(!second.slot.released.load(Ordering::Relaxed));
+        // A configured peer may use the kept slot.
+        let peer = sources.admit("192.0.2.9".parse().unwrap(), &limits, true);
+        assert!(peer.is_ok());
+        assert_eq!(sources.total(), 3);
+        drop((first, second, third, peer));
+        assert_eq!(sources.total(), 0);
     }
 }
