@@ -212,7 +212,7 @@ impl SipCore {
             publish,
             oneshots: HashMap::new(),
             next_oneshot: ONESHOT_BASE,
-            unregistering: None,
+            unregistering: Vec::new(),
             dns: dns_tx,
             trace_suppressed: 0,
         };
@@ -246,7 +246,8 @@ impl SipCore {
             return true;
         }
         match tokio::time::timeout(limit, rx).await {
-            Ok(_) => true,
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
             Err(_) => {
                 tracing::warn!(
                     ?limit,
@@ -364,7 +365,7 @@ struct Core {
     publish: Publish,
     oneshots: HashMap<OwnerId, (TxnId, oneshot::Sender<Result<Message, RequestError>>)>,
     next_oneshot: u64,
-    unregistering: Option<oneshot::Sender<()>>,
+    unregistering: Vec<oneshot::Sender<()>>,
     dns: mpsc::Sender<DnsResult>,
     /// What the tracer had suppressed when last counted.
     trace_suppressed: u64,
@@ -469,7 +470,7 @@ impl Core {
             }
             Command::Unregister(done) => {
                 self.accounts.stop_all(now);
-                self.unregistering = Some(done);
+                self.unregistering.push(done);
             }
             Command::Trace(on) => self.tracer.set(on),
             Command::Request {
@@ -575,10 +576,10 @@ impl Core {
                 .inc_by(suppressed - self.trace_suppressed);
             self.trace_suppressed = suppressed;
         }
-        if self.accounts.all_stopped()
-            && let Some(done) = self.unregistering.take()
-        {
-            let _ = done.send(());
+        if self.accounts.all_stopped() {
+            for done in self.unregistering.drain(..) {
+                let _ = done.send(());
+            }
         }
     }
 

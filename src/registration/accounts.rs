@@ -215,6 +215,9 @@ impl Accounts {
                     let failure = match failure {
                         endpoint::Failure::Timeout => Failure::Timeout,
                         endpoint::Failure::Transport(why) => Failure::Transport(why),
+                        other @ endpoint::Failure::Cancelled => {
+                            Failure::Transport(other.to_string())
+                        }
                     };
                     a.machine.on_result(now, attempt, Err(failure));
                 }
@@ -277,12 +280,14 @@ impl Accounts {
         let Some(a) = self.list.get_mut(account) else {
             return;
         };
-        let Some((waiting, host, request)) = a.waiting_dns.take() else {
-            return;
-        };
-        if waiting != attempt {
+        // A stale answer (for an attempt the machine has moved past) must
+        // not take the current attempt's request.
+        if a.waiting_dns.as_ref().is_none_or(|(w, ..)| *w != attempt) {
             return;
         }
+        let Some((_, host, request)) = a.waiting_dns.take() else {
+            return;
+        };
         match result {
             Ok(addr) => self.send(now, ep, account, attempt, &host, addr, request),
             Err(why) => a

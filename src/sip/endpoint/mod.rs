@@ -183,6 +183,9 @@ pub enum Failure {
     /// e.g. a TLS certificate error).
     #[error("transport error: {0}")]
     Transport(String),
+    /// Cancelled while it waited for its connection: never sent.
+    #[error("cancelled before it was sent")]
+    Cancelled,
 }
 
 /// Events for the endpoint's users.
@@ -369,6 +372,8 @@ pub struct Endpoint {
     clients: HashMap<TxnId, Client>,
     servers: HashMap<TxnId, Server>,
     dialogs: HashMap<DialogKey, OwnerId>,
+    /// The To tag of INVITE server transactions after their final response.
+    invite_tags: HashMap<TxnId, Box<str>>,
     unacked: Unacked,
     acks: HashMap<(TxnId, Box<str>), Transmit>,
     waiting: HashMap<PeerKey, Vec<Waiting>>,
@@ -390,6 +395,7 @@ impl Endpoint {
             clients: HashMap::new(),
             servers: HashMap::new(),
             dialogs: HashMap::new(),
+            invite_tags: HashMap::new(),
             acks: HashMap::new(),
             waiting: HashMap::new(),
             failures: HashMap::new(),
@@ -562,15 +568,42 @@ impl Endpoint {
     /// Cancels an INVITE client transaction (RFC 3261 §9.1); the CANCEL's
     /// responses reach the same owner.
     pub fn cancel(&mut self, now: Instant, invite: TxnId) -> Result<(), EndpointError> {
+        // Still waiting for its connection: it is never sent.
+        if let Some(owner) = self.unqueue(invite) {
+            self.event(Event::RequestFailed {
+                owner,
+                txn: invite,
+                failure: Failure::Cancelled,
+            });
+            return Ok(());
+        }
         self.txns.cancel(now, invite)?;
         self.pump(now);
         Ok(())
     }
 
-    /// Gives up a client transaction without sending anything more.
+    /// Gives up a client transaction without sending anything more (one
+    /// still waiting for its connection is never sent).
     pub fn abandon(&mut self, now: Instant, txn: TxnId) {
-        self.txns.abandon(txn);
+        if self.unqueue(txn).is_none() {
+            self.txns.abandon(txn);
+        }
         self.pump(now);
+    }
+
+    /// Takes a request out of the connection wait lists; its owner.
+    fn unqueue(&mut self, txn: TxnId) -> Option<OwnerId> {
+        let mut found = None;
+        for list in self.waiting.values_mut() {
+            list.retain(|w| match w {
+                Waiting::Request { txn: t, owner, .. } if *t == txn => {
+                    found = Some(*owner);
+                    false
+                }
+                _ => true,
+            });
+        }
+        found
     }
 
     /// Makes `owner` the owner of a server transaction from
@@ -608,6 +641,9 @@ impl Endpoint {
             // Still waiting for a final response.
             server.request = Some(request);
             self.servers.insert(txn, server);
+        } else if request.method() == Some(Method::Invite) {
+            // A late CANCEL's 200 carries the same To tag (RFC 3261 §9.2).
+            self.invite_tags.insert(txn, server.tag);
         }
         sent
     }
@@ -640,7 +676,11 @@ impl Endpoint {
         let ack_key = invite_2xx
             .then(|| {
                 let seq = request.cseq().ok()?.seq;
-                Some((Box::<str>::from(request.call_id()?), seq))
+                Some((
+                    Box::<str>::from(request.call_id()?),
+                    seq,
+                    Box::<str>::from(tag),
+                ))
             })
             .flatten();
         let reliable = source.is_reliable();
@@ -809,10 +849,18 @@ impl Endpoint {
                 reason: reason.clone(),
             });
         }
+        // Transactions that already have their final response just end on
+        // their timers; only those still waiting for one fail.
         let stranded: Vec<TxnId> = self
             .clients
             .iter()
-            .filter(|(_, c)| c.flow == Some(flow))
+            .filter(|(t, c)| {
+                c.flow == Some(flow)
+                    && !matches!(
+                        self.txns.state(**t),
+                        Some(State::Accepted | State::Completed) | None
+                    )
+            })
             .map(|(t, _)| *t)
             .collect();
         for txn in stranded {
@@ -1081,6 +1129,7 @@ impl Endpoint {
             E::Terminated { txn } => {
                 self.clients.remove(&txn);
                 self.servers.remove(&txn);
+                self.invite_tags.remove(&txn);
                 self.failures.remove(&txn);
                 self.acks.retain(|(invite, _), _| *invite != txn);
             }
@@ -1202,6 +1251,7 @@ impl Endpoint {
             .servers
             .get(&invite)
             .map(|s| s.tag.to_string())
+            .or_else(|| self.invite_tags.get(&invite).map(ToString::to_string))
             .unwrap_or_else(|| ids::token_from(self.rng.as_mut()));
         if let Err(e) =
             self.send_response(now, txn, cancel, source, &tag, None, Reply::code(200, "OK"))
@@ -1218,10 +1268,15 @@ impl Endpoint {
     }
 
     fn on_ack(&mut self, request: Message, source: Target) {
+        let to_tag = request
+            .to_header()
+            .ok()
+            .and_then(|t| t.tag().map(Box::<str>::from));
         let key = request
             .call_id()
             .zip(request.cseq().ok().map(|c| c.seq))
-            .map(|(c, s)| (Box::<str>::from(c), s));
+            .zip(to_tag)
+            .map(|((c, s), t)| (Box::<str>::from(c), s, t));
         if let Some(key) = &key {
             self.unacked.acked(key);
         }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use super::pair::{Pair, Side, Wire};
 use super::*;
 use crate::sip::message::{Message, Method, OutMessage};
+use crate::sip::target::{FlowId, Target, Transport};
 
 const A_OWNER: OwnerId = OwnerId(1);
 const B_OWNER: OwnerId = OwnerId(2);
@@ -676,4 +677,45 @@ fn in_dialog_requests_under_loss_reach_their_owner_or_get_481() {
         let outcome = bye_then_stray_bye(&mut p, &format!("lossy-bye-{seed}"));
         assert_eq!(outcome, (true, Some(481)), "seed {seed}");
     }
+}
+
+#[test]
+fn a_request_cancelled_while_its_connection_opens_is_never_sent() {
+    let mut p = Pair::new(9, Wire::perfect());
+    let peer: std::net::SocketAddr = "192.0.2.2:5060".parse().unwrap();
+    let target = Target::new(Transport::Tcp, peer);
+    let now = p.now;
+    let txn =
+        p.a.ep
+            .send_request(now, A_OWNER, invite("waiting-1"), target)
+            .unwrap();
+    assert!(matches!(p.a.ep.poll_output(), Some(Output::Connect { .. })));
+    p.a.ep.cancel(now, txn).unwrap();
+    let failed = p.a.ep.poll_output();
+    assert!(
+        matches!(
+            failed,
+            Some(Output::Event(Event::RequestFailed {
+                failure: Failure::Cancelled,
+                ..
+            }))
+        ),
+        "{failed:?}"
+    );
+    p.a.ep.handle_input(
+        now,
+        Input::FlowOpened {
+            flow: FlowId(7),
+            conn: Conn {
+                transport: Transport::Tcp,
+                remote: peer,
+                local: "192.0.2.1:40000".parse().unwrap(),
+                outbound: true,
+            },
+        },
+    );
+    while let Some(out) = p.a.ep.poll_output() {
+        assert!(!matches!(out, Output::Transmit(_)), "nothing sent");
+    }
+    assert_eq!(p.a.ep.live().waiting, 0);
 }

@@ -11,8 +11,9 @@ use bytes::Bytes;
 use super::OwnerId;
 use crate::sip::transaction::{Timers, TxnId};
 
-/// Call-ID and CSeq number: what the ACK of a 2xx shares with its INVITE.
-pub(super) type AckKey = (Box<str>, u32);
+/// Call-ID, CSeq number and our To tag: what the ACK of a 2xx shares with
+/// its INVITE and the 2xx (two merged INVITEs answered apart differ by tag).
+pub(super) type AckKey = (Box<str>, u32, Box<str>);
 
 struct Entry {
     key: AckKey,
@@ -101,7 +102,9 @@ impl Unacked {
     pub(super) fn remove_txn(&mut self, invite: TxnId) {
         if let Some(e) = self.entries.remove(&invite) {
             self.deadlines.remove(&(e.armed, invite));
-            self.by_key.remove(&e.key);
+            if self.by_key.get(&e.key) == Some(&invite) {
+                self.by_key.remove(&e.key);
+            }
         }
     }
 

@@ -553,17 +553,17 @@ impl Transactions {
     /// timeout.
     pub fn cancel(&mut self, now: Instant, txn: TxnId) -> Result<(), TxnError> {
         let t = self.txns.get_mut(&txn).ok_or(TxnError::Unknown)?;
-        let cancelled = t.armed.get(Timer::Cancel).is_some();
+        let cancelled = t.armed.get(Timer::Cancel).is_some() || t.cancel_pending;
         if t.kind != Kind::InviteClient || t.invite.is_none() || cancelled {
             return Err(TxnError::NotCancellable);
         }
         match t.state {
+            // Sent with the first provisional response; Timer B bounds the
+            // wait for one.
             State::Calling => t.cancel_pending = true,
             State::Proceeding => self.send_cancel(now, txn)?,
             _ => return Err(TxnError::NotCancellable),
         }
-        let guard = now + self.timers.t1x64();
-        self.arm(txn, Timer::Cancel, guard);
         Ok(())
     }
 
@@ -585,6 +585,8 @@ impl Transactions {
             .and_then(|i| i.cancel())
             .ok_or(TxnError::NotCancellable)?;
         let id = self.start_client(now, cancel, target)?;
+        // RFC 3261 §9.1: 64×T1 from the CANCEL's sending.
+        self.arm(invite, Timer::Cancel, now + self.timers.t1x64());
         self.event(Event::CancelSent { invite, cancel: id });
         Ok(())
     }

@@ -172,6 +172,9 @@ where
                     return e;
                 }
                 ping_outstanding = true;
+                // Our own keepalive keeps the flow from idling out: a peer
+                // without RFC 5626 pongs still gets NAT keepalives.
+                last_activity = Instant::now();
                 framer.expect_pong(true);
                 next_ping = Instant::now() + keepalive;
             }

@@ -226,9 +226,16 @@ pub async fn accept_loop(
             match tls {
                 None => start(stream, Transport::Tcp, setup).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(limits.connect_timeout, acceptor.accept(stream))
-                        .await
-                    {
+                    let handshake =
+                        tokio::time::timeout(limits.connect_timeout, acceptor.accept(stream));
+                    // A connection whose slot was given to a newer one ends
+                    // here too, not only once it runs.
+                    let slot = setup.slot.clone();
+                    let outcome = tokio::select! {
+                        outcome = handshake => outcome,
+                        () = evicted(slot.as_deref()) => return,
+                    };
+                    match outcome {
                         Ok(Ok(s)) => start(s, Transport::Tls, setup).await,
                         Ok(Err(e)) => {
                             tracing::info!(%remote, error = %e, "inbound TLS handshake failed");
@@ -246,6 +253,14 @@ pub async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// Resolves when `slot` (if any) was given to a newer connection.
+async fn evicted(slot: Option<&Slot>) {
+    match slot {
+        Some(slot) => slot.evicted().await,
+        None => std::future::pending().await,
     }
 }
 
