@@ -215,6 +215,7 @@ impl SipCore {
             unregistering: Vec::new(),
             dns: dns_tx,
             trace_suppressed: 0,
+            accounts_touched: true,
         };
         let task = tokio::spawn(core.run(inbound, rx, dns_rx, config.panic_after));
         Ok((SipCore { commands, locals }, task))
@@ -369,6 +370,8 @@ struct Core {
     dns: mpsc::Sender<DnsResult>,
     /// What the tracer had suppressed when last counted.
     trace_suppressed: u64,
+    /// The accounts were fed something this turn (their status may change).
+    accounts_touched: bool,
 }
 
 impl Core {
@@ -407,16 +410,21 @@ impl Core {
                         let _ = done.send(());
                         return;
                     }
-                    Some(command) => self.on_command(Instant::now(), command),
+                    Some(command) => {
+                        self.accounts_touched = true;
+                        self.on_command(Instant::now(), command);
+                    }
                     None => return,
                 },
                 Some((account, attempt, result)) = dns.recv() => {
+                    self.accounts_touched = true;
                     self.accounts.resolved(Instant::now(), &mut self.ep, account, attempt, result);
                 }
                 () = sleep_until(deadline) => {
                     let now = Instant::now();
                     self.ep.handle_timeout(now);
                     self.accounts.handle_timeout(now);
+                    self.accounts_touched = true;
                 }
                 () = sleep_until(fault_at) => {
                     panic!("DIALERD_TEST_FAULT: the SIP core panics as asked");
@@ -429,6 +437,10 @@ impl Core {
     fn on_inbound(&mut self, now: Instant, item: Inbound) {
         if let Inbound::Message { data, source, .. } = &item {
             self.counters.received(source.transport, data);
+        }
+        if let Inbound::Message { data, source, .. } = &item
+            && self.tracer.is_on()
+        {
             let local = self.local_of(*source);
             self.tracer.log(
                 now,
@@ -501,6 +513,7 @@ impl Core {
     /// Runs until nothing is left to do: outputs of the endpoint carried
     /// out, events dispatched to their owners, the owners' requests sent.
     fn settle(&mut self, now: Instant) {
+        let mut accounts_changed = std::mem::take(&mut self.accounts_touched);
         loop {
             let mut busy = false;
             while let Some(output) = self.ep.poll_output() {
@@ -508,20 +521,22 @@ impl Core {
                 match output {
                     Output::Transmit(t) => {
                         self.counters.sent(t.transport);
-                        let local = self.local_of(Target {
-                            transport: t.transport,
-                            addr: t.remote,
-                            flow: Some(t.flow),
-                        });
-                        self.tracer.log(
-                            now,
-                            Direction::Out,
-                            t.transport,
-                            Some(t.flow),
-                            t.remote,
-                            local,
-                            &t.data,
-                        );
+                        if self.tracer.is_on() {
+                            let local = self.local_of(Target {
+                                transport: t.transport,
+                                addr: t.remote,
+                                flow: Some(t.flow),
+                            });
+                            self.tracer.log(
+                                now,
+                                Direction::Out,
+                                t.transport,
+                                Some(t.flow),
+                                t.remote,
+                                local,
+                                &t.data,
+                            );
+                        }
                         if let Err(e) = self.driver.transmit(&t) {
                             self.counters.dropped(e.label());
                             let input = Input::SendFailed {
@@ -539,7 +554,9 @@ impl Core {
                     Output::Event(event) => self.dispatch(now, event),
                 }
             }
-            busy |= self.accounts.flush(now, &mut self.ep);
+            let flushed = self.accounts.flush(now, &mut self.ep);
+            accounts_changed |= flushed || std::mem::take(&mut self.accounts_touched);
+            busy |= flushed;
             for lookup in self.accounts.take_lookups() {
                 let tx = self.dns.clone();
                 tokio::spawn(async move {
@@ -551,19 +568,23 @@ impl Core {
                 break;
             }
         }
-        for ip in self.accounts.peer_ips() {
-            if self.peers.insert(ip) {
-                self.gate.add_peer(ip);
+        // Account states and targets change only with a machine's outputs
+        // (a state change, a request): nothing to republish otherwise.
+        if accounts_changed {
+            for ip in self.accounts.peer_ips() {
+                if self.peers.insert(ip) {
+                    self.gate.add_peer(ip);
+                }
             }
+            self.publish.status.send_if_modified(|current| {
+                let now = self.accounts.statuses();
+                let changed = *current != now;
+                if changed {
+                    *current = now;
+                }
+                changed
+            });
         }
-        self.publish.status.send_if_modified(|current| {
-            let now = self.accounts.statuses();
-            let changed = *current != now;
-            if changed {
-                *current = now;
-            }
-            changed
-        });
         self.publish
             .sip
             .flows
@@ -592,6 +613,7 @@ impl Core {
         };
         if let Some(owner) = owner {
             if self.accounts.owns(owner).is_some() {
+                self.accounts_touched = true;
                 self.accounts.on_event(now, &self.ep, event);
             } else {
                 self.oneshot(owner, event);

@@ -206,11 +206,6 @@ impl Driver {
             .collect()
     }
 
-    /// Bytes waiting for the core.
-    pub fn queued_bytes(&self) -> usize {
-        self.gate.queued_bytes()
-    }
-
     /// Turns a transport report into an endpoint input; `Err` carries the
     /// label of something dropped before the core.
     pub fn input(&mut self, item: Inbound) -> Result<Input, &'static str> {

@@ -212,6 +212,14 @@ fn keepalive_peer(pongs: usize) -> (SocketAddr, std::thread::JoinHandle<usize>) 
     (addr, thread)
 }
 
+/// The final status of `txn` within 10 s.
+async fn final_status(live: &mut Live, txn: dialerd::sip::transaction::TxnId) -> Option<u16> {
+    live.final_response(txn, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .status()
+}
+
 async fn first_close(live: &mut Live, within: Duration) -> Option<CloseReason> {
     let end = Instant::now() + within;
     loop {
@@ -383,13 +391,7 @@ fn every_owner_on_a_flow_hears_of_its_loss_and_the_peers_keepalive_survives_othe
                 tls: None,
             }),
         );
-        assert_eq!(
-            live.final_response(first, Duration::from_secs(10))
-                .await
-                .unwrap()
-                .status(),
-            Some(200)
-        );
+        assert_eq!(final_status(&mut live, first).await, Some(200));
         // A second owner uses the same connection, with no options of its own.
         let second = live.send(
             call,
@@ -397,13 +399,7 @@ fn every_owner_on_a_flow_hears_of_its_loss_and_the_peers_keepalive_survives_othe
             target,
             None,
         );
-        assert_eq!(
-            live.final_response(second, Duration::from_secs(10))
-                .await
-                .unwrap()
-                .status(),
-            Some(200)
-        );
+        assert_eq!(final_status(&mut live, second).await, Some(200));
         assert_eq!(live.ep.flows().connections(), 1, "one connection for both");
         let mut lost = Vec::new();
         while lost.len() < 2 {
@@ -422,13 +418,7 @@ fn every_owner_on_a_flow_hears_of_its_loss_and_the_peers_keepalive_survives_othe
             target,
             None,
         );
-        assert_eq!(
-            live.final_response(third, Duration::from_secs(10))
-                .await
-                .unwrap()
-                .status(),
-            Some(200)
-        );
+        assert_eq!(final_status(&mut live, third).await, Some(200));
         let _ = live.next_event(Duration::from_secs(3)).await;
         (lost, peer.join().unwrap())
     });
@@ -472,13 +462,7 @@ fn closing_a_registrars_tls_flow_tells_the_registration_and_every_other_owner_on
                 .header("Expires", "60"),
         );
         let first = live.send(registration, register, target, Some(trust));
-        assert_eq!(
-            live.final_response(first, Duration::from_secs(10))
-                .await
-                .unwrap()
-                .status(),
-            Some(200)
-        );
+        assert_eq!(final_status(&mut live, first).await, Some(200));
         // A second owner sends over the same TLS connection (no options of
         // its own); the registrar closes before answering it.
         let _ = live.send(call, options(&format!("sips:{addr}")), target, None);

@@ -113,11 +113,6 @@ impl Flows {
         self.connecting.len()
     }
 
-    /// Flows that have owners to tell on loss.
-    pub fn owned_flows(&self) -> usize {
-        self.owners.len()
-    }
-
     /// A connection by id.
     pub fn conn(&self, flow: FlowId) -> Option<&Conn> {
         self.conns.get(&flow)

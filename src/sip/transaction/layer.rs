@@ -330,11 +330,6 @@ impl Transactions {
         }
     }
 
-    /// The base timers.
-    pub fn timers(&self) -> Timers {
-        self.timers
-    }
-
     /// Armed timers in all (every one belongs to a live transaction).
     pub fn armed_timers(&self) -> usize {
         self.deadlines.len()

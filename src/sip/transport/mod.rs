@@ -215,12 +215,6 @@ impl Gate {
         let n = u32::try_from(len.max(1).min(self.budget_bytes)).ok()?;
         self.budget.clone().acquire_many_owned(n).await.ok()
     }
-
-    /// Bytes queued toward the core now.
-    pub fn queued_bytes(&self) -> usize {
-        self.budget_bytes
-            .saturating_sub(self.budget.available_permits())
-    }
 }
 
 /// Allocates flow ids.
