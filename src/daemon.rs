@@ -101,10 +101,20 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         .set("sip_listeners", false, "not bound yet");
     crate::sip::transport::tls::install_default_provider();
     let core_config = CoreConfig::from_settings(&settings, shared.public_address)?;
+    let (events, feed) = if settings.redis.enabled {
+        let (tx, rx) = crate::events::feed(
+            crate::events::FEED_DEPTH,
+            shared.metrics.core_events_dropped.clone(),
+        );
+        (tx, Some(rx))
+    } else {
+        (crate::events::EventSender::unheard(), None)
+    };
     let publish = Publish {
         status: shared.accounts.clone(),
         registration: shared.metrics.registration.clone(),
         sip: shared.metrics.sip.clone(),
+        events,
     };
     let (sip, mut sip_task) = SipCore::start(core_config, &settings, publish).await?;
     shared.set_sip(sip.clone());
@@ -119,7 +129,7 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         format!("listening on {}", bound.join(", ")),
     );
     let registrations = sip.clone();
-    let control = settings.redis.enabled.then(|| {
+    let control = feed.map(|feed| {
         shared
             .redis_enabled
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -131,6 +141,7 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
             },
             shared.clone(),
             registrations.clone(),
+            feed,
         )
     });
     shared.lifecycle.started();

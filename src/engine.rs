@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{Settings, Untrusted};
+use crate::events::{CoreEvent, EventSender};
 use crate::metrics::{RegistrationMetrics, SipMetrics};
 use crate::registration::{AccountStatus, Accounts};
 use crate::sip::driver::{self, Driver, DriverConfig, DriverError};
@@ -122,6 +123,8 @@ pub struct Publish {
     pub registration: Arc<RegistrationMetrics>,
     /// SIP counters.
     pub sip: Arc<SipMetrics>,
+    /// State transitions, for the control channel to publish.
+    pub events: EventSender,
 }
 
 enum Command {
@@ -555,6 +558,11 @@ impl Core {
                 }
             }
             let flushed = self.accounts.flush(now, &mut self.ep);
+            for transition in self.accounts.take_transitions() {
+                self.publish
+                    .events
+                    .emit(CoreEvent::Registration(transition));
+            }
             accounts_changed |= flushed || std::mem::take(&mut self.accounts_touched);
             busy |= flushed;
             for lookup in self.accounts.take_lookups() {

@@ -214,6 +214,8 @@ pub struct Metrics {
     pub redis_reconnects: Gauge,
     /// Events lost to a full buffer; set at scrape.
     pub events_dropped: Gauge,
+    /// Transitions the SIP core could not queue for the control channel.
+    pub core_events_dropped: Counter,
 }
 
 impl Metrics {
@@ -268,7 +270,14 @@ impl Metrics {
             "Events lost to a full buffer while Redis was away",
             events_dropped.clone(),
         );
+        let core_events_dropped = Counter::default();
+        registry.register(
+            "core_events_dropped",
+            "State transitions dropped because the feed to the control channel was full",
+            core_events_dropped.clone(),
+        );
         Self {
+            core_events_dropped,
             redis_connected,
             redis_reconnects,
             events_dropped,

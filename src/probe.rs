@@ -166,6 +166,7 @@ pub async fn probe(opts: &ProbeOptions) -> Result<ProbeAnswer, ProbeError> {
         status: tokio::sync::watch::channel(Vec::new()).0,
         registration: Arc::new(RegistrationMetrics::default()),
         sip: Arc::new(SipMetrics::default()),
+        events: crate::events::EventSender::unheard(),
     };
     let (core, task) = SipCore::start(config, &Settings::default(), publish).await?;
     let local_host = match local_ip {

@@ -3,7 +3,7 @@
 //! one, reconnection with backoff and jitter, an ordered bounded buffer of
 //! events, idempotent command execution and the heartbeat status keys.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,8 +19,9 @@ use tokio::task::JoinHandle;
 
 use super::command::{self, Command, CommandError, CommandKind, ErrorCode};
 use crate::config::{RedisSettings, Secret};
+use crate::events::{CoreEvent, EventReceiver};
 use crate::lifecycle::Phase;
-use crate::registration::{AccountStatus, Registrations};
+use crate::registration::Registrations;
 use crate::status::Shared;
 
 /// Events kept while Redis is away.
@@ -226,9 +227,10 @@ pub fn spawn(
     cfg: ChannelConfig,
     shared: Arc<Shared>,
     registrations: Registrations,
+    feed: EventReceiver,
 ) -> (ControlChannel, JoinHandle<()>) {
     let (stop, stop_rx) = mpsc::channel(1);
-    let task = tokio::spawn(run(cfg, shared, registrations, stop_rx));
+    let task = tokio::spawn(run(cfg, shared, registrations, feed, stop_rx));
     (ControlChannel { stop }, task)
 }
 
@@ -236,6 +238,7 @@ async fn run(
     cfg: ChannelConfig,
     shared: Arc<Shared>,
     registrations: Registrations,
+    mut feed: EventReceiver,
     mut stop: mpsc::Receiver<()>,
 ) {
     let status = &shared.redis;
@@ -246,8 +249,6 @@ async fn run(
         dropped_since_report: 0,
         channel: cfg.events_channel(),
     };
-    let mut accounts_rx = shared.accounts.subscribe();
-    let mut last_accounts: BTreeMap<String, AccountStatus> = BTreeMap::new();
     let mut phase_rx = shared.lifecycle.subscribe();
     let mut last_phase = Phase::Starting;
     let mut link: Option<Link> = None;
@@ -257,12 +258,6 @@ async fn run(
     let mut ever_connected = false;
     let mut tick = tokio::time::interval(cfg.keepalive());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    diff_accounts(
-        &accounts_rx.borrow_and_update(),
-        &mut last_accounts,
-        &mut events,
-        status,
-    );
     diff_phase(
         *phase_rx.borrow_and_update(),
         &mut last_phase,
@@ -357,9 +352,7 @@ async fn run(
                     }
                 }
             }
-            Ok(()) = accounts_rx.changed() => {
-                diff_accounts(&accounts_rx.borrow_and_update(), &mut last_accounts, &mut events, status);
-            }
+            Some(event) = feed.recv() => publish_transition(event, &mut events, status),
             Ok(()) = phase_rx.changed() => {
                 diff_phase(*phase_rx.borrow_and_update(), &mut last_phase, &mut events, status);
             }
@@ -431,28 +424,22 @@ async fn heartbeat(link: &mut Link, cfg: &ChannelConfig, shared: &Shared) -> Res
     Ok(())
 }
 
-fn diff_accounts(
-    now: &[AccountStatus],
-    last: &mut BTreeMap<String, AccountStatus>,
+/// Queues one transition from the SIP core as its event.
+fn publish_transition(
+    event: CoreEvent,
     events: &mut Events,
     status: &watch::Sender<ChannelStatus>,
 ) {
-    for a in now {
-        let changed = last.get(&a.name).is_none_or(|prev| {
-            prev.state != a.state || prev.code != a.code || prev.last_error != a.last_error
-        });
-        if changed {
-            events.push(
-                "registration.state",
-                json!({
-                    "account": a.name, "state": a.state, "code": a.code, "reason": a.last_error,
-                    "expires_at_ms": a.expires_at_unix_ms, "retry_at_ms": a.retry_at_unix_ms,
-                }),
-                None,
-                status,
-            );
-        }
-        last.insert(a.name.clone(), a.clone());
+    match event {
+        CoreEvent::Registration(a) => events.push(
+            "registration.state",
+            json!({
+                "account": a.name, "state": a.state, "code": a.code, "reason": a.last_error,
+                "expires_at_ms": a.expires_at_unix_ms, "retry_at_ms": a.retry_at_unix_ms,
+            }),
+            None,
+            status,
+        ),
     }
 }
 

@@ -81,6 +81,7 @@ pub struct Accounts {
     started: (Instant, SystemTime),
     lookups: Vec<Lookup>,
     metrics: Arc<RegistrationMetrics>,
+    transitions: Vec<AccountStatus>,
 }
 
 impl Accounts {
@@ -104,12 +105,16 @@ impl Accounts {
         let list = accounts
             .iter()
             .map(|a| account(a, backoff, user_agent, instance_id, contact_ip, rng()))
-            .collect();
+            .collect::<Vec<_>>();
+        let started = (Instant::now(), SystemTime::now());
+        // Each account's first state is its first transition.
+        let transitions = list.iter().map(|a| status(a, started)).collect();
         Self {
             list,
-            started: (Instant::now(), SystemTime::now()),
+            started,
             lookups: Vec::new(),
             metrics,
+            transitions,
         }
     }
 
@@ -250,7 +255,11 @@ impl Accounts {
                     break;
                 };
                 match output {
-                    RegOutput::State(state) => log_state(&a.settings.name, &state),
+                    RegOutput::State(state) => {
+                        log_state(&a.settings.name, &state);
+                        let now_status = status_in(a, &state, self.started);
+                        self.transitions.push(now_status);
+                    }
                     RegOutput::Send {
                         attempt,
                         registrar,
@@ -416,6 +425,12 @@ impl Accounts {
     pub fn statuses(&self) -> Vec<AccountStatus> {
         self.list.iter().map(|a| status(a, self.started)).collect()
     }
+
+    /// The state transitions since the last call, in order: each account's
+    /// status as it was when its machine changed state.
+    pub fn take_transitions(&mut self) -> std::vec::Drain<'_, AccountStatus> {
+        self.transitions.drain(..)
+    }
 }
 
 fn account(
@@ -551,7 +566,11 @@ fn unix_ms(at: Instant, started: (Instant, SystemTime)) -> Option<u64> {
 }
 
 fn status(a: &Account, started: (Instant, SystemTime)) -> AccountStatus {
-    let state = a.machine.state();
+    status_in(a, a.machine.state(), started)
+}
+
+/// `a`'s status with its machine in `state`.
+fn status_in(a: &Account, state: &RegState, started: (Instant, SystemTime)) -> AccountStatus {
     let (expires, retry, code, error) = match state {
         RegState::Registered { expires_at } => (unix_ms(*expires_at, started), None, None, None),
         RegState::Backoff { until, last_error } => (
