@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod probe;
+pub mod sdp;
 pub mod public_address;
 pub mod registration;
 pub mod sip;

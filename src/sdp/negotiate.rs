@@ -1,0 +1,343 @@
+//! The offer/answer model (RFC 3264) for one audio stream.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::{Attribute, Codec, Connection, Direction, Media, Origin, SessionDescription};
+
+/// What dialerd can do with the audio of a call: the input of [`offer`] and [`answer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalMedia {
+    /// Where we receive RTP.
+    pub address: IpAddr,
+    /// The RTP port.
+    pub port: u16,
+    /// Codecs in order of preference; include [`Codec::TelephoneEvent`] for RFC 4733 DTMF.
+    pub codecs: Vec<Codec>,
+    /// Our `a=ptime`, if any.
+    pub ptime_ms: Option<u32>,
+    /// What we want to do: sendrecv, or sendonly to hold.
+    pub direction: Direction,
+    /// Payload type of telephone-event in our offers.
+    pub dtmf_pt: u8,
+    /// Payload type of opus in our offers.
+    pub opus_pt: u8,
+}
+
+impl LocalMedia {
+    /// Payload type of telephone-event in our offers unless told otherwise.
+    pub const DEFAULT_DTMF_PT: u8 = 101;
+    /// Payload type of opus in our offers unless told otherwise.
+    pub const DEFAULT_OPUS_PT: u8 = 111;
+
+    /// Sendrecv media with no ptime and the default dynamic payload types.
+    pub fn new(address: IpAddr, port: u16, codecs: Vec<Codec>) -> LocalMedia {
+        LocalMedia {
+            address,
+            port,
+            codecs,
+            ptime_ms: None,
+            direction: Direction::SendRecv,
+            dtmf_pt: LocalMedia::DEFAULT_DTMF_PT,
+            opus_pt: LocalMedia::DEFAULT_OPUS_PT,
+        }
+    }
+
+    /// The payload type we give `codec` in an offer.
+    fn payload_type(&self, codec: Codec) -> u8 {
+        match (codec, codec.static_payload_type()) {
+            (_, Some(pt)) => pt,
+            (Codec::Opus, None) => self.opus_pt,
+            (_, None) => self.dtmf_pt,
+        }
+    }
+
+    /// Our codecs in order, each once.
+    fn preferences(&self) -> Vec<Codec> {
+        let mut codecs: Vec<Codec> = Vec::with_capacity(self.codecs.len());
+        for codec in &self.codecs {
+            if !codecs.contains(codec) {
+                codecs.push(*codec);
+            }
+        }
+        codecs
+    }
+}
+
+/// The outcome of an offer/answer exchange for the audio stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Where to send RTP: the peer's connection address and port.
+    pub remote: SocketAddr,
+    /// The codec to send.
+    pub codec: Codec,
+    /// Its payload type, as the peer numbered it.
+    pub payload_type: u8,
+    /// The peer's telephone-event payload type, when both sides have it.
+    pub dtmf_payload_type: Option<u8>,
+    /// The peer's `a=ptime`, else ours.
+    pub ptime_ms: Option<u32>,
+    /// What we do: whether we send and receive.
+    pub local_direction: Direction,
+    /// What the peer does (an RFC 2543 hold address counts as not receiving).
+    pub remote_direction: Direction,
+    /// Index of the audio stream among the `m=` sections.
+    pub stream_index: usize,
+}
+
+/// Why an offer/answer exchange produced no audio stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NegotiateError {
+    /// The offer has no audio stream with a port (answer with 488).
+    #[error("no audio stream offered")]
+    NoAudio,
+    /// No offered audio stream has plain RTP and a codec in common with us (488).
+    #[error("no audio codec in common")]
+    NoCommonCodec,
+    /// The audio stream has no `c=`, neither its own nor the session's.
+    #[error("no connection address for the audio stream")]
+    NoConnection,
+    /// The answer's `m=` sections do not match the offer's.
+    #[error("the answer's media sections do not match the offer's")]
+    MismatchedStreams,
+    /// The answer rejected our audio stream (port 0).
+    #[error("the audio stream was rejected")]
+    Rejected,
+}
+
+/// Our offer: one `RTP/AVP` audio stream with `local`'s codecs in order, an `a=rtpmap` for
+/// each, `a=fmtp:<pt> 0-16` for telephone-event, `a=ptime` if set, the direction, and the
+/// connection at session level.
+pub fn offer(local: &LocalMedia, origin: Origin) -> SessionDescription {
+    let mut media = Media::new("audio", local.port, "RTP/AVP");
+    for codec in local.preferences() {
+        add_codec(&mut media, codec, local.payload_type(codec));
+    }
+    finish_audio(&mut media, local.ptime_ms, local.direction);
+    description(origin, local.address, vec!["0 0".to_owned()], vec![media])
+}
+
+/// Our answer to `offer` (RFC 3264 §6) and what it settles.
+///
+/// The first offered audio stream with a port, `RTP/AVP` or `RTP/AVPF` and a codec in common is
+/// accepted; every other stream is rejected with port 0. The answer lists the codecs in common
+/// in our order of preference, numbered as the offer numbers them, telephone-event included
+/// when both sides have it. Its direction is the reverse of the offered one intersected with
+/// ours; an offered connection address of `0.0.0.0` counts as sendonly (RFC 2543 hold).
+pub fn answer(
+    offer: &SessionDescription,
+    local: &LocalMedia,
+    origin: Origin,
+) -> Result<(SessionDescription, Negotiated), NegotiateError> {
+    let preferences = local.preferences();
+    let mut any_audio = false;
+    let mut accepted = None;
+    for (index, media) in offer.media.iter().enumerate() {
+        if !media.is_audio() || media.is_rejected() {
+            continue;
+        }
+        any_audio = true;
+        if !is_plain_rtp(&media.proto) {
+            continue;
+        }
+        let common = common_codecs(media, &preferences);
+        if common.iter().any(|(c, _)| *c != Codec::TelephoneEvent) {
+            accepted = Some((index, media, common));
+            break;
+        }
+    }
+    let Some((index, offered, common)) = accepted else {
+        return Err(if any_audio {
+            NegotiateError::NoCommonCodec
+        } else {
+            NegotiateError::NoAudio
+        });
+    };
+    let connection = offer
+        .media_connection(index)
+        .ok_or(NegotiateError::NoConnection)?;
+    let remote_direction = effective(offer.media_direction(index).unwrap_or_default(), connection);
+    let local_direction = remote_direction.reverse().intersect(local.direction);
+
+    let mut audio = Media::new("audio", local.port, offered.proto.clone());
+    for (codec, pt) in &common {
+        add_codec(&mut audio, *codec, *pt);
+    }
+    finish_audio(&mut audio, local.ptime_ms, local_direction);
+    let media = offer
+        .media
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if i == index {
+                audio.clone()
+            } else {
+                rejected(m)
+            }
+        })
+        .collect();
+    let mut timing = offer.timing.clone();
+    if timing.is_empty() {
+        timing.push("0 0".to_owned());
+    }
+    let sdp = description(origin, local.address, timing, media);
+
+    let (codec, payload_type) = common
+        .iter()
+        .copied()
+        .find(|(c, _)| *c != Codec::TelephoneEvent)
+        .ok_or(NegotiateError::NoCommonCodec)?;
+    let negotiated = Negotiated {
+        remote: SocketAddr::new(connection.address, offered.port),
+        codec,
+        payload_type,
+        dtmf_payload_type: dtmf_of(&common),
+        ptime_ms: offered.ptime().or(local.ptime_ms),
+        local_direction,
+        remote_direction,
+        stream_index: index,
+    };
+    Ok((sdp, negotiated))
+}
+
+/// What the answer to our offer settles, for the offerer: the answer must have as many `m=`
+/// sections as the offer and keep our audio stream (the first with a port); the codec is the
+/// first one in the answer that we offered, numbered as the answer numbers it.
+pub fn accept_answer(
+    offer_we_sent: &SessionDescription,
+    answer: &SessionDescription,
+) -> Result<Negotiated, NegotiateError> {
+    if offer_we_sent.media.len() != answer.media.len() {
+        return Err(NegotiateError::MismatchedStreams);
+    }
+    let (index, ours) = offer_we_sent
+        .media
+        .iter()
+        .enumerate()
+        .find(|(_, m)| m.is_audio() && !m.is_rejected())
+        .ok_or(NegotiateError::NoAudio)?;
+    let theirs = answer
+        .media
+        .get(index)
+        .ok_or(NegotiateError::MismatchedStreams)?;
+    if !theirs.kind.eq_ignore_ascii_case(&ours.kind) {
+        return Err(NegotiateError::MismatchedStreams);
+    }
+    if theirs.is_rejected() {
+        return Err(NegotiateError::Rejected);
+    }
+    let offered: Vec<Codec> = ours
+        .payload_types()
+        .filter_map(|pt| ours.codec(pt))
+        .collect();
+    let common: Vec<(Codec, u8)> = theirs
+        .payload_types()
+        .filter_map(|pt| Some((theirs.codec(pt)?, pt)))
+        .filter(|(c, _)| offered.contains(c))
+        .collect();
+    let (codec, payload_type) = common
+        .iter()
+        .copied()
+        .find(|(c, _)| *c != Codec::TelephoneEvent)
+        .ok_or(NegotiateError::NoCommonCodec)?;
+    let connection = answer
+        .media_connection(index)
+        .ok_or(NegotiateError::NoConnection)?;
+    let remote_direction = effective(
+        answer.media_direction(index).unwrap_or_default(),
+        connection,
+    );
+    let local_direction = offer_we_sent
+        .media_direction(index)
+        .unwrap_or_default()
+        .intersect(remote_direction.reverse());
+    Ok(Negotiated {
+        remote: SocketAddr::new(connection.address, theirs.port),
+        codec,
+        payload_type,
+        dtmf_payload_type: dtmf_of(&common),
+        ptime_ms: theirs.ptime().or(ours.ptime()),
+        local_direction,
+        remote_direction,
+        stream_index: index,
+    })
+}
+
+/// `RTP/AVP` or `RTP/AVPF`: RTP we can take without SRTP keys.
+fn is_plain_rtp(proto: &str) -> bool {
+    proto.eq_ignore_ascii_case("RTP/AVP") || proto.eq_ignore_ascii_case("RTP/AVPF")
+}
+
+/// For each of our codecs in order, the first offered payload type that maps to it.
+fn common_codecs(offered: &Media, preferences: &[Codec]) -> Vec<(Codec, u8)> {
+    preferences
+        .iter()
+        .filter_map(|codec| {
+            let pt = offered
+                .payload_types()
+                .find(|pt| offered.codec(*pt) == Some(*codec))?;
+            Some((*codec, pt))
+        })
+        .collect()
+}
+
+fn dtmf_of(common: &[(Codec, u8)]) -> Option<u8> {
+    common
+        .iter()
+        .find(|(c, _)| *c == Codec::TelephoneEvent)
+        .map(|(_, pt)| *pt)
+}
+
+/// A peer's direction as it acts: a hold address (`0.0.0.0`) means it receives nothing.
+fn effective(direction: Direction, connection: Connection) -> Direction {
+    if connection.is_hold() {
+        direction.intersect(Direction::SendOnly)
+    } else {
+        direction
+    }
+}
+
+fn add_codec(media: &mut Media, codec: Codec, pt: u8) {
+    media.formats.push(pt.to_string());
+    media
+        .attributes
+        .push(Attribute::new("rtpmap", codec.rtpmap_value(pt)));
+    if codec == Codec::TelephoneEvent {
+        media
+            .attributes
+            .push(Attribute::new("fmtp", format!("{pt} 0-16")));
+    }
+}
+
+fn finish_audio(media: &mut Media, ptime_ms: Option<u32>, direction: Direction) {
+    if let Some(ptime) = ptime_ms {
+        media
+            .attributes
+            .push(Attribute::new("ptime", ptime.to_string()));
+    }
+    media.set_direction(direction);
+}
+
+/// An offered stream, rejected: port 0, same media, proto and formats, nothing else.
+fn rejected(offered: &Media) -> Media {
+    let mut media = Media::new(offered.kind.clone(), 0, offered.proto.clone());
+    media.formats = offered.formats.clone();
+    media
+}
+
+fn description(
+    origin: Origin,
+    address: IpAddr,
+    timing: Vec<String>,
+    media: Vec<Media>,
+) -> SessionDescription {
+    SessionDescription {
+        origin,
+        session_name: "-".to_owned(),
+        connection: Some(Connection::new(address)),
+        bandwidths: Vec::new(),
+        timing,
+        other_lines: Vec::new(),
+        attributes: Vec::new(),
+        media,
+    }
+}
