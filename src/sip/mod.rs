@@ -2,6 +2,7 @@
 //! the transports and the thin driver that does their I/O.
 
 pub mod auth;
+pub mod dialog;
 pub mod driver;
 pub mod endpoint;
 pub mod ids;
