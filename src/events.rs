@@ -21,6 +21,8 @@ pub const FEED_DEPTH: usize = 4096;
 pub enum CoreEvent {
     /// An account's registration state changed (or its error did).
     Registration(AccountStatus),
+    /// A call changed state.
+    Call(crate::call::CallEvent),
 }
 
 /// The SIP core's end of the feed.

@@ -220,8 +220,55 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn status(State(shared): State<Arc<Shared>>) -> Response {
-    Json(shared.snapshot()).into_response()
+/// Most calls one `/status` page lists.
+const CALLS_PAGE_MAX: usize = 1000;
+/// How long `/status` and `/metrics` wait for the SIP core's call table.
+const CALL_TABLE_WAIT: Duration = Duration::from_secs(1);
+
+/// `offset` and `limit` from a query string (`?offset=100&limit=50`).
+fn paging(query: Option<&str>) -> (usize, usize) {
+    let mut offset = 0;
+    let mut limit = 100;
+    for pair in query.unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("offset", v)) => offset = v.parse().unwrap_or(0),
+            Some(("limit", v)) => limit = v.parse().unwrap_or(100),
+            _ => {}
+        }
+    }
+    (offset, limit.min(CALLS_PAGE_MAX))
+}
+
+async fn call_table(
+    shared: &Shared,
+    offset: usize,
+    limit: usize,
+) -> Option<(crate::call::Live, Vec<crate::call::CallSummary>)> {
+    let sip = shared.sip.get()?;
+    tokio::time::timeout(CALL_TABLE_WAIT, sip.calls(offset, limit))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The status snapshot with one page of live calls (`?offset=&limit=`,
+/// oldest first).
+async fn status(State(shared): State<Arc<Shared>>, uri: axum::http::Uri) -> Response {
+    let (offset, limit) = paging(uri.query());
+    let mut body = serde_json::to_value(shared.snapshot()).unwrap_or_default();
+    let calls = match call_table(&shared, offset, limit).await {
+        Some((live, page)) => json!({
+            "live": live.total,
+            "by_state": live.by_state.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "offset": offset,
+            "items": page,
+        }),
+        None => json!({"error": "the SIP core did not answer"}),
+    };
+    if let Some(map) = body.as_object_mut() {
+        map.insert("calls".into(), calls);
+    }
+    Json(body).into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -241,6 +288,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             .metrics
             .registration
             .set_states(accounts.iter().map(|a| a.state));
+    }
+    if let Some((live, _)) = call_table(&shared, 0, 0).await {
+        shared.metrics.sip.set_calls(&live.by_state);
     }
     shared
         .metrics

@@ -2,6 +2,7 @@
 //!
 //! The library holds every part of the daemon; `main.rs` is only the CLI.
 
+pub mod call;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -12,9 +13,10 @@ pub mod http;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod oneshot_call;
 pub mod probe;
-pub mod sdp;
 pub mod public_address;
 pub mod registration;
+pub mod sdp;
 pub mod sip;
 pub mod status;

@@ -36,6 +36,13 @@ pub struct TransportLabel {
     pub transport: String,
 }
 
+/// Labels by end cause.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    /// The cause.
+    pub cause: String,
+}
+
 /// Labels by reason.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -58,6 +65,10 @@ pub struct SipMetrics {
     pub flows: Gauge,
     /// SIP messages `sip_trace` did not log because of its rate limit.
     pub trace_suppressed: Counter,
+    /// Ended calls by cause.
+    pub calls_ended_total: Family<CauseLabel, Counter>,
+    /// Live calls by state; set at scrape from the call table.
+    pub calls: Family<StateLabel, Gauge>,
 }
 
 impl SipMetrics {
@@ -122,6 +133,36 @@ impl SipMetrics {
             "SIP messages sip_trace did not log (rate limit)",
             self.trace_suppressed.clone(),
         );
+        registry.register(
+            "calls_ended",
+            "Ended calls, by cause",
+            self.calls_ended_total.clone(),
+        );
+        registry.register(
+            "calls",
+            "Live calls by state, from the call table at scrape",
+            self.calls.clone(),
+        );
+    }
+
+    /// Counts one ended call.
+    pub fn call_ended(&self, cause: &str) {
+        self.calls_ended_total
+            .get_or_create(&CauseLabel {
+                cause: cause.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets the live-call gauges from the table's counts.
+    pub fn set_calls(&self, by_state: &[(&'static str, usize)]) {
+        for (state, n) in by_state {
+            self.calls
+                .get_or_create(&StateLabel {
+                    state: (*state).to_owned(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
     }
 }
 

@@ -43,6 +43,55 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     /// Registration retry policy.
     pub registration: RegistrationSettings,
+    /// Call timeouts, codecs and the default inbound policy.
+    pub calls: CallSettings,
+}
+
+/// What to do with an inbound INVITE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboundPolicy {
+    /// Refuse it with `inbound_reject_code`.
+    Reject,
+    /// Answer at once.
+    Answer,
+    /// Ring and wait for an answer command up to `answer_timeout_secs`.
+    Ring,
+}
+
+/// `[calls]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallSettings {
+    /// Outbound: how long to ring before cancelling, seconds.
+    pub ring_timeout_secs: u64,
+    /// Inbound `ring`: how long to wait for an answer, seconds.
+    pub answer_timeout_secs: u64,
+    /// Longest call after the answer, seconds.
+    pub max_duration_secs: u64,
+    /// Codecs offered and accepted, in preference order: `PCMU`, `PCMA`,
+    /// `G722`, `opus`, `telephone-event`.
+    pub codecs: Vec<String>,
+    /// Packetization time asked for, milliseconds (0: none).
+    pub ptime_ms: u32,
+    /// Inbound INVITEs for no account with a policy of its own.
+    pub inbound: InboundPolicy,
+    /// The status `reject` answers with.
+    pub inbound_reject_code: u16,
+}
+
+impl Default for CallSettings {
+    fn default() -> Self {
+        Self {
+            ring_timeout_secs: 60,
+            answer_timeout_secs: 30,
+            max_duration_secs: 4 * 3600,
+            codecs: vec!["PCMU".into(), "PCMA".into(), "telephone-event".into()],
+            ptime_ms: 20,
+            inbound: InboundPolicy::Reject,
+            inbound_reject_code: 480,
+        }
+    }
 }
 
 /// `[registration]`: how registrations retry.
@@ -297,6 +346,8 @@ pub struct AccountSettings {
     pub tls_ca_file: Option<PathBuf>,
     /// Pinned SHA-256 fingerprint of the registrar's certificate.
     pub tls_fingerprint_sha256: Option<String>,
+    /// What to do with INVITEs for this account (default `[calls].inbound`).
+    pub inbound: Option<InboundPolicy>,
 }
 
 impl AccountSettings {

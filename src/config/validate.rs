@@ -25,6 +25,7 @@ pub fn validate(s: &Settings, env: &HashMap<String, String>) -> Vec<Problem> {
     check_accounts(s, &mut p);
     check_media(s, &mut p);
     check_redis(s, &mut p);
+    check_calls(s, &mut p);
     if s.limits.max_concurrent_calls == 0 {
         p.push(Problem::new(
             "limits.max_concurrent_calls",
@@ -426,6 +427,36 @@ pub fn check_sip_uri(uri: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn check_calls(s: &Settings, p: &mut Vec<Problem>) {
+    let c = &s.calls;
+    for (key, value) in [
+        ("calls.ring_timeout_secs", c.ring_timeout_secs),
+        ("calls.answer_timeout_secs", c.answer_timeout_secs),
+        ("calls.max_duration_secs", c.max_duration_secs),
+    ] {
+        if value == 0 {
+            p.push(Problem::new(key, "must be at least 1"));
+        }
+    }
+    if c.codecs.is_empty() {
+        p.push(Problem::new("calls.codecs", "names no codec"));
+    }
+    for name in &c.codecs {
+        if crate::sdp::Codec::from_name(name).is_none() {
+            p.push(Problem::new(
+                "calls.codecs",
+                format!("{name:?} is not one of PCMU, PCMA, G722, opus, telephone-event"),
+            ));
+        }
+    }
+    if !(300..700).contains(&c.inbound_reject_code) {
+        p.push(Problem::new(
+            "calls.inbound_reject_code",
+            format!("{} is not a 3xx-6xx status", c.inbound_reject_code),
+        ));
+    }
 }
 
 #[cfg(test)]

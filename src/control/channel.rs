@@ -440,6 +440,29 @@ fn publish_transition(
             None,
             status,
         ),
+        CoreEvent::Call(c) => {
+            let kind = match c.state {
+                crate::call::CallState::Created => "call.created",
+                crate::call::CallState::Dialing => "call.dialing",
+                crate::call::CallState::Ringing => "call.ringing",
+                crate::call::CallState::EarlyMedia => "call.early_media",
+                crate::call::CallState::Answered => "call.answered",
+                crate::call::CallState::Bridged => "call.bridged",
+                crate::call::CallState::Ending => "call.ending",
+                crate::call::CallState::Ended => "call.ended",
+            };
+            events.push(
+                kind,
+                json!({
+                    "call": c.call.0, "sip_call_id": c.sip_call_id, "direction": c.direction,
+                    "account": c.account, "code": c.code, "elapsed_ms": c.elapsed_ms,
+                    "cause": c.ended.map(|e| e.cause.label()),
+                    "side": c.ended.map(|e| e.side.label()),
+                }),
+                None,
+                status,
+            );
+        }
     }
 }
 

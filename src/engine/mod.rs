@@ -14,7 +14,12 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{Settings, Untrusted};
+mod calls;
+
+pub use calls::{CallCommand, PlaceCall, PlaceError, direct_target};
+
+use crate::call::{CallError, CallEvent, CallId, CallSummary, Calls, Live};
+use crate::config::{InboundPolicy, Settings, Untrusted};
 use crate::events::{CoreEvent, EventSender};
 use crate::metrics::{RegistrationMetrics, SipMetrics};
 use crate::registration::{AccountStatus, Accounts};
@@ -142,6 +147,7 @@ enum Command {
         reply: oneshot::Sender<Result<Message, RequestError>>,
     },
     Shutdown(oneshot::Sender<()>),
+    Call(CallCommand),
 }
 
 /// Why a one-shot request got no final response.
@@ -200,6 +206,20 @@ impl SipCore {
             publish.registration.clone(),
         );
         publish.status.send_replace(accounts.statuses());
+        // Media is advertised at the public address, else at the address
+        // the UDP listener is bound to, else at the host's own address.
+        let media_ip = config
+            .endpoint
+            .advertised
+            .or_else(|| {
+                driver
+                    .udp()
+                    .iter()
+                    .map(|(_, a)| a.ip())
+                    .find(|ip| !ip.is_unspecified())
+            })
+            .unwrap_or(contact_ip);
+        let calls = calls::call_table(settings, media_ip);
         let locals = Arc::new(driver.locals());
         let (commands, rx) = mpsc::channel(COMMAND_DEPTH);
         let (dns_tx, dns_rx) = mpsc::channel(64);
@@ -219,6 +239,10 @@ impl SipCore {
             dns: dns_tx,
             trace_suppressed: 0,
             accounts_touched: true,
+            calls,
+            watchers: HashMap::new(),
+            inbound_policy: settings.calls.inbound,
+            inbound_reject_code: settings.calls.inbound_reject_code,
         };
         let task = tokio::spawn(core.run(inbound, rx, dns_rx, config.panic_after));
         Ok((SipCore { commands, locals }, task))
@@ -286,6 +310,81 @@ impl SipCore {
             .await
             .map_err(|_| RequestError::Stopped)?;
         rx.await.unwrap_or(Err(RequestError::Stopped))
+    }
+
+    /// Places a call; its transitions arrive on the receiver, the last one
+    /// `ended`.
+    pub async fn originate(
+        &self,
+        place: PlaceCall,
+    ) -> Result<(CallId, mpsc::Receiver<CallEvent>), PlaceError> {
+        let direct = match &place.account {
+            Some(_) => None,
+            None => {
+                let (transport, host, port) = direct_target(&place.to)?;
+                let addr = resolve(&host, port).await.map_err(PlaceError::Resolve)?;
+                Some(Target::new(transport, addr))
+            }
+        };
+        let (events, rx) = mpsc::channel(calls::WATCH_DEPTH);
+        let (reply, result) = oneshot::channel();
+        let command = Command::Call(CallCommand::Originate {
+            place: Box::new(place),
+            direct,
+            reply,
+            events,
+        });
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| PlaceError::Stopped)?;
+        let id = result.await.map_err(|_| PlaceError::Stopped)??;
+        Ok((id, rx))
+    }
+
+    async fn call_command<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, CallError>>) -> CallCommand,
+        id: CallId,
+    ) -> Result<T, CallError> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Call(make(reply)))
+            .await
+            .is_err()
+        {
+            return Err(CallError::Unknown(id));
+        }
+        rx.await.unwrap_or(Err(CallError::Unknown(id)))
+    }
+
+    /// Hangs a call up.
+    pub async fn hangup(&self, id: CallId) -> Result<(), CallError> {
+        self.call_command(|r| CallCommand::Hangup(id, r), id).await
+    }
+
+    /// Answers a ringing inbound call.
+    pub async fn answer(&self, id: CallId) -> Result<(), CallError> {
+        self.call_command(|r| CallCommand::Answer(id, r), id).await
+    }
+
+    /// Rejects a ringing inbound call with `code`.
+    pub async fn reject(&self, id: CallId, code: u16) -> Result<(), CallError> {
+        self.call_command(|r| CallCommand::Reject(id, code, r), id)
+            .await
+    }
+
+    /// The live call table: counts by state and one page of calls.
+    pub async fn calls(&self, offset: usize, limit: usize) -> Option<(Live, Vec<CallSummary>)> {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::Call(CallCommand::List {
+            offset,
+            limit,
+            reply,
+        });
+        self.commands.send(command).await.ok()?;
+        rx.await.ok()
     }
 
     /// Stops the core: closes every connection and the listeners.
@@ -375,6 +474,14 @@ struct Core {
     trace_suppressed: u64,
     /// The accounts were fed something this turn (their status may change).
     accounts_touched: bool,
+    /// The live call table.
+    calls: Calls,
+    /// Who placed a call and follows its transitions.
+    watchers: HashMap<CallId, mpsc::Sender<CallEvent>>,
+    /// Inbound policy for INVITEs to no account with its own.
+    inbound_policy: InboundPolicy,
+    /// The status the `reject` policy answers with.
+    inbound_reject_code: u16,
 }
 
 impl Core {
@@ -390,11 +497,15 @@ impl Core {
         self.settle(started);
         let fault_at = panic_after.map(|d| tokio::time::Instant::from_std(started + d));
         loop {
-            let deadline = [self.ep.poll_timeout(), self.accounts.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min()
-                .map(tokio::time::Instant::from_std);
+            let deadline = [
+                self.ep.poll_timeout(),
+                self.accounts.poll_timeout(),
+                self.calls.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(tokio::time::Instant::from_std);
             tokio::select! {
                 Some(item) = inbound.recv() => {
                     let now = Instant::now();
@@ -427,6 +538,7 @@ impl Core {
                     let now = Instant::now();
                     self.ep.handle_timeout(now);
                     self.accounts.handle_timeout(now);
+                    self.calls.handle_timeout(now, &mut self.ep);
                     self.accounts_touched = true;
                 }
                 () = sleep_until(fault_at) => {
@@ -484,6 +596,7 @@ impl Core {
                 let _ = reply.send(self.accounts.control(now, &account, register));
             }
             Command::Unregister(done) => {
+                self.calls.hangup_all(now, &mut self.ep);
                 self.accounts.stop_all(now);
                 self.unregistering.push(done);
             }
@@ -510,6 +623,7 @@ impl Core {
                 }
             }
             Command::Shutdown(_) => {}
+            Command::Call(command) => self.on_call_command(now, command),
         }
     }
 
@@ -605,7 +719,9 @@ impl Core {
                 .inc_by(suppressed - self.trace_suppressed);
             self.trace_suppressed = suppressed;
         }
-        if self.accounts.all_stopped() {
+        self.publish_calls();
+        // Stopping waits for the calls' BYEs and CANCELs as well.
+        if self.accounts.all_stopped() && self.calls.is_empty() {
             for done in self.unregistering.drain(..) {
                 let _ = done.send(());
             }
@@ -613,6 +729,9 @@ impl Core {
     }
 
     fn dispatch(&mut self, now: Instant, event: Event) {
+        let Some(event) = self.calls.handle_event(now, &mut self.ep, event) else {
+            return;
+        };
         let owner = match &event {
             Event::Response { owner, .. }
             | Event::RequestFailed { owner, .. }
@@ -629,15 +748,18 @@ impl Core {
             return;
         }
         match event {
-            Event::NewRequest { txn, request, .. } => {
-                // Calls are not built yet: every INVITE is refused.
-                let reply = if request.method() == Some(Method::Invite) {
-                    Reply::code(501, "Not Implemented").header("Allow", ALLOW)
+            Event::NewRequest {
+                txn,
+                request,
+                source,
+            } => {
+                if request.method() == Some(Method::Invite) {
+                    self.on_invite(now, txn, request, source);
                 } else {
-                    Reply::code(405, "Method Not Allowed").header("Allow", ALLOW)
-                };
-                if let Err(e) = self.ep.respond(now, txn, reply) {
-                    tracing::debug!(error = %e, "could not refuse a request");
+                    let reply = Reply::code(405, "Method Not Allowed").header("Allow", ALLOW);
+                    if let Err(e) = self.ep.respond(now, txn, reply) {
+                        tracing::debug!(error = %e, "could not refuse a request");
+                    }
                 }
             }
             Event::InDialog { txn: Some(txn), .. } => {

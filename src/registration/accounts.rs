@@ -49,6 +49,28 @@ pub struct AccountStatus {
     pub last_error: Option<String>,
 }
 
+/// What a call through an account needs.
+#[derive(Debug, Clone)]
+pub struct AccountRoute {
+    /// The account's name.
+    pub name: String,
+    /// Its registrar or proxy, resolved, on the account's transport (its
+    /// registered connection when that transport is TCP or TLS).
+    pub next_hop: Target,
+    /// Its address of record (the From URI).
+    pub aor: String,
+    /// The domain calls are addressed in.
+    pub domain: String,
+    /// Digest user name and password.
+    pub credentials: Option<(String, String)>,
+    /// A Route to preload (the outbound proxy).
+    pub route: Option<String>,
+    /// Contact user part.
+    pub user: String,
+    /// Inbound policy, if the account has its own.
+    pub inbound: Option<crate::config::InboundPolicy>,
+}
+
 /// A name the core task is to resolve for an account's attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lookup {
@@ -419,6 +441,65 @@ impl Accounts {
         self.list
             .iter()
             .filter_map(|a| a.target.map(|t| t.addr.ip()))
+    }
+
+    /// What a call through account `name` (the first account when `None`)
+    /// needs; `Err` says why there is none.
+    pub fn call_route(&self, name: Option<&str>) -> Result<AccountRoute, String> {
+        let a = match name {
+            Some(n) => self
+                .list
+                .iter()
+                .find(|a| a.settings.name == n)
+                .ok_or_else(|| format!("no account named {n:?}"))?,
+            None => self.list.first().ok_or("no account configured")?,
+        };
+        let next_hop = a.target.ok_or_else(|| {
+            format!(
+                "account {:?} has not resolved its registrar yet",
+                a.settings.name
+            )
+        })?;
+        let domain = Uri::parse(&a.settings.registrar)
+            .ok()
+            .and_then(|u| u.as_sip().map(|s| host_text(&s.host)))
+            .unwrap_or_default();
+        Ok(AccountRoute {
+            name: a.settings.name.clone(),
+            next_hop,
+            aor: format!("sip:{}@{domain}", a.settings.username),
+            domain,
+            credentials: a.settings.password.as_ref().map(|p| {
+                (
+                    a.settings
+                        .auth_username
+                        .clone()
+                        .unwrap_or_else(|| a.settings.username.clone()),
+                    p.expose().to_owned(),
+                )
+            }),
+            route: a.proxy.as_ref().map(|p| format!("<{p};lr>")),
+            user: a.settings.username.clone(),
+            inbound: a.settings.inbound,
+        })
+    }
+
+    /// The account an inbound request for `user` is for: the one whose
+    /// user name it is.
+    pub fn for_user(&self, user: &str) -> Option<AccountRoute> {
+        let a = self.list.iter().find(|a| a.settings.username == user)?;
+        self.call_route(Some(&a.settings.name)).ok().or_else(|| {
+            Some(AccountRoute {
+                name: a.settings.name.clone(),
+                next_hop: Target::new(a.transport, SocketAddr::from(([0, 0, 0, 0], 0))),
+                aor: String::new(),
+                domain: String::new(),
+                credentials: None,
+                route: None,
+                user: a.settings.username.clone(),
+                inbound: a.settings.inbound,
+            })
+        })
     }
 
     /// Every account's state.

@@ -4,7 +4,7 @@
 pub mod accounts;
 pub mod machine;
 
-pub use accounts::{AccountStatus, Accounts, Lookup};
+pub use accounts::{AccountRoute, AccountStatus, Accounts, Lookup};
 pub use machine::{Backoff, Failure, RegConfig, RegOutput, RegState, Registration, refresh_margin};
 
 /// The handle the control channel registers and unregisters accounts with.

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod calls;
 mod check_config;
 mod control;
 mod daemon;

@@ -57,7 +57,7 @@ fn sipp_options_is_answered(transport: SippTransport) {
     assert_eq!(r.successful(), 1);
     for h in [
         "SIP/2.0 200 OK",
-        "Allow: OPTIONS",
+        "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO",
         "Accept: application/sdp",
         "Supported:",
         "Server: dialerd/",

@@ -112,7 +112,10 @@ fn inbound_tls_is_accepted_by_dialerd_run() {
     let answer =
         tls_options(addr, pki.client_config()).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
     assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
-    assert!(answer.contains("Allow: OPTIONS"), "{answer}");
+    assert!(
+        answer.contains("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"),
+        "{answer}"
+    );
     // And dialerd's own probe, trusting the CA, reaches dialerd over TLS.
     let out = probe(&[
         &format!("sips:{listen}"),

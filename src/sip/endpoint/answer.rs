@@ -4,8 +4,8 @@
 
 use crate::sip::message::{Message, Method, Uri};
 
-/// Methods dialerd accepts today; calls add INVITE, ACK, BYE and CANCEL.
-pub const ALLOW: &str = "OPTIONS";
+/// Methods dialerd accepts.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
 /// Bodies dialerd understands.
 pub const ACCEPT: &str = "application/sdp";
 /// Option tags dialerd supports (none yet).

@@ -17,7 +17,7 @@ mod reply;
 mod uas;
 
 #[cfg(test)]
-mod pair;
+pub(crate) mod pair;
 #[cfg(test)]
 mod tests;
 

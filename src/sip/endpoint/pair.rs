@@ -18,7 +18,7 @@ use crate::sip::target::{FlowId, Target, Transport};
 use crate::sip::transaction::Timers;
 
 /// Which endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Side {
     /// The first endpoint (usually the client).
     A,
@@ -277,6 +277,18 @@ impl Pair {
                 return None;
             }
         }
+    }
+
+    /// When the next delivery or endpoint deadline is due.
+    pub fn next_at(&self) -> Option<Instant> {
+        [
+            self.in_flight.peek().map(|Reverse((at, ..))| *at),
+            self.a.ep.poll_timeout(),
+            self.b.ep.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Steps until `now` reaches `until` or nothing is pending.

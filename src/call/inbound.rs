@@ -1,0 +1,360 @@
+//! Inbound calls (UAS) and the requests inside every call's dialog.
+
+use std::time::Instant;
+
+use super::table::{Call, CallError, Calls, Deadline};
+use super::{CallDirection, CallId, CallState, EndCause, Ended, Inbound, InboundAction};
+use crate::sdp::{self, Direction, NegotiateError};
+use crate::sip::dialog::Dialog;
+use crate::sip::endpoint::{Endpoint, Reply};
+use crate::sip::message::{HeaderName, Message, Method};
+use crate::sip::target::Target;
+use crate::sip::transaction::TxnId;
+
+impl Calls {
+    /// Takes a new INVITE (from [`crate::sip::endpoint::Event::NewRequest`])
+    /// and acts on `policy`: reject, ring, or answer. The call is in the
+    /// table (and its events recorded) whatever the policy.
+    pub fn incoming(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        txn: TxnId,
+        request: Message,
+        source: Target,
+        policy: Inbound,
+    ) -> Option<CallId> {
+        let id = match self.admit() {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound INVITE refused");
+                let _ = ep.respond(now, txn, Reply::code(503, "Service Unavailable"));
+                return None;
+            }
+        };
+        ep.adopt(txn, Self::owner(id));
+        let tag = ep.local_tag(txn).unwrap_or_default().to_owned();
+        let call = Call {
+            id,
+            direction: CallDirection::Inbound,
+            state: CallState::Created,
+            created: now,
+            answered: None,
+            account: policy.account.clone(),
+            sip_call_id: request.call_id().unwrap_or_default().to_owned(),
+            local_tag: tag.clone(),
+            invite: Some(txn),
+            invite_cseq: request.cseq().map(|c| c.seq).unwrap_or(0),
+            origin: None,
+            answered_nonce: None,
+            nc: 0,
+            dialog: None,
+            next_hop: source,
+            deadline: None,
+            ring_deadline: None,
+            pending_end: None,
+            bye: None,
+            local_sdp: None,
+            negotiated: None,
+            media_port: None,
+            contact_user: policy.contact_user.clone(),
+            source: Some(source),
+            from: request.value(HeaderName::From).unwrap_or("").to_owned(),
+            to: request.value(HeaderName::To).unwrap_or("").to_owned(),
+            request: None,
+        };
+        self.calls.insert(id, call);
+        self.record_current(now, id);
+        let dialog = Dialog::as_uas(&request, &tag, source);
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.request = Some(request);
+        }
+        let dialog = match dialog {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(call = %id, error = %e, "INVITE cannot set up a dialog");
+                self.respond_final(now, ep, id, 400, "Bad Request");
+                self.finish(now, ep, id, Ended::remote(EndCause::Failed, Some(400)));
+                return Some(id);
+            }
+        };
+        ep.bind_dialog(dialog.key(), Self::owner(id));
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.dialog = Some(dialog);
+        }
+        match policy.action {
+            InboundAction::Reject(code) => {
+                let code = if (300..700).contains(&code) {
+                    code
+                } else {
+                    603
+                };
+                self.respond_final(now, ep, id, code, reason(code));
+                self.finish(now, ep, id, Ended::local(EndCause::Rejected, Some(code)));
+            }
+            InboundAction::Ring => {
+                if self.prepare_answer(now, ep, id) {
+                    self.provisional(now, ep, id, 180, "Ringing");
+                    self.transition(now, id, CallState::Ringing, Some(180));
+                    let at = now + self.config.answer_timeout;
+                    self.set_deadline(id, at, Deadline::Answer);
+                }
+            }
+            InboundAction::Answer => {
+                if self.prepare_answer(now, ep, id) {
+                    self.send_answer(now, ep, id);
+                }
+            }
+        }
+        Some(id)
+    }
+
+    /// Negotiates the offer (or makes one when the INVITE has none);
+    /// false when the call was refused (488, no media port).
+    fn prepare_answer(&mut self, now: Instant, ep: &mut Endpoint, id: CallId) -> bool {
+        let media = match self.local_media(Direction::SendRecv) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(call = %id, error = %e, "no media port for an inbound call");
+                self.respond_final(now, ep, id, 503, "Service Unavailable");
+                self.finish(now, ep, id, Ended::local(EndCause::Congestion, Some(503)));
+                return false;
+            }
+        };
+        let origin = self.origin();
+        let Some(c) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        c.media_port = Some(media.port);
+        let offer = c.request.as_ref().and_then(Self::sdp_of);
+        match offer {
+            None => {
+                // Late offer: we offer in the 2xx, the answer comes in the ACK.
+                c.local_sdp = Some(sdp::offer(&media, origin));
+                true
+            }
+            Some(offer) => match sdp::answer(&offer, &media, origin) {
+                Ok((answer, negotiated)) => {
+                    c.local_sdp = Some(answer);
+                    c.negotiated = Some(negotiated);
+                    true
+                }
+                Err(e) => {
+                    tracing::info!(call = %id, error = %e, "offer refused");
+                    let (code, cause) = match e {
+                        NegotiateError::NoCommonCodec | NegotiateError::NoAudio => {
+                            (488, EndCause::Incompatible)
+                        }
+                        _ => (488, EndCause::Incompatible),
+                    };
+                    self.respond_final(now, ep, id, code, "Not Acceptable Here");
+                    self.finish(now, ep, id, Ended::local(cause, Some(code)));
+                    false
+                }
+            },
+        }
+    }
+
+    fn provisional(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        id: CallId,
+        code: u16,
+        reason: &str,
+    ) {
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
+        let (Some(txn), Some(request), Some(source)) = (c.invite, c.request.as_ref(), c.source)
+        else {
+            return;
+        };
+        let reply = Self::reply_for(ep, &c.contact_user, request, source, code, reason);
+        if let Err(e) = ep.respond(now, txn, reply) {
+            tracing::debug!(call = %id, code, error = %e, "provisional response not sent");
+        }
+    }
+
+    fn send_answer(&mut self, now: Instant, ep: &mut Endpoint, id: CallId) {
+        let max = self.config.max_duration;
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let (Some(txn), Some(request), Some(source)) = (c.invite, c.request.take(), c.source)
+        else {
+            return;
+        };
+        let mut reply = Self::reply_for(ep, &c.contact_user, &request, source, 200, "OK");
+        if let Some(sdp) = &c.local_sdp {
+            reply = reply.body("application/sdp", sdp.to_string().into_bytes());
+        }
+        match ep.respond(now, txn, reply) {
+            Ok(()) => {
+                self.transition(now, id, CallState::Answered, Some(200));
+                self.set_deadline(id, now + max, Deadline::MaxDuration);
+            }
+            Err(e) => {
+                tracing::debug!(call = %id, error = %e, "200 not sent");
+                self.finish(now, ep, id, Ended::local(EndCause::Transport, None));
+            }
+        }
+    }
+
+    /// Answers a ringing inbound call.
+    pub fn answer(&mut self, now: Instant, ep: &mut Endpoint, id: CallId) -> Result<(), CallError> {
+        let c = self.calls.get(&id).ok_or(CallError::Unknown(id))?;
+        if c.direction != CallDirection::Inbound || c.state != CallState::Ringing {
+            return Err(CallError::WrongState {
+                call: id,
+                state: c.state,
+                action: "answer",
+            });
+        }
+        self.send_answer(now, ep, id);
+        Ok(())
+    }
+
+    /// Rejects a ringing inbound call with `code` (3xx-6xx).
+    pub fn reject(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        id: CallId,
+        code: u16,
+    ) -> Result<(), CallError> {
+        let c = self.calls.get(&id).ok_or(CallError::Unknown(id))?;
+        if c.direction != CallDirection::Inbound || c.state != CallState::Ringing {
+            return Err(CallError::WrongState {
+                call: id,
+                state: c.state,
+                action: "reject",
+            });
+        }
+        let code = if (300..700).contains(&code) {
+            code
+        } else {
+            603
+        };
+        self.respond_final(now, ep, id, code, reason(code));
+        self.finish(now, ep, id, Ended::local(EndCause::Rejected, Some(code)));
+        Ok(())
+    }
+
+    /// A request in a call's dialog (or the ACK of our 2xx).
+    pub(super) fn on_in_dialog(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        id: CallId,
+        txn: Option<TxnId>,
+        request: &Message,
+        source: Target,
+    ) {
+        tracing::debug!(call = %id, method = ?request.method(), "in-dialog request");
+        let Some(c) = self.calls.get_mut(&id) else {
+            if let Some(txn) = txn {
+                let _ = ep.respond(
+                    now,
+                    txn,
+                    Reply::code(481, "Call/Transaction Does Not Exist"),
+                );
+            }
+            return;
+        };
+        let config_address = self.config.media_address;
+        let media_at = |port, direction| {
+            let mut m = sdp::LocalMedia::new(config_address, port, self.config.codecs.clone());
+            m.ptime_ms = self.config.ptime_ms;
+            m.direction = direction;
+            m
+        };
+        let Some(dialog) = c.dialog.as_mut() else {
+            return;
+        };
+        if let Err(e) = dialog.receive(request) {
+            tracing::debug!(call = %id, error = %e, "in-dialog request refused");
+            if let Some(txn) = txn {
+                let _ = ep.respond(now, txn, Reply::code(500, "Server Internal Error"));
+            }
+            return;
+        }
+        let method = request.method();
+        let Some(txn) = txn else {
+            // The ACK of our 2xx: the dialog is confirmed; a late offer's
+            // answer comes in it.
+            if method == Some(Method::Ack) {
+                dialog.confirmed = true;
+                if c.negotiated.is_none()
+                    && let (Some(offer), Some(answer)) =
+                        (c.local_sdp.as_ref(), Self::sdp_of(request))
+                {
+                    c.negotiated = sdp::accept_answer(offer, &answer).ok();
+                }
+            }
+            return;
+        };
+        match method {
+            Some(Method::Bye) => {
+                let _ = ep.respond(now, txn, Reply::code(200, "OK"));
+                let ended = c
+                    .pending_end
+                    .unwrap_or(Ended::remote(EndCause::Normal, None));
+                self.finish(now, ep, id, ended);
+            }
+            Some(Method::Invite) | Some(Method::Update) => {
+                dialog.refresh_target(request);
+                let answer = Self::sdp_of(request).map(|offer| {
+                    let port = c.media_port.unwrap_or(0);
+                    let media = media_at(port, Direction::SendRecv);
+                    let mut origin = c
+                        .local_sdp
+                        .as_ref()
+                        .map(|s| s.origin.clone())
+                        .unwrap_or_else(|| sdp::Origin::new("dialerd", 1, 1, config_address));
+                    origin.session_version += 1;
+                    sdp::answer(&offer, &media, origin)
+                });
+                let mut reply = Self::reply_for(ep, &c.contact_user, request, source, 200, "OK");
+                match answer {
+                    Some(Ok((sdp, negotiated))) => {
+                        reply = reply.body("application/sdp", sdp.to_string().into_bytes());
+                        c.local_sdp = Some(sdp);
+                        c.negotiated = Some(negotiated);
+                    }
+                    Some(Err(_)) => reply = Reply::code(488, "Not Acceptable Here"),
+                    None => {
+                        if let Some(sdp) = &c.local_sdp {
+                            reply = reply.body("application/sdp", sdp.to_string().into_bytes());
+                        }
+                    }
+                }
+                if let Err(e) = ep.respond(now, txn, reply) {
+                    tracing::warn!(call = %id, error = %e, "response to a re-INVITE or UPDATE not sent");
+                }
+            }
+            Some(Method::Info) | Some(Method::Options) => {
+                let _ = ep.respond(now, txn, Reply::code(200, "OK"));
+            }
+            _ => {
+                let reply = Reply::code(501, "Not Implemented")
+                    .header("Allow", crate::sip::endpoint::ALLOW);
+                let _ = ep.respond(now, txn, reply);
+            }
+        }
+    }
+}
+
+/// A reason phrase for a status we send.
+fn reason(code: u16) -> &'static str {
+    match code {
+        404 => "Not Found",
+        480 => "Temporarily Unavailable",
+        486 => "Busy Here",
+        488 => "Not Acceptable Here",
+        503 => "Service Unavailable",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        _ => "Rejected",
+    }
+}

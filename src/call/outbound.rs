@@ -1,0 +1,388 @@
+//! Outbound calls (UAC): INVITE with an offer, digest on 401/407,
+//! provisional responses, the first 2xx wins, later forked 2xx are
+//! acknowledged and ended, ring timeout and Timer C cancel, and a 2xx that
+//! crosses our CANCEL is acknowledged and ended with BYE.
+
+use std::time::Instant;
+
+use super::table::{Call, CallError, Calls, Deadline};
+use super::{CallDirection, CallId, CallState, EndCause, Ended, Originate};
+use crate::sdp::{self, Direction};
+use crate::sip::auth::{self, Attempt, Challenge};
+use crate::sip::dialog::Dialog;
+use crate::sip::endpoint::{ContactSpec, Endpoint, OutRequest};
+use crate::sip::ids;
+use crate::sip::message::{Message, OutMessage};
+use crate::sip::transaction::TxnId;
+
+impl Calls {
+    /// Places a call: sends the INVITE with an SDP offer now.
+    pub fn originate(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        origin: Originate,
+    ) -> Result<CallId, CallError> {
+        if let Some((name, _)) = origin
+            .headers
+            .iter()
+            .find(|(n, _)| !n.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-")))
+        {
+            return Err(CallError::Header(name.clone()));
+        }
+        let id = self.admit()?;
+        let media = self.local_media(Direction::SendRecv)?;
+        let sdp_origin = self.origin();
+        let offer = sdp::offer(&media, sdp_origin);
+        let host = origin.next_hop.addr.ip().to_string();
+        let call = Call {
+            id,
+            direction: CallDirection::Outbound,
+            state: CallState::Created,
+            created: now,
+            answered: None,
+            account: origin.account.clone(),
+            sip_call_id: ids::call_id_from(self.rng.as_mut(), &host),
+            local_tag: self.token(),
+            invite: None,
+            invite_cseq: 0,
+            ring_deadline: Some(now + origin.ring_timeout.unwrap_or(self.config.ring_timeout)),
+            from: origin.from_uri.clone(),
+            to: origin.to.clone(),
+            contact_user: origin.contact_user.clone(),
+            next_hop: origin.next_hop,
+            origin: Some(origin),
+            answered_nonce: None,
+            nc: 0,
+            dialog: None,
+            deadline: None,
+            pending_end: None,
+            bye: None,
+            local_sdp: Some(offer),
+            negotiated: None,
+            media_port: Some(media.port),
+            source: None,
+            request: None,
+        };
+        self.calls.insert(id, call);
+        self.record_current(now, id);
+        self.send_invite(now, ep, id, None)?;
+        Ok(id)
+    }
+
+    /// Sends (or, after a challenge, sends again) the call's INVITE.
+    fn send_invite(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        id: CallId,
+        challenge: Option<&Challenge>,
+    ) -> Result<(), CallError> {
+        let user_agent = self.config.user_agent.clone();
+        let cnonce = self.token();
+        let Some(c) = self.calls.get_mut(&id) else {
+            return Err(CallError::Unknown(id));
+        };
+        let Some(o) = c.origin.as_ref() else {
+            return Err(CallError::Unknown(id));
+        };
+        c.invite_cseq += 1;
+        let mut invite = OutMessage::request("INVITE", &o.to);
+        if let Some(route) = &o.route {
+            invite.push("Route", route);
+        }
+        invite.push("Max-Forwards", "70");
+        let from = match &o.display {
+            Some(d) => format!(
+                "\"{}\" <{}>;tag={}",
+                d.replace(['"', '\\'], ""),
+                o.from_uri,
+                c.local_tag
+            ),
+            None => format!("<{}>;tag={}", o.from_uri, c.local_tag),
+        };
+        invite.push("From", from);
+        invite.push("To", format!("<{}>", o.to));
+        invite.push("Call-ID", &c.sip_call_id);
+        invite.push("CSeq", format!("{} INVITE", c.invite_cseq));
+        invite.push("Allow", crate::sip::endpoint::ALLOW);
+        invite.push("User-Agent", &user_agent);
+        if let Some(pai) = &o.asserted_identity {
+            invite.push("P-Asserted-Identity", pai);
+        }
+        for (name, value) in &o.headers {
+            invite.push(name, value);
+        }
+        if let (Some(ch), Some(cred)) = (challenge, &o.credentials) {
+            c.nc += 1;
+            let value = auth::credentials(
+                ch,
+                &Attempt {
+                    username: &cred.username,
+                    password: &cred.password,
+                    method: "INVITE",
+                    uri: &o.to,
+                    body: b"",
+                    nc: c.nc,
+                    cnonce: &cnonce,
+                },
+            );
+            invite.push(ch.answer_header(), value);
+            c.answered_nonce = Some(ch.nonce.clone());
+        }
+        let body = c
+            .local_sdp
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let invite = invite.body("application/sdp", body.into_bytes());
+        let request = OutRequest::new(invite).with_contact(ContactSpec {
+            user: c.contact_user.clone(),
+            params: String::new(),
+        });
+        let hop = c.next_hop;
+        match ep.send_request(now, Self::owner(id), request, hop) {
+            Ok(txn) => {
+                if let Some(c) = self.calls.get_mut(&id) {
+                    c.invite = Some(txn);
+                }
+                self.transition(now, id, CallState::Dialing, None);
+                self.ring_or_timer_c(now, id);
+                Ok(())
+            }
+            Err(e) => {
+                let text = e.to_string();
+                self.finish(now, ep, id, Ended::local(EndCause::Transport, None));
+                Err(CallError::Send(text))
+            }
+        }
+    }
+
+    /// Cancels the INVITE; the call ends with `ended` when it completes
+    /// (487, or a 2xx that crossed the CANCEL, acknowledged and ended with
+    /// BYE).
+    pub(super) fn cancel_invite(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        id: CallId,
+        ended: Ended,
+    ) {
+        let ending = self.config.ending;
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if c.direction != CallDirection::Outbound {
+            return;
+        }
+        c.pending_end = Some(ended);
+        let Some(invite) = c.invite else {
+            self.finish(now, ep, id, ended);
+            return;
+        };
+        if let Err(e) = ep.cancel(now, invite) {
+            tracing::debug!(call = %id, error = %e, "CANCEL not sent; giving up the INVITE");
+            ep.abandon(now, invite);
+            self.finish(now, ep, id, ended);
+            return;
+        }
+        self.transition(now, id, CallState::Ending, None);
+        self.set_deadline(id, now + ending, Deadline::Ending);
+    }
+
+    pub(super) fn on_response(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        id: CallId,
+        txn: TxnId,
+        response: &Message,
+    ) {
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
+        let Some(code) = response.status() else {
+            return;
+        };
+        if c.bye == Some(txn) {
+            if code >= 200 {
+                let ended = c
+                    .pending_end
+                    .unwrap_or(Ended::local(EndCause::Normal, None));
+                self.finish(now, ep, id, ended);
+            }
+            return;
+        }
+        if c.invite != Some(txn) {
+            // A CANCEL's response, or the BYE of a forked 2xx.
+            return;
+        }
+        match code {
+            100..=199 => self.on_provisional(now, id, code, response),
+            200..=299 => self.on_success(now, ep, id, txn, response),
+            _ => self.on_failure_response(now, ep, id, code, response),
+        }
+    }
+
+    fn on_provisional(&mut self, now: Instant, id: CallId, code: u16, response: &Message) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if c.state == CallState::Ending {
+            return;
+        }
+        if c.dialog.is_none()
+            && let Ok(d) = Dialog::as_uac(response, c.invite_cseq, c.next_hop)
+        {
+            c.dialog = Some(d);
+        }
+        let early = Self::sdp_of(response).and_then(|answer| {
+            let offer = c.local_sdp.as_ref()?;
+            sdp::accept_answer(offer, &answer).ok()
+        });
+        let state = match (code, early) {
+            (100, _) => c.state,
+            (_, Some(n)) => {
+                c.negotiated = Some(n);
+                CallState::EarlyMedia
+            }
+            (_, None) if c.state == CallState::EarlyMedia => CallState::EarlyMedia,
+            (_, None) => CallState::Ringing,
+        };
+        self.transition(now, id, state, Some(code));
+        // Timer C restarts with every provisional response.
+        self.ring_or_timer_c(now, id);
+    }
+
+    fn on_success(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        id: CallId,
+        txn: TxnId,
+        response: &Message,
+    ) {
+        let max = self.config.max_duration;
+        let user_agent = self.config.user_agent.clone();
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let tag = response
+            .to_header()
+            .ok()
+            .and_then(|t| t.tag())
+            .unwrap_or("")
+            .to_owned();
+        let winner = c
+            .dialog
+            .as_ref()
+            .filter(|d| d.confirmed)
+            .map(|d| d.remote_tag.clone());
+        if let Some(winner) = winner {
+            if winner != tag {
+                // A forked 2xx after the first: acknowledge and end it.
+                if let Ok(mut other) = Dialog::as_uac(response, c.invite_cseq, c.next_hop) {
+                    let ack = OutRequest::new(other.ack(c.invite_cseq));
+                    let _ = ep.send_ack(now, Self::owner(id), txn, &tag, ack, other.next_hop);
+                    let mut bye = other.request("BYE");
+                    bye.push("User-Agent", &user_agent);
+                    let _ =
+                        ep.send_request(now, Self::owner(id), OutRequest::new(bye), other.next_hop);
+                }
+            }
+            return;
+        }
+        let mut dialog = match c.dialog.take() {
+            Some(mut d) if d.remote_tag == tag => match d.confirm(response) {
+                Ok(()) => d,
+                Err(_) => return self.unroutable_2xx(now, ep, id),
+            },
+            _ => match Dialog::as_uac(response, c.invite_cseq, c.next_hop) {
+                Ok(d) => d,
+                Err(_) => return self.unroutable_2xx(now, ep, id),
+            },
+        };
+        dialog.confirmed = true;
+        let ack = OutRequest::new(dialog.ack(c.invite_cseq));
+        if let Err(e) = ep.send_ack(now, Self::owner(id), txn, &tag, ack, dialog.next_hop) {
+            tracing::debug!(call = %id, error = %e, "ACK not sent");
+        }
+        ep.bind_dialog(dialog.key(), Self::owner(id));
+        let negotiated = Self::sdp_of(response).and_then(|answer| {
+            let offer = c.local_sdp.as_ref()?;
+            sdp::accept_answer(offer, &answer).ok()
+        });
+        if let Some(n) = negotiated {
+            c.negotiated = Some(n);
+        }
+        let usable = c.negotiated.is_some();
+        c.dialog = Some(dialog);
+        if let Some(ended) = c.pending_end {
+            // The 2xx crossed our CANCEL: acknowledged above, ended now.
+            self.bye(now, ep, id, ended);
+            return;
+        }
+        self.transition(now, id, CallState::Answered, response.status());
+        if usable {
+            self.set_deadline(id, now + max, Deadline::MaxDuration);
+        } else {
+            self.bye(now, ep, id, Ended::local(EndCause::Incompatible, None));
+        }
+    }
+
+    /// A 2xx without a usable Contact: nothing can reach the peer.
+    fn unroutable_2xx(&mut self, now: Instant, ep: &mut Endpoint, id: CallId) {
+        tracing::warn!(call = %id, "2xx without a usable Contact; ending the call");
+        self.finish(now, ep, id, Ended::remote(EndCause::Failed, None));
+    }
+
+    fn on_failure_response(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        id: CallId,
+        code: u16,
+        response: &Message,
+    ) {
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
+        if let Some(ended) = c.pending_end {
+            self.finish(
+                now,
+                ep,
+                id,
+                Ended {
+                    code: Some(code),
+                    ..ended
+                },
+            );
+            return;
+        }
+        if matches!(code, 401 | 407) {
+            let has_credentials = c.origin.as_ref().is_some_and(|o| o.credentials.is_some());
+            match Challenge::best_of(response) {
+                Ok(ch) if has_credentials && (ch.stale || c.answered_nonce.is_none()) => {
+                    if let Some(c) = self.calls.get_mut(&id) {
+                        c.nc = 0;
+                        c.dialog = None;
+                    }
+                    if let Err(e) = self.send_invite(now, ep, id, Some(&ch)) {
+                        tracing::debug!(call = %id, error = %e, "INVITE with credentials not sent");
+                    }
+                    return;
+                }
+                _ => {
+                    self.finish(now, ep, id, Ended::remote(EndCause::AuthFailed, Some(code)));
+                    return;
+                }
+            }
+        }
+        self.finish(
+            now,
+            ep,
+            id,
+            Ended::remote(EndCause::from_status(code), Some(code)),
+        );
+    }
+}

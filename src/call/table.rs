@@ -1,0 +1,718 @@
+//! The live call table: every call, its deadline, its transitions.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::media::{MediaError, PortPool};
+use super::{
+    CallConfig, CallDirection, CallEvent, CallId, CallState, EndCause, Ended, Originate, Side,
+};
+use crate::sdp::{self, Direction, LocalMedia, Negotiated, Origin, SessionDescription};
+use crate::sip::dialog::Dialog;
+use crate::sip::endpoint::{Endpoint, Event, OutRequest, OwnerId, Reply};
+use crate::sip::ids::{self, Entropy};
+use crate::sip::message::Message;
+use crate::sip::target::{Target, Transport};
+use crate::sip::transaction::TxnId;
+
+/// Owner ids of calls on the endpoint start here (accounts use `1<<48`,
+/// one-shot requests `1<<56`).
+pub const CALL_BASE: u64 = 1 << 40;
+
+/// Why a call request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// No such live call.
+    #[error("no live call {0}")]
+    Unknown(CallId),
+    /// The call is not in a state that allows this.
+    #[error("{call} is {state}; cannot {action}", state = .state.label())]
+    WrongState {
+        /// The call.
+        call: CallId,
+        /// Its state.
+        state: CallState,
+        /// What was asked.
+        action: &'static str,
+    },
+    /// A header name other than `X-...` was given.
+    #[error("header {0:?} is not an X- header")]
+    Header(String),
+    /// The request could not be sent.
+    #[error("could not send: {0}")]
+    Send(String),
+    /// No media port is free.
+    #[error(transparent)]
+    Media(#[from] MediaError),
+    /// The table is at its configured size.
+    #[error("{0} calls are live, the most allowed")]
+    Full(usize),
+}
+
+/// Which deadline a call waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Deadline {
+    /// Outbound: the ring timeout.
+    Ring,
+    /// Outbound: Timer C (no provisional for too long).
+    TimerC,
+    /// Inbound `Ring`: nobody asked to answer.
+    Answer,
+    /// After the answer: the maximum duration.
+    MaxDuration,
+    /// BYE or CANCEL sent, no completion.
+    Ending,
+}
+
+/// One call.
+#[derive(Debug)]
+pub(super) struct Call {
+    pub(super) id: CallId,
+    pub(super) direction: CallDirection,
+    pub(super) state: CallState,
+    pub(super) created: Instant,
+    pub(super) answered: Option<Instant>,
+    pub(super) account: Option<String>,
+    pub(super) sip_call_id: String,
+    pub(super) local_tag: String,
+    /// The INVITE transaction: client (outbound) or server (inbound).
+    pub(super) invite: Option<TxnId>,
+    pub(super) invite_cseq: u32,
+    /// Outbound: what was asked for (to answer a challenge).
+    pub(super) origin: Option<Originate>,
+    /// Outbound: the nonce already answered (a second challenge with it
+    /// means the credentials are wrong).
+    pub(super) answered_nonce: Option<String>,
+    pub(super) nc: u32,
+    pub(super) dialog: Option<Dialog>,
+    pub(super) next_hop: Target,
+    pub(super) deadline: Option<(Instant, Deadline)>,
+    pub(super) ring_deadline: Option<Instant>,
+    /// How the call ends once what is in flight completes (a CANCEL or BYE
+    /// sent).
+    pub(super) pending_end: Option<Ended>,
+    pub(super) bye: Option<TxnId>,
+    pub(super) local_sdp: Option<SessionDescription>,
+    pub(super) negotiated: Option<Negotiated>,
+    pub(super) media_port: Option<u16>,
+    pub(super) contact_user: String,
+    /// Inbound: where the INVITE came from.
+    pub(super) source: Option<Target>,
+    /// Inbound: the INVITE, until the final response.
+    pub(super) request: Option<Message>,
+    /// The peers as they appear in From and To.
+    pub(super) from: String,
+    pub(super) to: String,
+}
+
+/// A live call as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallSummary {
+    /// The call.
+    pub id: CallId,
+    /// Its SIP Call-ID.
+    pub sip_call_id: String,
+    /// Which way.
+    pub direction: CallDirection,
+    /// Its state.
+    pub state: &'static str,
+    /// Its account.
+    pub account: Option<String>,
+    /// From.
+    pub from: String,
+    /// To.
+    pub to: String,
+    /// Seconds since it was created.
+    pub age_secs: u64,
+    /// Seconds since the answer.
+    pub talk_secs: Option<u64>,
+    /// The negotiated codec.
+    pub codec: Option<String>,
+}
+
+/// Counts derived from the table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Live {
+    /// Calls by state label.
+    pub by_state: Vec<(&'static str, usize)>,
+    /// Calls in all.
+    pub total: usize,
+    /// Media ports in use.
+    pub media_ports: usize,
+}
+
+/// The live call table.
+#[derive(Debug)]
+pub struct Calls {
+    pub(super) config: CallConfig,
+    pub(super) calls: HashMap<CallId, Call>,
+    deadlines: BTreeSet<(Instant, CallId)>,
+    next_id: u64,
+    pub(super) events: Vec<CallEvent>,
+    pub(super) rng: Box<dyn Entropy>,
+    pub(super) ports: PortPool,
+    max_calls: usize,
+}
+
+impl Calls {
+    /// An empty table; `ports` hands out media ports; at most `max_calls`
+    /// live at once.
+    pub fn new(
+        config: CallConfig,
+        ports: PortPool,
+        max_calls: usize,
+        rng: Box<dyn Entropy>,
+    ) -> Self {
+        Self {
+            config,
+            calls: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            next_id: 1,
+            events: Vec::new(),
+            rng,
+            ports,
+            max_calls,
+        }
+    }
+
+    /// The owner id of `call` on the endpoint.
+    pub fn owner(call: CallId) -> OwnerId {
+        OwnerId(CALL_BASE + call.0)
+    }
+
+    /// The call an owner id names, if it names one.
+    pub fn call_of(owner: OwnerId) -> Option<CallId> {
+        (CALL_BASE..CALL_BASE << 1)
+            .contains(&owner.0)
+            .then(|| CallId(owner.0 - CALL_BASE))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CallConfig {
+        &self.config
+    }
+
+    /// Live calls.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// No live call.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// A call's state.
+    pub fn state(&self, call: CallId) -> Option<CallState> {
+        self.calls.get(&call).map(|c| c.state)
+    }
+
+    /// The transitions since the last call, in order.
+    pub fn take_events(&mut self) -> std::vec::Drain<'_, CallEvent> {
+        self.events.drain(..)
+    }
+
+    /// Counts by state, derived from the table.
+    pub fn live(&self) -> Live {
+        let mut by_state: Vec<(&'static str, usize)> =
+            CallState::ALL.iter().map(|s| (s.label(), 0)).collect();
+        for call in self.calls.values() {
+            if let Some(slot) = by_state.iter_mut().find(|(l, _)| *l == call.state.label()) {
+                slot.1 += 1;
+            }
+        }
+        Live {
+            by_state,
+            total: self.calls.len(),
+            media_ports: self.ports.in_use(),
+        }
+    }
+
+    /// One page of live calls, oldest first.
+    pub fn page(&self, now: Instant, offset: usize, limit: usize) -> Vec<CallSummary> {
+        let mut ids: Vec<&Call> = self.calls.values().collect();
+        ids.sort_by_key(|c| (c.created, c.id));
+        ids.into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|c| CallSummary {
+                id: c.id,
+                sip_call_id: c.sip_call_id.clone(),
+                direction: c.direction,
+                state: c.state.label(),
+                account: c.account.clone(),
+                from: c.from.clone(),
+                to: c.to.clone(),
+                age_secs: now.saturating_duration_since(c.created).as_secs(),
+                talk_secs: c
+                    .answered
+                    .map(|a| now.saturating_duration_since(a).as_secs()),
+                codec: c.negotiated.as_ref().map(|n| format!("{:?}", n.codec)),
+            })
+            .collect()
+    }
+
+    /// The earliest deadline of any call.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Acts on every deadline that passed.
+    pub fn handle_timeout(&mut self, now: Instant, ep: &mut Endpoint) {
+        while let Some(&(at, id)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.remove(&(at, id));
+            let Some(kind) = self.calls.get_mut(&id).and_then(|c| {
+                let (_, kind) = c.deadline.take()?;
+                Some(kind)
+            }) else {
+                continue;
+            };
+            self.expired(now, ep, id, kind);
+        }
+    }
+
+    fn expired(&mut self, now: Instant, ep: &mut Endpoint, id: CallId, kind: Deadline) {
+        match kind {
+            Deadline::Ring => {
+                self.cancel_invite(now, ep, id, Ended::local(EndCause::NoAnswer, None))
+            }
+            Deadline::TimerC => {
+                self.cancel_invite(now, ep, id, Ended::local(EndCause::Timeout, Some(408)));
+            }
+            Deadline::Answer => {
+                self.respond_final(now, ep, id, 480, "Temporarily Unavailable");
+                self.finish(now, ep, id, Ended::local(EndCause::NoAnswer, Some(480)));
+            }
+            Deadline::MaxDuration => {
+                self.bye(now, ep, id, Ended::local(EndCause::MaxDuration, None))
+            }
+            Deadline::Ending => {
+                let ended = self
+                    .calls
+                    .get(&id)
+                    .and_then(|c| c.pending_end)
+                    .unwrap_or(Ended::local(EndCause::Timeout, None));
+                self.finish(now, ep, id, ended);
+            }
+        }
+    }
+
+    /// Sets `call`'s one deadline.
+    pub(super) fn set_deadline(&mut self, id: CallId, at: Instant, kind: Deadline) {
+        if let Some(c) = self.calls.get_mut(&id) {
+            if let Some((old, _)) = c.deadline.replace((at, kind)) {
+                self.deadlines.remove(&(old, id));
+            }
+            self.deadlines.insert((at, id));
+        }
+    }
+
+    /// A new call id and its table slot; refused when the table is full.
+    pub(super) fn admit(&mut self) -> Result<CallId, CallError> {
+        if self.calls.len() >= self.max_calls {
+            return Err(CallError::Full(self.calls.len()));
+        }
+        let id = CallId(self.next_id);
+        self.next_id += 1;
+        Ok(id)
+    }
+
+    /// Moves `call` to `state` and records the transition.
+    pub(super) fn transition(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        state: CallState,
+        code: Option<u16>,
+    ) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if c.state == state {
+            return;
+        }
+        c.state = state;
+        if state == CallState::Answered {
+            c.answered = Some(now);
+        }
+        let event = event(c, now, code, None);
+        self.events.push(event);
+    }
+
+    /// Records `call`'s current state as a transition (its first).
+    pub(super) fn record_current(&mut self, now: Instant, id: CallId) {
+        if let Some(c) = self.calls.get(&id) {
+            let event = event(c, now, None, None);
+            self.events.push(event);
+        }
+    }
+
+    /// Ends `call`: out of the table, its dialog unbound, its port back,
+    /// the end recorded.
+    pub(super) fn finish(&mut self, now: Instant, ep: &mut Endpoint, id: CallId, ended: Ended) {
+        let Some(mut c) = self.calls.remove(&id) else {
+            return;
+        };
+        if let Some((at, _)) = c.deadline.take() {
+            self.deadlines.remove(&(at, id));
+        }
+        if let Some(d) = &c.dialog {
+            ep.unbind_dialog(&d.key());
+        }
+        if let Some(port) = c.media_port.take() {
+            self.ports.release(port);
+        }
+        ep.release(Self::owner(id));
+        c.state = CallState::Ended;
+        tracing::debug!(call = %id, cause = %ended.cause, code = ?ended.code, side = ?ended.side, "call ended");
+        let event = event(&c, now, ended.code, Some(ended));
+        self.events.push(event);
+    }
+
+    /// Hangs up: CANCEL before the answer (outbound), a final response
+    /// (inbound, unanswered), BYE after.
+    pub fn hangup(&mut self, now: Instant, ep: &mut Endpoint, id: CallId) -> Result<(), CallError> {
+        let c = self.calls.get(&id).ok_or(CallError::Unknown(id))?;
+        match (c.direction, c.state) {
+            (_, CallState::Ending) => Ok(()),
+            (_, CallState::Answered | CallState::Bridged) => {
+                self.bye(now, ep, id, Ended::local(EndCause::Normal, None));
+                Ok(())
+            }
+            (CallDirection::Outbound, _) => {
+                self.cancel_invite(now, ep, id, Ended::local(EndCause::Cancelled, Some(487)));
+                Ok(())
+            }
+            (CallDirection::Inbound, _) => {
+                self.respond_final(now, ep, id, 480, "Temporarily Unavailable");
+                self.finish(now, ep, id, Ended::local(EndCause::Cancelled, Some(480)));
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends every call (shutdown).
+    pub fn hangup_all(&mut self, now: Instant, ep: &mut Endpoint) {
+        let ids: Vec<CallId> = self.calls.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.calls.get_mut(&id)
+                && c.pending_end.is_none()
+            {
+                c.pending_end = Some(Ended::local(EndCause::Shutdown, None));
+            }
+            let _ = self.hangup(now, ep, id);
+        }
+    }
+
+    /// Sends a BYE in the call's dialog; the call ends with `ended` when
+    /// it completes.
+    pub(super) fn bye(&mut self, now: Instant, ep: &mut Endpoint, id: CallId, ended: Ended) {
+        let user_agent = self.config.user_agent.clone();
+        let ending = self.config.ending;
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let ended = *c.pending_end.get_or_insert(ended);
+        let Some(d) = c.dialog.as_mut() else {
+            self.finish(now, ep, id, ended);
+            return;
+        };
+        let mut bye = d.request("BYE");
+        bye.push("User-Agent", &user_agent);
+        let hop = d.next_hop;
+        match ep.send_request(now, Self::owner(id), OutRequest::new(bye), hop) {
+            Ok(txn) => {
+                c.bye = Some(txn);
+                self.transition(now, id, CallState::Ending, None);
+                self.set_deadline(id, now + ending, Deadline::Ending);
+            }
+            Err(e) => {
+                tracing::debug!(call = %id, error = %e, "BYE not sent");
+                self.finish(now, ep, id, ended);
+            }
+        }
+    }
+
+    /// Takes an endpoint event; gives back what is not for a call.
+    pub fn handle_event(&mut self, now: Instant, ep: &mut Endpoint, event: Event) -> Option<Event> {
+        match event {
+            Event::Response {
+                owner,
+                txn,
+                response,
+                acked_again,
+            } => match Self::call_of(owner) {
+                Some(id) => {
+                    if !acked_again {
+                        self.on_response(now, ep, id, txn, &response);
+                    }
+                    None
+                }
+                None => Some(Event::Response {
+                    owner,
+                    txn,
+                    response,
+                    acked_again,
+                }),
+            },
+            Event::RequestFailed {
+                owner,
+                txn,
+                failure,
+            } => match Self::call_of(owner) {
+                Some(id) => {
+                    self.on_failure(now, ep, id, txn, &failure);
+                    None
+                }
+                None => Some(Event::RequestFailed {
+                    owner,
+                    txn,
+                    failure,
+                }),
+            },
+            Event::InDialog {
+                owner,
+                txn,
+                request,
+                source,
+            } => match Self::call_of(owner) {
+                Some(id) => {
+                    self.on_in_dialog(now, ep, id, txn, &request, source);
+                    None
+                }
+                None => Some(Event::InDialog {
+                    owner,
+                    txn,
+                    request,
+                    source,
+                }),
+            },
+            Event::Cancelled { owner, invite } => match Self::call_of(owner) {
+                Some(id) => {
+                    if self
+                        .calls
+                        .get(&id)
+                        .is_some_and(|c| c.invite == Some(invite))
+                    {
+                        self.respond_final(now, ep, id, 487, "Request Terminated");
+                        self.finish(now, ep, id, Ended::remote(EndCause::Cancelled, Some(487)));
+                    }
+                    None
+                }
+                None => Some(Event::Cancelled { owner, invite }),
+            },
+            Event::AckTimeout { owner, invite } => match Self::call_of(owner) {
+                Some(id) => {
+                    self.bye(now, ep, id, Ended::local(EndCause::AckTimeout, None));
+                    None
+                }
+                None => Some(Event::AckTimeout { owner, invite }),
+            },
+            Event::FlowLost {
+                owner,
+                flow,
+                transport,
+                remote,
+                reason,
+            } => match Self::call_of(owner) {
+                Some(id) => {
+                    tracing::info!(call = %id, %flow, %remote, reason = reason.label(), "connection of a call lost");
+                    self.finish(now, ep, id, Ended::local(EndCause::Transport, None));
+                    None
+                }
+                None => Some(Event::FlowLost {
+                    owner,
+                    flow,
+                    transport,
+                    remote,
+                    reason,
+                }),
+            },
+            other => Some(other),
+        }
+    }
+
+    fn on_failure(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        id: CallId,
+        txn: TxnId,
+        failure: &crate::sip::endpoint::Failure,
+    ) {
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
+        if c.bye == Some(txn) || c.invite == Some(txn) {
+            let fallback = match failure {
+                crate::sip::endpoint::Failure::Timeout => {
+                    if c.bye == Some(txn) {
+                        Ended::local(EndCause::Normal, None)
+                    } else {
+                        Ended::local(EndCause::Timeout, Some(408))
+                    }
+                }
+                crate::sip::endpoint::Failure::Transport(_) => {
+                    Ended::local(EndCause::Transport, None)
+                }
+                crate::sip::endpoint::Failure::Cancelled => Ended::local(EndCause::Cancelled, None),
+            };
+            let ended = c.pending_end.unwrap_or(fallback);
+            self.finish(now, ep, id, ended);
+        }
+    }
+
+    /// Builds a reply for an INVITE or in-dialog request of `call`, with its
+    /// Contact and (for dialog-creating responses) the Record-Route.
+    pub(super) fn reply_for(
+        ep: &Endpoint,
+        contact_user: &str,
+        request: &Message,
+        source: Target,
+        code: u16,
+        reason: &str,
+    ) -> Reply {
+        let mut reply = Reply::code(code, reason);
+        if (101..300).contains(&code) {
+            if request.method() == Some(crate::sip::message::Method::Invite) {
+                for rr in request.values(crate::sip::message::HeaderName::RecordRoute) {
+                    reply = reply.header("Record-Route", rr);
+                }
+            }
+            if let Some(addr) = ep.contact_addr(source) {
+                reply = reply.header("Contact", contact(contact_user, addr, source.transport));
+            }
+        }
+        if (200..300).contains(&code) {
+            reply = reply.header("Allow", crate::sip::endpoint::ALLOW);
+        }
+        reply
+    }
+
+    /// Inbound: the final response to the INVITE, if not yet sent.
+    pub(super) fn respond_final(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        id: CallId,
+        code: u16,
+        reason: &str,
+    ) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if c.direction != CallDirection::Inbound {
+            return;
+        }
+        let (Some(txn), Some(request), Some(source)) = (c.invite, c.request.take(), c.source)
+        else {
+            return;
+        };
+        let reply = Self::reply_for(ep, &c.contact_user, &request, source, code, reason);
+        if let Err(e) = ep.respond(now, txn, reply) {
+            tracing::debug!(call = %id, code, error = %e, "final response not sent");
+        }
+    }
+
+    /// A local media description for a new call: a port from the pool.
+    pub(super) fn local_media(&mut self, direction: Direction) -> Result<LocalMedia, MediaError> {
+        let port = self.ports.allocate()?;
+        Ok(self.media_at(port, direction))
+    }
+
+    /// Our media description on `port`.
+    pub(super) fn media_at(&self, port: u16, direction: Direction) -> LocalMedia {
+        let mut media =
+            LocalMedia::new(self.config.media_address, port, self.config.codecs.clone());
+        media.ptime_ms = self.config.ptime_ms;
+        media.direction = direction;
+        media
+    }
+
+    /// A fresh SDP origin.
+    pub(super) fn origin(&mut self) -> Origin {
+        let id = self.rng.next_u64() >> 1;
+        Origin::new("dialerd", id, 1, self.config.media_address)
+    }
+
+    /// A fresh tag.
+    pub(super) fn token(&mut self) -> String {
+        ids::token_from(self.rng.as_mut())
+    }
+
+    /// Outbound or inbound responses and in-dialog requests need the body
+    /// read as SDP.
+    pub(super) fn sdp_of(msg: &Message) -> Option<SessionDescription> {
+        if msg.body().is_empty() {
+            return None;
+        }
+        let text = std::str::from_utf8(msg.body()).ok()?;
+        sdp::parse(text).ok()
+    }
+
+    /// Ends the calls that stayed too long anywhere; for tests and checks:
+    /// the deadline of every live call, which must exist.
+    pub fn deadlines_cover_every_call(&self) -> bool {
+        self.calls.values().all(|c| c.deadline.is_some())
+    }
+
+    /// The ring deadline of an outbound call (its `Ring` deadline).
+    pub(super) fn ring_or_timer_c(&mut self, now: Instant, id: CallId) {
+        let timer_c = now + self.config.timer_c;
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
+        match c.ring_deadline {
+            Some(ring) if ring <= timer_c => self.set_deadline(id, ring, Deadline::Ring),
+            _ => self.set_deadline(id, timer_c, Deadline::TimerC),
+        }
+    }
+
+    /// How long the table waits in `Ending`.
+    pub fn ending(&self) -> Duration {
+        self.config.ending
+    }
+}
+
+/// `<sip:user@addr;transport=..>`.
+pub(super) fn contact(user: &str, addr: std::net::SocketAddr, transport: Transport) -> String {
+    let param = match transport {
+        Transport::Udp => "",
+        Transport::Tcp => ";transport=tcp",
+        Transport::Tls => ";transport=tls",
+    };
+    if user.is_empty() {
+        format!("<sip:{addr}{param}>")
+    } else {
+        format!("<sip:{user}@{addr}{param}>")
+    }
+}
+
+fn event(c: &Call, now: Instant, code: Option<u16>, ended: Option<Ended>) -> CallEvent {
+    CallEvent {
+        call: c.id,
+        sip_call_id: c.sip_call_id.clone(),
+        direction: c.direction,
+        state: c.state,
+        code,
+        ended,
+        account: c.account.clone(),
+        elapsed_ms: u64::try_from(now.saturating_duration_since(c.created).as_millis())
+            .unwrap_or(u64::MAX),
+    }
+}
+
+impl Side {
+    /// The side's label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::Local => "local",
+            Side::Remote => "remote",
+        }
+    }
+}

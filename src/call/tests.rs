@@ -1,0 +1,403 @@
+//! Calls between two endpoints on the simulated network (fake clock, lossy
+//! wire): A places calls, B takes them with a policy.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::sip::endpoint::Event;
+use crate::sip::endpoint::pair::{Pair, Side, Wire};
+use crate::sip::ids::SeededEntropy;
+use crate::sip::message::Method;
+
+struct Net {
+    pair: Pair,
+    a: Calls,
+    b: Calls,
+    policy: InboundAction,
+    ended: HashMap<(Side, CallId), Ended>,
+    /// Inbound calls B took, by SIP Call-ID.
+    b_calls: HashMap<String, CallId>,
+    /// A call whose every live state the gauges were checked against.
+    checks: usize,
+}
+
+fn table(seed: u64) -> Calls {
+    let config = CallConfig {
+        ring_timeout: Duration::from_secs(20),
+        answer_timeout: Duration::from_secs(40),
+        max_duration: Duration::from_secs(600),
+        ..CallConfig::default()
+    };
+    Calls::new(
+        config,
+        PortPool::new(20000, 40000),
+        10_000,
+        Box::new(SeededEntropy::new(seed)),
+    )
+}
+
+impl Net {
+    fn new(seed: u64, wire: Wire, policy: InboundAction) -> Self {
+        Self {
+            pair: Pair::new(seed, wire),
+            a: table(seed ^ 1),
+            b: table(seed ^ 2),
+            policy,
+            ended: HashMap::new(),
+            b_calls: HashMap::new(),
+            checks: 0,
+        }
+    }
+
+    fn originate(&mut self) -> CallId {
+        let next_hop = self.pair.target(Side::B);
+        let origin = Originate {
+            to: "sip:callee@192.0.2.2".into(),
+            from_uri: "sip:dialer@192.0.2.1".into(),
+            display: Some("Dialer".into()),
+            asserted_identity: None,
+            headers: vec![("X-Campaign".into(), "7".into())],
+            next_hop,
+            route: None,
+            credentials: None,
+            account: None,
+            contact_user: "dialer".into(),
+            ring_timeout: None,
+        };
+        let now = self.pair.now;
+        let id = self.a.originate(now, &mut self.pair.a.ep, origin).unwrap();
+        self.settle();
+        id
+    }
+
+    /// Hands every endpoint event to its call table, and records the ends.
+    fn settle(&mut self) {
+        loop {
+            self.pair.flush();
+            let now = self.pair.now;
+            let mut busy = false;
+            while let Some(e) = self.pair.a.events.pop_front() {
+                busy = true;
+                if let Some(rest) = self.a.handle_event(now, &mut self.pair.a.ep, e) {
+                    panic!("A: an event no call took: {rest:?}");
+                }
+            }
+            while let Some(e) = self.pair.b.events.pop_front() {
+                busy = true;
+                let rest = self.b.handle_event(now, &mut self.pair.b.ep, e);
+                if let Some(Event::NewRequest {
+                    txn,
+                    request,
+                    source,
+                }) = rest
+                {
+                    assert_eq!(request.method(), Some(Method::Invite));
+                    let call_id = request.call_id().unwrap_or_default().to_owned();
+                    let policy = Inbound {
+                        action: self.policy,
+                        account: None,
+                        contact_user: "callee".into(),
+                    };
+                    if let Some(id) =
+                        self.b
+                            .incoming(now, &mut self.pair.b.ep, txn, request, source, policy)
+                    {
+                        self.b_calls.insert(call_id, id);
+                    }
+                }
+            }
+            for (side, calls) in [(Side::A, &mut self.a), (Side::B, &mut self.b)] {
+                for e in calls.take_events() {
+                    if let Some(ended) = e.ended {
+                        assert_eq!(e.state, CallState::Ended);
+                        assert!(
+                            self.ended.insert((side, e.call), ended).is_none(),
+                            "{side:?} {} ended twice",
+                            e.call
+                        );
+                    }
+                }
+            }
+            self.check_gauges();
+            if !busy {
+                return;
+            }
+        }
+    }
+
+    /// The gauges are the table: every live call counted once, in its
+    /// state, and every live call has a deadline.
+    fn check_gauges(&mut self) {
+        for calls in [&self.a, &self.b] {
+            let live = calls.live();
+            assert_eq!(live.total, calls.len());
+            assert_eq!(
+                live.by_state.iter().map(|(_, n)| n).sum::<usize>(),
+                calls.len()
+            );
+            assert!(
+                calls.deadlines_cover_every_call(),
+                "a live call without a deadline"
+            );
+        }
+        self.checks += 1;
+    }
+
+    /// The next delivery or deadline.
+    fn next_at(&self) -> Option<Instant> {
+        [
+            self.a.poll_timeout(),
+            self.b.poll_timeout(),
+            self.pair.next_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Advances to the next delivery or deadline (the endpoints' or the
+    /// tables'); false when nothing is pending.
+    fn step(&mut self) -> bool {
+        self.settle();
+        let tables = [self.a.poll_timeout(), self.b.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        let wire = self.pair.next_at();
+        match (tables, wire) {
+            (None, None) => return false,
+            (Some(t), w) if w.is_none_or(|w| t < w) => {
+                self.pair.now = self.pair.now.max(t);
+                let now = self.pair.now;
+                self.a.handle_timeout(now, &mut self.pair.a.ep);
+                self.b.handle_timeout(now, &mut self.pair.b.ep);
+            }
+            _ => {
+                self.pair.step();
+            }
+        }
+        self.settle();
+        true
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let until = self.pair.now + d;
+        while self.next_at().is_some_and(|at| at <= until) {
+            self.step();
+        }
+        self.pair.now = self.pair.now.max(until);
+    }
+
+    fn run_until_quiet(&mut self, limit: Duration) {
+        let until = self.pair.now + limit;
+        while self.step() {
+            assert!(self.pair.now <= until, "still busy after {limit:?}");
+        }
+    }
+
+    fn b_call(&self) -> CallId {
+        *self.b_calls.values().next().expect("B took a call")
+    }
+}
+
+#[test]
+fn an_answered_call_hung_up_by_the_caller_ends_normally_on_both_sides() {
+    let mut net = Net::new(1, Wire::perfect(), InboundAction::Answer);
+    let call = net.originate();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.a.state(call), Some(CallState::Answered));
+    let b = net.b_call();
+    assert_eq!(net.b.state(b), Some(CallState::Answered));
+    let now = net.pair.now;
+    net.a.hangup(now, &mut net.pair.a.ep, call).unwrap();
+    net.run_until_quiet(Duration::from_secs(60));
+    assert_eq!(
+        net.ended[&(Side::A, call)],
+        Ended::local(EndCause::Normal, None)
+    );
+    assert_eq!(
+        net.ended[&(Side::B, b)],
+        Ended::remote(EndCause::Normal, None)
+    );
+    assert!(net.a.is_empty() && net.b.is_empty());
+    assert_eq!(net.a.live().media_ports, 0);
+    // The INVITE carried the offer, the X- header and the display name.
+    assert_eq!(
+        net.pair
+            .count(Side::B, |m| m.method() == Some(Method::Invite)
+                && m.value(crate::sip::message::HeaderName::ContentType)
+                    == Some("application/sdp")
+                && m.values_named("X-Campaign").count() == 1),
+        1
+    );
+}
+
+#[test]
+fn the_callee_hangs_up_and_the_caller_hears_the_bye() {
+    let mut net = Net::new(2, Wire::perfect(), InboundAction::Answer);
+    let call = net.originate();
+    net.run_for(Duration::from_secs(1));
+    let b = net.b_call();
+    let now = net.pair.now;
+    net.b.hangup(now, &mut net.pair.b.ep, b).unwrap();
+    net.run_until_quiet(Duration::from_secs(60));
+    assert_eq!(
+        net.ended[&(Side::A, call)],
+        Ended::remote(EndCause::Normal, None)
+    );
+    assert_eq!(
+        net.ended[&(Side::B, b)],
+        Ended::local(EndCause::Normal, None)
+    );
+}
+
+#[test]
+fn busy_is_mapped_with_its_code() {
+    let mut net = Net::new(3, Wire::perfect(), InboundAction::Reject(486));
+    let call = net.originate();
+    net.run_until_quiet(Duration::from_secs(60));
+    assert_eq!(
+        net.ended[&(Side::A, call)],
+        Ended::remote(EndCause::Busy, Some(486))
+    );
+    assert!(net.a.is_empty() && net.b.is_empty());
+}
+
+#[test]
+fn no_answer_is_cancelled_at_the_ring_timeout() {
+    let mut net = Net::new(4, Wire::perfect(), InboundAction::Ring);
+    let call = net.originate();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.a.state(call), Some(CallState::Ringing));
+    net.run_until_quiet(Duration::from_secs(120));
+    let a = net.ended[&(Side::A, call)];
+    assert_eq!(
+        (a.cause, a.side, a.code),
+        (EndCause::NoAnswer, super::Side::Local, Some(487))
+    );
+    let b = net.ended[&(Side::B, net.b_calls.values().copied().next().unwrap())];
+    assert_eq!(b, Ended::remote(EndCause::Cancelled, Some(487)));
+    // The CANCEL left when the ring timeout (20 s) passed.
+    assert_eq!(
+        net.pair
+            .count(Side::B, |m| m.method() == Some(Method::Cancel)),
+        1
+    );
+}
+
+#[test]
+fn a_ringing_call_answered_on_request() {
+    let mut net = Net::new(5, Wire::perfect(), InboundAction::Ring);
+    let call = net.originate();
+    net.run_for(Duration::from_secs(2));
+    let b = net.b_call();
+    let now = net.pair.now;
+    net.b.answer(now, &mut net.pair.b.ep, b).unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.a.state(call), Some(CallState::Answered));
+    assert!(
+        net.b.answer(now, &mut net.pair.b.ep, b).is_err(),
+        "answered twice"
+    );
+}
+
+#[test]
+fn a_caller_that_hangs_up_while_ringing_cancels() {
+    let mut net = Net::new(6, Wire::perfect(), InboundAction::Ring);
+    let call = net.originate();
+    net.run_for(Duration::from_secs(1));
+    let now = net.pair.now;
+    net.a.hangup(now, &mut net.pair.a.ep, call).unwrap();
+    net.run_until_quiet(Duration::from_secs(120));
+    assert_eq!(
+        net.ended[&(Side::A, call)],
+        Ended::local(EndCause::Cancelled, Some(487))
+    );
+}
+
+#[test]
+fn the_maximum_duration_ends_an_answered_call() {
+    let mut net = Net::new(7, Wire::perfect(), InboundAction::Answer);
+    net.a.config.max_duration = Duration::from_secs(300);
+    let call = net.originate();
+    net.run_until_quiet(Duration::from_secs(2000));
+    assert_eq!(net.ended[&(Side::A, call)].cause, EndCause::MaxDuration);
+}
+
+/// 1,000 calls with random outcomes over a wire that loses, duplicates and
+/// reorders: every call ends within its bounds with a cause, the tables
+/// end empty, and the gauges equal the tables at every step.
+#[test]
+fn a_thousand_calls_with_random_outcomes_all_end_on_a_lossy_wire() {
+    let mut rng = SeededEntropy::new(42);
+    let mut placed = Vec::new();
+    let mut net = Net::new(9, Wire::lossy(0.1), InboundAction::Answer);
+    for i in 0..1000u64 {
+        let r = crate::sip::ids::Entropy::next_u64(&mut rng);
+        net.policy = match r % 5 {
+            0 => InboundAction::Answer,
+            1 => InboundAction::Reject(486),
+            2 => InboundAction::Ring,   // no answer: ring timeout
+            3 => InboundAction::Ring,   // cancelled by the caller below
+            _ => InboundAction::Answer, // hung up by the callee below
+        };
+        let started = net.pair.now;
+        let call = net.originate();
+        placed.push(call);
+        net.run_for(Duration::from_millis(1500));
+        match r % 5 {
+            0 => {
+                let now = net.pair.now;
+                let _ = net.a.hangup(now, &mut net.pair.a.ep, call);
+            }
+            3 => {
+                let now = net.pair.now;
+                let _ = net.a.hangup(now, &mut net.pair.a.ep, call);
+            }
+            4 => {
+                if let Some(b) = net
+                    .b_calls
+                    .values()
+                    .copied()
+                    .find(|b| net.b.state(*b).is_some())
+                {
+                    let now = net.pair.now;
+                    let _ = net.b.hangup(now, &mut net.pair.b.ep, b);
+                }
+            }
+            _ => {}
+        }
+        // The longest bound: the maximum duration (600 s) and ending (32 s).
+        net.run_until_quiet(Duration::from_secs(700));
+        assert!(
+            net.ended.contains_key(&(Side::A, call)),
+            "call {i} never ended"
+        );
+        assert!(net.pair.now - started < Duration::from_secs(700));
+        net.b_calls.clear();
+    }
+    assert!(net.a.is_empty() && net.b.is_empty());
+    assert_eq!(net.a.live().media_ports + net.b.live().media_ports, 0);
+    let causes: std::collections::BTreeSet<EndCause> = placed
+        .iter()
+        .map(|c| net.ended[&(Side::A, *c)].cause)
+        .collect();
+    for cause in [
+        EndCause::Normal,
+        EndCause::Busy,
+        EndCause::NoAnswer,
+        EndCause::Cancelled,
+    ] {
+        assert!(causes.contains(&cause), "no call ended {cause}: {causes:?}");
+    }
+    assert!(net.checks > 1000);
+}
+
+#[test]
+fn owner_ids_round_trip() {
+    let id = CallId(77);
+    assert_eq!(Calls::call_of(Calls::owner(id)), Some(id));
+    assert_eq!(Calls::call_of(crate::sip::endpoint::OwnerId(1 << 48)), None);
+    let _ = Instant::now();
+}

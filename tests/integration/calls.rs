@@ -1,0 +1,318 @@
+//! Calls against real SIPp peers over UDP. dialerd as caller (`dialerd
+//! call`): answer and hang up from either side, busy, no answer cancelled at
+//! the ring timeout, digest on the INVITE, early media, forked 2xx, a 200
+//! crossing the CANCEL, hold and unhold by re-INVITE. dialerd as callee
+//! (`dialerd run`): auto-answer with an SDP answer, CANCEL before the
+//! answer, a caller that never ACKs, a caller outside the allow-list, and
+//! the live call table in /status and /metrics.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::daemon::Daemon;
+use crate::support::scratch::Scratch;
+use crate::support::sipp::{Sipp, SippResult, SippRun, scenario};
+use crate::support::{dialerd_bin, http, ports, repo_root, text, wait_for};
+
+/// What `dialerd call` printed and how it exited.
+struct Outcome {
+    json: Value,
+    code: Option<i32>,
+    stderr: String,
+}
+
+/// Runs `dialerd call <uri> args...` with the local profile and waits for
+/// it (generous bound).
+fn dialerd_call(uri: &str, args: &[&str]) -> Outcome {
+    let mut child = Command::new(dialerd_bin())
+        .arg("call")
+        .args(["--profile", "local", "--profile-dir"])
+        .arg(repo_root().join("sip-profiles"))
+        .arg(uri)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dialerd call");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait dialerd call") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            panic!("dialerd call did not finish in 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().expect("dialerd call output");
+    let stdout = text(&out.stdout);
+    Outcome {
+        json: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
+        code: status.code(),
+        stderr: text(&out.stderr),
+    }
+}
+
+/// A SIPp callee running `name`, and the URI that reaches it.
+fn callee(name: &str) -> (SippRun, String) {
+    let run = Sipp::server(&scenario(name))
+        .timeout(Duration::from_secs(30))
+        .spawn();
+    let uri = format!("sip:service@{}", run.local_addr());
+    (run, uri)
+}
+
+/// Requires SIPp to have run its scenario to the end.
+fn sipp_ok(run: SippRun, out: &Outcome) -> SippResult {
+    let r = run.wait();
+    assert_eq!(
+        r.exit_code,
+        Some(0),
+        "SIPp: {}\ndialerd call: {} {}",
+        r.errors,
+        out.json,
+        out.stderr
+    );
+    r
+}
+
+fn assert_outcome(out: &Outcome, answered: bool, cause: &str, code: Option<u16>, by: &str) {
+    let j = &out.json;
+    assert_eq!(j["answered"], answered, "{j} {}", out.stderr);
+    assert_eq!(j["cause"], cause, "{j}");
+    assert_eq!(j["code"].as_u64(), code.map(u64::from), "{j}");
+    assert_eq!(j["ended_by"], by, "{j}");
+    assert_eq!(out.code, Some(if answered { 0 } else { 1 }), "{j}");
+}
+
+#[test]
+fn an_answered_call_is_hung_up_by_dialerd_after_the_hold() {
+    let (sipp, uri) = callee("uas_answer.xml");
+    let out = dialerd_call(&uri, &["--hold-secs", "1", "--header", "X-Campaign: 42"]);
+    assert_outcome(&out, true, "normal", None, "local");
+    assert!(out.json["answered_ms"].as_u64().is_some());
+    let total = out.json["total_ms"].as_u64().unwrap();
+    assert!(total >= 1000, "held for the hold time: {total} ms");
+    let r = sipp_ok(sipp, &out);
+    let invite = &r.messages;
+    assert!(invite.contains("X-Campaign: 42"), "{invite}");
+    assert!(invite.contains("Content-Type: application/sdp"));
+    assert!(invite.contains("m=audio "));
+}
+
+#[test]
+fn a_callee_that_hangs_up_ends_the_call_as_remote() {
+    let (sipp, uri) = callee("uas_answer_then_bye.xml");
+    let out = dialerd_call(&uri, &["--hold-secs", "30"]);
+    assert_outcome(&out, true, "normal", None, "remote");
+    sipp_ok(sipp, &out);
+}
+
+#[test]
+fn busy_is_reported_with_its_code() {
+    let (sipp, uri) = callee("uas_busy.xml");
+    let out = dialerd_call(&uri, &[]);
+    assert_outcome(&out, false, "busy", Some(486), "remote");
+    sipp_ok(sipp, &out);
+}
+
+#[test]
+fn no_answer_is_cancelled_at_the_ring_timeout() {
+    let (sipp, uri) = callee("uas_ring_cancel.xml");
+    let out = dialerd_call(&uri, &["--ring-timeout-secs", "1"]);
+    assert_outcome(&out, false, "no_answer", Some(487), "local");
+    assert!(out.json["ringing_ms"].as_u64().is_some());
+    sipp_ok(sipp, &out);
+}
+
+#[test]
+fn early_media_then_answer() {
+    let (sipp, uri) = callee("uas_early_media.xml");
+    let out = dialerd_call(&uri, &["--hold-secs", "1"]);
+    assert_outcome(&out, true, "normal", None, "local");
+    let ringing = out.json["ringing_ms"].as_u64().unwrap();
+    let answered = out.json["answered_ms"].as_u64().unwrap();
+    assert!(
+        answered >= ringing + 250,
+        "183 at {ringing} ms, 200 at {answered} ms"
+    );
+    sipp_ok(sipp, &out);
+}
+
+#[test]
+fn a_forked_second_200_is_acknowledged_and_ended_with_bye() {
+    // The scenario itself checks that the second 200's dialog gets its ACK
+    // and a BYE (To tag fork2) before the first dialog's BYE.
+    let (sipp, uri) = callee("uas_forked.xml");
+    let out = dialerd_call(&uri, &["--hold-secs", "1"]);
+    assert_outcome(&out, true, "normal", None, "local");
+    sipp_ok(sipp, &out);
+}
+
+#[test]
+fn a_200_crossing_the_cancel_is_acknowledged_and_ended_with_bye() {
+    let (sipp, uri) = callee("uas_cancel_crossing.xml");
+    let out = dialerd_call(&uri, &["--ring-timeout-secs", "1"]);
+    assert_outcome(&out, false, "no_answer", None, "local");
+    let r = sipp_ok(sipp, &out);
+    assert!(r.messages.contains("CANCEL sip:"), "{}", r.messages);
+    assert!(r.messages.contains("BYE sip:"), "{}", r.messages);
+}
+
+#[test]
+fn hold_and_unhold_by_re_invite_are_answered_recvonly_then_sendrecv() {
+    let (sipp, uri) = callee("uas_hold_unhold.xml");
+    let out = dialerd_call(&uri, &["--hold-secs", "30"]);
+    assert_outcome(&out, true, "normal", None, "remote");
+    sipp_ok(sipp, &out);
+}
+
+#[test]
+fn an_invite_challenged_with_401_is_sent_again_with_credentials() {
+    let (sipp, uri) = {
+        let run = Sipp::server(&scenario("uas_auth.xml"))
+            .calls(2)
+            .timeout(Duration::from_secs(30))
+            .spawn();
+        let uri = format!("sip:service@{}", run.local_addr());
+        (run, uri)
+    };
+    let dir = Scratch::new("call-auth");
+    let config = dir.write(
+        "dialerd.toml",
+        &format!(
+            "[[accounts]]\nname = \"acct\"\nregistrar = \"sip:{}\"\nusername = \"1001\"\n\
+             password = \"local-test-only\"\n",
+            sipp.local_addr()
+        ),
+    );
+    let out = dialerd_call(
+        &uri,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--account",
+            "acct",
+            "--hold-secs",
+            "1",
+        ],
+    );
+    assert_outcome(&out, true, "normal", None, "local");
+    assert!(!out.stderr.contains("local-test-only"), "{}", out.stderr);
+    let r = sipp_ok(sipp, &out);
+    assert!(
+        r.messages.contains("Authorization: Digest"),
+        "{}",
+        r.messages
+    );
+}
+
+#[test]
+fn an_unreachable_host_is_a_clear_error() {
+    let out = dialerd_call("sip:service@no-such-host.invalid", &[]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("cannot resolve"), "{}", out.stderr);
+    let out = dialerd_call("mailto:someone", &[]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("not a SIP URI"), "{}", out.stderr);
+}
+
+/// A dialerd taking calls with `policy`, on a free UDP port, T1 = 50 ms
+/// (so 64×T1 is 3.2 s).
+fn callee_dialerd(policy: &str, extra: &[(&str, &str)]) -> (Daemon, SocketAddr) {
+    let port = ports::free_udp_tcp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut env = vec![
+        ("DIALERD__SIP__UDP_LISTEN", listen.as_str()),
+        ("DIALERD__SIP__T1_MS", "50"),
+        ("DIALERD__CALLS__INBOUND", policy),
+        ("DIALERD__CALLS__ANSWER_TIMEOUT_SECS", "20"),
+    ];
+    env.extend_from_slice(extra);
+    let d = Daemon::start(&["--profile", "local"], &env);
+    (d, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn caller(name: &str, dialerd: SocketAddr) -> SippResult {
+    Sipp::client(&scenario(name), dialerd)
+        .key("callee", "dialer")
+        .timeout(Duration::from_secs(20))
+        .spawn()
+        .wait()
+}
+
+fn metric(d: &Daemon, line_start: &str) -> Option<f64> {
+    let body = http::get(d.http(), "/metrics").ok()?.body;
+    body.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn an_inbound_call_is_auto_answered_and_the_callers_bye_ends_it() {
+    let (d, addr) = callee_dialerd("answer", &[]);
+    let r = caller("uac_call.xml", addr);
+    assert_eq!(r.exit_code, Some(0), "{}\n{}", r.errors, d.log());
+    // The answer advertises the listener's address with a port from the
+    // RTP range.
+    assert!(r.messages.contains("c=IN IP4 127.0.0.1"), "{}", r.messages);
+    let ended = wait_for(Duration::from_secs(5), || {
+        metric(&d, "dialerd_calls_ended_total{cause=\"normal\"}").filter(|n| *n >= 1.0)
+    });
+    assert_eq!(ended, Some(1.0), "{}", d.log());
+    let status = http::get(d.http(), "/status").unwrap().json();
+    assert_eq!(status["calls"]["live"], 0, "{status}");
+    assert_eq!(metric(&d, "dialerd_calls{state=\"answered\"}"), Some(0.0));
+}
+
+#[test]
+fn an_inbound_call_cancelled_while_ringing_gets_487() {
+    let (d, addr) = callee_dialerd("ring", &[]);
+    let r = caller("uac_cancel.xml", addr);
+    assert_eq!(r.exit_code, Some(0), "{}\n{}", r.errors, d.log());
+    let ended = wait_for(Duration::from_secs(5), || {
+        metric(&d, "dialerd_calls_ended_total{cause=\"cancelled\"}").filter(|n| *n >= 1.0)
+    });
+    assert_eq!(ended, Some(1.0), "{}", d.log());
+}
+
+#[test]
+fn a_caller_that_never_acks_gets_a_bye_after_64_t1() {
+    let (d, addr) = callee_dialerd("answer", &[]);
+    let started = Instant::now();
+    let r = caller("uac_no_ack.xml", addr);
+    assert_eq!(r.exit_code, Some(0), "{}\n{}", r.errors, d.log());
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(3000), "BYE after {took:?}");
+    let ended = wait_for(Duration::from_secs(5), || {
+        metric(&d, "dialerd_calls_ended_total{cause=\"ack_timeout\"}").filter(|n| *n >= 1.0)
+    });
+    assert_eq!(ended, Some(1.0), "{}", d.log());
+}
+
+#[test]
+fn an_invite_from_outside_the_allow_list_is_refused() {
+    let (d, addr) = callee_dialerd(
+        "answer",
+        &[
+            ("DIALERD__SIP__ALLOWED_PEERS", "10.0.0.0/8"),
+            ("DIALERD__SIP__UNTRUSTED", "reject"),
+        ],
+    );
+    let r = caller("uac_refused.xml", addr);
+    assert_eq!(r.exit_code, Some(0), "{}\n{}", r.errors, d.log());
+    let status = http::get(d.http(), "/status").unwrap().json();
+    assert_eq!(status["calls"]["live"], 0, "{status}");
+    assert_eq!(
+        metric(&d, "dialerd_calls_ended_total"),
+        None,
+        "no call was created"
+    );
+}
