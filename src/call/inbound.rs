@@ -61,6 +61,13 @@ impl Calls {
             source: Some(source),
             from: request.value(HeaderName::From).unwrap_or("").to_owned(),
             to: request.value(HeaderName::To).unwrap_or("").to_owned(),
+            max_at: None,
+            session: None,
+            reinvite: None,
+            offered: None,
+            glare_retry: None,
+            held: false,
+            min_se_asked: None,
             request: None,
         };
         self.calls.insert(id, call);
@@ -112,6 +119,26 @@ impl Calls {
     /// Negotiates the offer (or makes one when the INVITE has none);
     /// false when the call was refused (488, no media port).
     fn prepare_answer(&mut self, now: Instant, ep: &mut Endpoint, id: CallId) -> bool {
+        let too_small = self
+            .calls
+            .get(&id)
+            .and_then(|c| c.request.as_ref())
+            .and_then(|r| self.uas_session(now, r).err());
+        if let Some(min_se) = too_small {
+            let reply = Reply::code(422, "Session Interval Too Small")
+                .header("Min-SE", min_se.as_secs().to_string());
+            let txn = self.calls.get_mut(&id).and_then(|c| {
+                c.request = None;
+                c.invite
+            });
+            if let Some(txn) = txn
+                && let Err(e) = ep.respond(now, txn, reply)
+            {
+                tracing::debug!(call = %id, error = %e, "422 not sent");
+            }
+            self.finish(now, ep, id, Ended::local(EndCause::Incompatible, Some(422)));
+            return false;
+        }
         let media = match self.local_media(Direction::SendRecv) {
             Ok(m) => m,
             Err(e) => {
@@ -178,6 +205,11 @@ impl Calls {
 
     fn send_answer(&mut self, now: Instant, ep: &mut Endpoint, id: CallId) {
         let max = self.config.max_duration;
+        let session = self
+            .calls
+            .get(&id)
+            .and_then(|c| c.request.as_ref())
+            .and_then(|r| self.uas_session(now, r).ok().flatten());
         let Some(c) = self.calls.get_mut(&id) else {
             return;
         };
@@ -186,13 +218,21 @@ impl Calls {
             return;
         };
         let mut reply = Self::reply_for(ep, &c.contact_user, &request, source, 200, "OK");
+        if let Some((timer, value)) = session {
+            if request.supported().any(|t| t.eq_ignore_ascii_case("timer")) {
+                reply = reply.header("Require", "timer");
+            }
+            reply = reply.header("Session-Expires", value);
+            c.session = Some(timer);
+        }
+        c.max_at = Some(now + max);
         if let Some(sdp) = &c.local_sdp {
             reply = reply.body("application/sdp", sdp.to_string().into_bytes());
         }
         match ep.respond(now, txn, reply) {
             Ok(()) => {
                 self.transition(now, id, CallState::Answered, Some(200));
-                self.set_deadline(id, now + max, Deadline::MaxDuration);
+                self.arm_answered(id);
             }
             Err(e) => {
                 tracing::debug!(call = %id, error = %e, "200 not sent");
@@ -262,13 +302,6 @@ impl Calls {
             }
             return;
         };
-        let config_address = self.config.media_address;
-        let media_at = |port, direction| {
-            let mut m = sdp::LocalMedia::new(config_address, port, self.config.codecs.clone());
-            m.ptime_ms = self.config.ptime_ms;
-            m.direction = direction;
-            m
-        };
         let Some(dialog) = c.dialog.as_mut() else {
             return;
         };
@@ -303,35 +336,7 @@ impl Calls {
                 self.finish(now, ep, id, ended);
             }
             Some(Method::Invite) | Some(Method::Update) => {
-                dialog.refresh_target(request);
-                let answer = Self::sdp_of(request).map(|offer| {
-                    let port = c.media_port.unwrap_or(0);
-                    let media = media_at(port, Direction::SendRecv);
-                    let mut origin = c
-                        .local_sdp
-                        .as_ref()
-                        .map(|s| s.origin.clone())
-                        .unwrap_or_else(|| sdp::Origin::new("dialerd", 1, 1, config_address));
-                    origin.session_version += 1;
-                    sdp::answer(&offer, &media, origin)
-                });
-                let mut reply = Self::reply_for(ep, &c.contact_user, request, source, 200, "OK");
-                match answer {
-                    Some(Ok((sdp, negotiated))) => {
-                        reply = reply.body("application/sdp", sdp.to_string().into_bytes());
-                        c.local_sdp = Some(sdp);
-                        c.negotiated = Some(negotiated);
-                    }
-                    Some(Err(_)) => reply = Reply::code(488, "Not Acceptable Here"),
-                    None => {
-                        if let Some(sdp) = &c.local_sdp {
-                            reply = reply.body("application/sdp", sdp.to_string().into_bytes());
-                        }
-                    }
-                }
-                if let Err(e) = ep.respond(now, txn, reply) {
-                    tracing::warn!(call = %id, error = %e, "response to a re-INVITE or UPDATE not sent");
-                }
+                self.on_peer_reinvite(now, ep, id, txn, request, source);
             }
             Some(Method::Info) | Some(Method::Options) => {
                 let _ = ep.respond(now, txn, Reply::code(200, "OK"));

@@ -12,6 +12,7 @@ mod cause;
 mod inbound;
 mod media;
 mod outbound;
+mod session;
 mod table;
 
 #[cfg(test)]
@@ -201,6 +202,11 @@ pub struct CallConfig {
     pub max_duration: Duration,
     /// How long `Ending` may last (BYE or CANCEL unanswered).
     pub ending: Duration,
+    /// The session interval to ask for and to grant (RFC 4028); `None`
+    /// turns session timers off.
+    pub session_expires: Option<Duration>,
+    /// The smallest session interval accepted (Min-SE).
+    pub min_se: Duration,
     /// The address SDP advertises for media.
     pub media_address: std::net::IpAddr,
     /// Codecs in preference order (telephone-event included or not).
@@ -219,6 +225,8 @@ impl Default for CallConfig {
             answer_timeout: Duration::from_secs(30),
             max_duration: Duration::from_secs(4 * 3600),
             ending: Duration::from_secs(32),
+            session_expires: Some(Duration::from_secs(1800)),
+            min_se: Duration::from_secs(90),
             media_address: std::net::IpAddr::from([127, 0, 0, 1]),
             codecs: vec![Codec::Pcmu, Codec::Pcma, Codec::TelephoneEvent],
             ptime_ms: Some(20),

@@ -3,7 +3,7 @@
 //! acknowledged and ended, ring timeout and Timer C cancel, and a 2xx that
 //! crosses our CANCEL is acknowledged and ended with BYE.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::table::{Call, CallError, Calls, Deadline};
 use super::{CallDirection, CallId, CallState, EndCause, Ended, Originate};
@@ -61,6 +61,13 @@ impl Calls {
             local_sdp: Some(offer),
             negotiated: None,
             media_port: Some(media.port),
+            max_at: None,
+            session: None,
+            reinvite: None,
+            offered: None,
+            glare_retry: None,
+            held: false,
+            min_se_asked: None,
             source: None,
             request: None,
         };
@@ -80,6 +87,8 @@ impl Calls {
     ) -> Result<(), CallError> {
         let user_agent = self.config.user_agent.clone();
         let cnonce = self.token();
+        let at_least = self.calls.get(&id).and_then(|c| c.min_se_asked);
+        let session = self.session_headers(false, at_least);
         let Some(c) = self.calls.get_mut(&id) else {
             return Err(CallError::Unknown(id));
         };
@@ -107,6 +116,9 @@ impl Calls {
         invite.push("CSeq", format!("{} INVITE", c.invite_cseq));
         invite.push("Allow", crate::sip::endpoint::ALLOW);
         invite.push("User-Agent", &user_agent);
+        for (name, value) in &session {
+            invite.push(name, value);
+        }
         if let Some(pai) = &o.asserted_identity {
             invite.push("P-Asserted-Identity", pai);
         }
@@ -211,6 +223,10 @@ impl Calls {
                     .unwrap_or(Ended::local(EndCause::Normal, None));
                 self.finish(now, ep, id, ended);
             }
+            return;
+        }
+        if c.reinvite.is_some_and(|r| r.txn == txn) {
+            self.on_reinvite_response(now, ep, id, response);
             return;
         }
         if c.invite != Some(txn) {
@@ -322,9 +338,14 @@ impl Calls {
             self.bye(now, ep, id, ended);
             return;
         }
+        let session = self.uac_session(now, response);
         self.transition(now, id, CallState::Answered, response.status());
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.max_at = Some(now + max);
+            c.session = session;
+        }
         if usable {
-            self.set_deadline(id, now + max, Deadline::MaxDuration);
+            self.arm_answered(id);
         } else {
             self.bye(now, ep, id, Ended::local(EndCause::Incompatible, None));
         }
@@ -357,6 +378,23 @@ impl Calls {
                     ..ended
                 },
             );
+            return;
+        }
+        if code == 422
+            && c.min_se_asked.is_none()
+            && let Some(min_se) = response
+                .value(crate::sip::message::HeaderName::MinSe)
+                .and_then(|v| v.trim().split(';').next()?.trim().parse::<u64>().ok())
+        {
+            // Session interval too small (RFC 4028 §7.4): ask again with
+            // the peer's minimum.
+            if let Some(c) = self.calls.get_mut(&id) {
+                c.min_se_asked = Some(Duration::from_secs(min_se));
+                c.dialog = None;
+            }
+            if let Err(e) = self.send_invite(now, ep, id, None) {
+                tracing::debug!(call = %id, error = %e, "INVITE after 422 not sent");
+            }
             return;
         }
         if matches!(code, 401 | 407) {

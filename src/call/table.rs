@@ -64,6 +64,12 @@ pub(super) enum Deadline {
     MaxDuration,
     /// BYE or CANCEL sent, no completion.
     Ending,
+    /// Our session refresh is due.
+    SessionRefresh,
+    /// The peer's session refresh did not come.
+    SessionExpired,
+    /// Send a re-INVITE again after a 491.
+    Glare,
 }
 
 /// One call.
@@ -105,6 +111,20 @@ pub(super) struct Call {
     /// The peers as they appear in From and To.
     pub(super) from: String,
     pub(super) to: String,
+    /// After the answer: when the maximum duration passes.
+    pub(super) max_at: Option<Instant>,
+    /// The session timer, when one was negotiated.
+    pub(super) session: Option<super::session::SessionTimer>,
+    /// Our re-INVITE in flight.
+    pub(super) reinvite: Option<super::session::ReInvite>,
+    /// The offer of that re-INVITE.
+    pub(super) offered: Option<SessionDescription>,
+    /// A re-INVITE to send again after a 491, and when.
+    pub(super) glare_retry: Option<(Instant, super::session::Purpose)>,
+    /// Whether we put the call on hold.
+    pub(super) held: bool,
+    /// Outbound: the session interval a 422 asked for at least.
+    pub(super) min_se_asked: Option<Duration>,
 }
 
 /// A live call as `/status` shows it.
@@ -290,6 +310,9 @@ impl Calls {
             }
             Deadline::MaxDuration => {
                 self.bye(now, ep, id, Ended::local(EndCause::MaxDuration, None))
+            }
+            Deadline::SessionRefresh | Deadline::SessionExpired | Deadline::Glare => {
+                self.session_due(now, ep, id, kind);
             }
             Deadline::Ending => {
                 let ended = self
@@ -548,6 +571,10 @@ impl Calls {
         let Some(c) = self.calls.get(&id) else {
             return;
         };
+        if c.reinvite.is_some_and(|r| r.txn == txn) {
+            self.on_reinvite_failed(now, ep, id);
+            return;
+        }
         if c.bye == Some(txn) || c.invite == Some(txn) {
             let fallback = match failure {
                 crate::sip::endpoint::Failure::Timeout => {

@@ -401,3 +401,110 @@ fn owner_ids_round_trip() {
     assert_eq!(Calls::call_of(crate::sip::endpoint::OwnerId(1 << 48)), None);
     let _ = Instant::now();
 }
+
+fn with_session_timers(net: &mut Net, secs: u64) {
+    for calls in [&mut net.a, &mut net.b] {
+        calls.config.session_expires = Some(Duration::from_secs(secs));
+        calls.config.min_se = Duration::from_secs(90);
+    }
+}
+
+fn invites_to(net: &Net, side: Side) -> usize {
+    net.pair.count(side, |m| m.method() == Some(Method::Invite))
+}
+
+#[test]
+fn the_caller_refreshes_the_session_and_the_call_lasts() {
+    let mut net = Net::new(11, Wire::perfect(), InboundAction::Answer);
+    with_session_timers(&mut net, 120);
+    net.a.config.max_duration = Duration::from_secs(500);
+    let call = net.originate();
+    net.run_for(Duration::from_secs(1));
+    // The 200 names the caller (which supports timers) as the refresher.
+    assert_eq!(
+        net.pair.count(Side::A, |m| m.status() == Some(200)
+            && m.value(crate::sip::message::HeaderName::SessionExpires)
+                == Some("120;refresher=uac")),
+        1
+    );
+    net.run_until_quiet(Duration::from_secs(700));
+    assert_eq!(net.ended[&(Side::A, call)].cause, EndCause::MaxDuration);
+    // A refresh every 60 s for 500 s: 8 re-INVITEs after the first INVITE.
+    assert_eq!(invites_to(&net, Side::B), 1 + 8);
+}
+
+#[test]
+fn a_callee_that_vanishes_is_found_by_the_session_timer() {
+    let mut net = Net::new(12, Wire::perfect(), InboundAction::Answer);
+    with_session_timers(&mut net, 120);
+    let call = net.originate();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.a.state(call), Some(CallState::Answered));
+    let vanished = net.pair.now;
+    net.pair.wire.loss = 1.0;
+    net.run_until_quiet(Duration::from_secs(900));
+    let ended = net.ended[&(Side::A, call)];
+    assert_eq!(ended.cause, EndCause::SessionTimer, "{ended:?}");
+    // The refresh at 60 s timed out (Timer B, 32 s), then the BYE did.
+    assert!(net.pair.now - vanished < Duration::from_secs(60 + 32 + 32 + 5));
+}
+
+#[test]
+fn a_caller_that_vanishes_is_found_by_the_callee_expecting_refreshes() {
+    let mut net = Net::new(13, Wire::perfect(), InboundAction::Answer);
+    with_session_timers(&mut net, 120);
+    let _call = net.originate();
+    net.run_for(Duration::from_secs(1));
+    let b = net.b_call();
+    net.pair.wire.loss = 1.0;
+    net.run_until_quiet(Duration::from_secs(900));
+    // B expected a refresh by 120 - 32 s after the answer.
+    assert_eq!(net.ended[&(Side::B, b)].cause, EndCause::SessionTimer);
+}
+
+#[test]
+fn hold_and_unhold_by_re_invite() {
+    let mut net = Net::new(14, Wire::lossy(0.1), InboundAction::Answer);
+    let call = net.originate();
+    net.run_for(Duration::from_secs(5));
+    let now = net.pair.now;
+    net.a.hold(now, &mut net.pair.a.ep, call, true).unwrap();
+    net.run_for(Duration::from_secs(10));
+    assert!(net.a.calls[&call].held);
+    let b = net.b_call();
+    let seen = net.b.calls[&b].negotiated.unwrap();
+    assert_eq!(seen.local_direction, crate::sdp::Direction::RecvOnly);
+    let now = net.pair.now;
+    net.a.hold(now, &mut net.pair.a.ep, call, false).unwrap();
+    net.run_for(Duration::from_secs(10));
+    assert!(!net.a.calls[&call].held);
+    let seen = net.b.calls[&b].negotiated.unwrap();
+    assert_eq!(seen.local_direction, crate::sdp::Direction::SendRecv);
+}
+
+#[test]
+fn re_invites_that_cross_get_491_and_both_go_through_after_a_wait() {
+    let mut net = Net::new(15, Wire::perfect(), InboundAction::Answer);
+    let call = net.originate();
+    net.run_for(Duration::from_secs(1));
+    let b = net.b_call();
+    let now = net.pair.now;
+    net.a.hold(now, &mut net.pair.a.ep, call, true).unwrap();
+    net.b.hold(now, &mut net.pair.b.ep, b, true).unwrap();
+    net.run_for(Duration::from_secs(10));
+    assert!(net.pair.count(Side::A, |m| m.status() == Some(491)) >= 1);
+    assert!(net.a.calls[&call].held && net.b.calls[&b].held);
+    assert_eq!(net.a.state(call), Some(CallState::Answered));
+}
+
+#[test]
+fn an_interval_below_min_se_gets_422_and_the_caller_asks_again() {
+    let mut net = Net::new(16, Wire::perfect(), InboundAction::Answer);
+    with_session_timers(&mut net, 120);
+    net.a.config.session_expires = Some(Duration::from_secs(100));
+    net.b.config.min_se = Duration::from_secs(110);
+    let call = net.originate();
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.pair.count(Side::A, |m| m.status() == Some(422)), 1);
+    assert_eq!(net.a.state(call), Some(CallState::Answered));
+}

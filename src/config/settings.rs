@@ -78,6 +78,11 @@ pub struct CallSettings {
     pub inbound: InboundPolicy,
     /// The status `reject` answers with.
     pub inbound_reject_code: u16,
+    /// Session interval asked for and granted (RFC 4028 session timers),
+    /// seconds; 0 turns session timers off.
+    pub session_expires_secs: u64,
+    /// Smallest session interval accepted (Min-SE), seconds.
+    pub min_se_secs: u64,
 }
 
 impl Default for CallSettings {
@@ -90,6 +95,8 @@ impl Default for CallSettings {
             ptime_ms: 20,
             inbound: InboundPolicy::Reject,
             inbound_reject_code: 480,
+            session_expires_secs: 1800,
+            min_se_secs: 90,
         }
     }
 }

@@ -440,6 +440,18 @@ fn check_calls(s: &Settings, p: &mut Vec<Problem>) {
             p.push(Problem::new(key, "must be at least 1"));
         }
     }
+    if c.session_expires_secs > 0 && c.session_expires_secs < c.min_se_secs {
+        p.push(Problem::new(
+            "calls.session_expires_secs",
+            format!(
+                "{} is below calls.min_se_secs ({})",
+                c.session_expires_secs, c.min_se_secs
+            ),
+        ));
+    }
+    if c.min_se_secs == 0 {
+        p.push(Problem::new("calls.min_se_secs", "must be at least 1"));
+    }
     if c.codecs.is_empty() {
         p.push(Problem::new("calls.codecs", "names no codec"));
     }

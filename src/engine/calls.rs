@@ -32,6 +32,9 @@ pub fn call_config(settings: &Settings, media_address: std::net::IpAddr) -> Call
             .filter_map(|n| Codec::from_name(n))
             .collect(),
         ptime_ms: (c.ptime_ms > 0).then_some(c.ptime_ms),
+        session_expires: (c.session_expires_secs > 0)
+            .then(|| Duration::from_secs(c.session_expires_secs)),
+        min_se: Duration::from_secs(c.min_se_secs),
         user_agent: settings.sip.user_agent.clone(),
         ..CallConfig::default()
     }

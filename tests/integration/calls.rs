@@ -27,6 +27,11 @@ struct Outcome {
 /// Runs `dialerd call <uri> args...` with the local profile and waits for
 /// it (generous bound).
 fn dialerd_call(uri: &str, args: &[&str]) -> Outcome {
+    dialerd_call_env(uri, args, &[])
+}
+
+/// [`dialerd_call`] with extra environment (configuration overrides).
+fn dialerd_call_env(uri: &str, args: &[&str], env: &[(&str, &str)]) -> Outcome {
     let mut child = Command::new(dialerd_bin())
         .arg("call")
         .args(["--profile", "local", "--profile-dir"])
@@ -34,6 +39,7 @@ fn dialerd_call(uri: &str, args: &[&str]) -> Outcome {
         .arg(uri)
         .args(args)
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -170,6 +176,38 @@ fn hold_and_unhold_by_re_invite_are_answered_recvonly_then_sendrecv() {
     let (sipp, uri) = callee("uas_hold_unhold.xml");
     let out = dialerd_call(&uri, &["--hold-secs", "30"]);
     assert_outcome(&out, true, "normal", None, "remote");
+    sipp_ok(sipp, &out);
+}
+
+#[test]
+fn the_session_is_refreshed_by_re_invite_as_the_callee_asked() {
+    // The scenario checks the refresh re-INVITE names dialerd (the
+    // caller) as refresher; the hold of 3 s leaves room for one refresh
+    // at half the 4 s interval.
+    let (sipp, uri) = callee("uas_session_refresh.xml");
+    let out = dialerd_call(&uri, &["--hold-secs", "3"]);
+    assert_outcome(&out, true, "normal", None, "local");
+    let r = sipp_ok(sipp, &out);
+    assert!(r.messages.contains("Supported: timer"), "{}", r.messages);
+}
+
+#[test]
+fn a_callee_that_vanishes_after_answering_is_ended_by_the_session_timer() {
+    // The callee grants a 4 s interval as refresher and goes silent:
+    // dialerd expects its refresh by 4 - 4/3 s, sends BYE (unanswered,
+    // given up after 64×T1 = 3.2 s with T1 = 50 ms) and ends the call.
+    let (sipp, uri) = callee("uas_vanish.xml");
+    let out = dialerd_call_env(
+        &uri,
+        &["--hold-secs", "60"],
+        &[("DIALERD__SIP__T1_MS", "50")],
+    );
+    assert_outcome(&out, true, "session_timer", None, "local");
+    let total = out.json["total_ms"].as_u64().unwrap();
+    assert!(
+        total < 30_000,
+        "ended after {total} ms, long before the hold"
+    );
     sipp_ok(sipp, &out);
 }
 
