@@ -1,11 +1,30 @@
 #!/usr/bin/env bash
 # Installs the local peers dialerd's tests and quick start use, if missing:
-# redis-server (Debian redis-server) and SIPp (Debian sip-tester).
+# redis-server (Debian redis-server), SIPp (Debian sip-tester) and Kamailio
+# with its TLS module (Debian kamailio and kamailio-tls-modules; the tests in
+# tests/integration/kamailio.rs run it with tests/kamailio/kamailio.cfg).
 set -euo pipefail
+
+# The kamailio binary (Debian puts it in /usr/sbin, which a non-root PATH may
+# lack), or nothing.
+kamailio_bin() {
+  command -v kamailio 2>/dev/null || { [ -x /usr/sbin/kamailio ] && echo /usr/sbin/kamailio; }
+}
+
+# Whether tls.so is in the module directory kamailio loads from (its -L
+# default, as `kamailio -h` prints it).
+kamailio_tls_present() {
+  local bin dir
+  bin=$(kamailio_bin) || return 1
+  dir=$("$bin" -h 2>&1 | sed -n 's/.*Modules search path (default: \(.*\))$/\1/p')
+  [ -n "$dir" ] && [ -f "$dir/tls.so" ]
+}
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+kamailio_bin >/dev/null || need+=(kamailio)
+kamailio_tls_present || need+=(kamailio-tls-modules)
 
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}" >&2
@@ -18,3 +37,5 @@ fi
 for bin in redis-server sipp cargo; do
   command -v "$bin" >/dev/null 2>&1 || { echo "setup: $bin is still missing" >&2; exit 1; }
 done
+kamailio_bin >/dev/null || { echo "setup: kamailio is still missing" >&2; exit 1; }
+kamailio_tls_present || { echo "setup: kamailio's tls.so is still missing" >&2; exit 1; }

@@ -11,6 +11,7 @@ mod check_config;
 mod control;
 mod daemon;
 mod flood;
+mod kamailio;
 mod peers;
 mod registration;
 mod rfc4475;

@@ -1,8 +1,10 @@
-//! Test support: real peers (redis-server, SIPp, the dialerd binary) started
-//! on free loopback ports in scratch directories, and stopped on drop.
+//! Test support: real peers (redis-server, SIPp, Kamailio, the dialerd
+//! binary) started on free loopback ports in scratch directories, and
+//! stopped on drop.
 
 pub mod daemon;
 pub mod http;
+pub mod kamailio;
 pub mod live;
 pub mod ports;
 pub mod proxy;

@@ -34,6 +34,7 @@ pub struct Sipp {
     calls: u32,
     timeout: Duration,
     keys: Vec<(String, String)>,
+    extra: Vec<String>,
 }
 
 impl Sipp {
@@ -56,6 +57,7 @@ impl Sipp {
             calls: 1,
             timeout: Duration::from_secs(20),
             keys: Vec::new(),
+            extra: Vec::new(),
         }
     }
 
@@ -80,6 +82,13 @@ impl Sipp {
     /// A `-key name value` substitution for `[name]` in the scenario.
     pub fn key(mut self, name: &str, value: &str) -> Self {
         self.keys.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Further command-line options, e.g. `["-au", "user", "-ap", "secret"]`
+    /// (the credentials of a scenario's `[authentication]`).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.extra.extend(args.iter().map(|a| (*a).to_owned()));
         self
     }
 
@@ -120,6 +129,7 @@ impl Sipp {
                     .iter()
                     .flat_map(|(k, v)| ["-key", k.as_str(), v.as_str()]),
             )
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
