@@ -30,6 +30,9 @@ impl Calls {
         {
             return Err(CallError::Header(name.clone()));
         }
+        if !self.admission.take(now) {
+            return Err(CallError::RateLimited(self.admission_rate()));
+        }
         let id = self.admit()?;
         let media = self.local_media(Direction::SendRecv)?;
         let sdp_origin = self.origin();

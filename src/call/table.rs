@@ -22,7 +22,7 @@ use crate::sip::transaction::TxnId;
 pub const CALL_BASE: u64 = 1 << 40;
 
 /// Why a call request was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CallError {
     /// No such live call.
     #[error("no live call {0}")]
@@ -49,6 +49,46 @@ pub enum CallError {
     /// The table is at its configured size.
     #[error("{0} calls are live, the most allowed")]
     Full(usize),
+    /// New outbound calls come faster than the configured rate.
+    #[error("more than {0} new calls per second")]
+    RateLimited(f64),
+}
+
+/// A token bucket for new outbound calls: `rate` per second, bursts of up
+/// to one second's worth.
+#[derive(Debug, Clone)]
+pub(super) struct Admission {
+    rate: f64,
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Admission {
+    pub(super) fn new(rate: f64) -> Self {
+        Self {
+            rate,
+            tokens: rate.max(1.0),
+            at: None,
+        }
+    }
+
+    /// Takes a token if one is there.
+    pub(super) fn take(&mut self, now: Instant) -> bool {
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return true;
+        }
+        if let Some(at) = self.at {
+            let refill = now.saturating_duration_since(at).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + refill).min(self.rate.max(1.0));
+        }
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Which deadline a call waits for.
@@ -174,6 +214,7 @@ pub struct Calls {
     pub(super) rng: Box<dyn Entropy>,
     pub(super) ports: PortPool,
     max_calls: usize,
+    pub(super) admission: Admission,
 }
 
 impl Calls {
@@ -194,6 +235,7 @@ impl Calls {
             rng,
             ports,
             max_calls,
+            admission: Admission::new(f64::INFINITY),
         }
     }
 
@@ -207,6 +249,15 @@ impl Calls {
         (CALL_BASE..CALL_BASE << 1)
             .contains(&owner.0)
             .then(|| CallId(owner.0 - CALL_BASE))
+    }
+
+    pub(super) fn admission_rate(&self) -> f64 {
+        self.admission.rate
+    }
+
+    /// Limits new outbound calls to `per_second` (0 or less: no limit).
+    pub fn limit_rate(&mut self, per_second: f64) {
+        self.admission = Admission::new(per_second);
     }
 
     /// The configuration.

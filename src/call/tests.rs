@@ -508,3 +508,32 @@ fn an_interval_below_min_se_gets_422_and_the_caller_asks_again() {
     assert_eq!(net.pair.count(Side::A, |m| m.status() == Some(422)), 1);
     assert_eq!(net.a.state(call), Some(CallState::Answered));
 }
+
+#[test]
+fn new_calls_beyond_the_rate_are_refused_and_the_bucket_refills() {
+    let mut net = Net::new(17, Wire::perfect(), InboundAction::Reject(486));
+    net.a.limit_rate(2.0);
+    let next_hop = net.pair.target(Side::B);
+    let origin = || Originate {
+        to: "sip:callee@192.0.2.2".into(),
+        from_uri: "sip:dialer@192.0.2.1".into(),
+        display: None,
+        asserted_identity: None,
+        headers: Vec::new(),
+        next_hop,
+        route: None,
+        credentials: None,
+        account: None,
+        contact_user: "dialer".into(),
+        ring_timeout: None,
+    };
+    let now = net.pair.now;
+    assert!(net.a.originate(now, &mut net.pair.a.ep, origin()).is_ok());
+    assert!(net.a.originate(now, &mut net.pair.a.ep, origin()).is_ok());
+    assert_eq!(
+        net.a.originate(now, &mut net.pair.a.ep, origin()),
+        Err(CallError::RateLimited(2.0))
+    );
+    let later = now + Duration::from_millis(500);
+    assert!(net.a.originate(later, &mut net.pair.a.ep, origin()).is_ok());
+}

@@ -43,12 +43,14 @@ pub fn call_config(settings: &Settings, media_address: std::net::IpAddr) -> Call
 /// A new call table for `settings`.
 pub fn call_table(settings: &Settings, media_address: std::net::IpAddr) -> Calls {
     let range = settings.media.rtp_port_range;
-    Calls::new(
+    let mut calls = Calls::new(
         call_config(settings, media_address),
         PortPool::new(range.start, range.end),
         usize::try_from(settings.limits.max_concurrent_calls).unwrap_or(usize::MAX),
         Box::new(crate::sip::ids::OsEntropy::new()),
-    )
+    );
+    calls.limit_rate(settings.limits.calls_per_second);
+    calls
 }
 
 /// A call to place.
@@ -72,7 +74,7 @@ pub struct PlaceCall {
 }
 
 /// Why a call could not be placed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlaceError {
     /// The URI is not a SIP URI with a host.
     #[error("not a SIP URI: {0}")]
