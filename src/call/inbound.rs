@@ -24,6 +24,20 @@ impl Calls {
         source: Target,
         policy: Inbound,
     ) -> Option<CallId> {
+        let key = (
+            request.call_id().unwrap_or_default().to_owned(),
+            request
+                .from_header()
+                .ok()
+                .and_then(|f| f.tag().map(str::to_owned))
+                .unwrap_or_default(),
+            request.cseq().map(|c| c.seq).unwrap_or(0),
+        );
+        if self.inbound_keys.contains_key(&key) {
+            // The same INVITE by another path (RFC 3261 §8.2.2.2).
+            let _ = ep.respond(now, txn, Reply::code(482, "Loop Detected"));
+            return None;
+        }
         let id = match self.admit() {
             Ok(id) => id,
             Err(e) => {
@@ -68,9 +82,14 @@ impl Calls {
             glare_retry: None,
             held: false,
             min_se_asked: None,
+            inbound_key: None,
             request: None,
         };
         self.calls.insert(id, call);
+        self.inbound_keys.insert(key.clone(), id);
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.inbound_key = Some(key);
+        }
         self.record_current(now, id);
         let dialog = Dialog::as_uas(&request, &tag, source);
         if let Some(c) = self.calls.get_mut(&id) {

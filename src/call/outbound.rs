@@ -71,6 +71,7 @@ impl Calls {
             glare_retry: None,
             held: false,
             min_se_asked: None,
+            inbound_key: None,
             source: None,
             request: None,
         };

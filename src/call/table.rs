@@ -165,6 +165,8 @@ pub(super) struct Call {
     pub(super) held: bool,
     /// Outbound: the session interval a 422 asked for at least.
     pub(super) min_se_asked: Option<Duration>,
+    /// Inbound: its key in the merged-request index.
+    pub(super) inbound_key: Option<(String, String, u32)>,
 }
 
 /// A live call as `/status` shows it.
@@ -215,6 +217,9 @@ pub struct Calls {
     pub(super) ports: PortPool,
     max_calls: usize,
     pub(super) admission: Admission,
+    /// Inbound calls by Call-ID, From tag and INVITE CSeq: a second INVITE
+    /// with the same key is a merged or looped request (482).
+    pub(super) inbound_keys: HashMap<(String, String, u32), CallId>,
 }
 
 impl Calls {
@@ -236,6 +241,7 @@ impl Calls {
             ports,
             max_calls,
             admission: Admission::new(f64::INFINITY),
+            inbound_keys: HashMap::new(),
         }
     }
 
@@ -440,6 +446,9 @@ impl Calls {
         }
         if let Some(port) = c.media_port.take() {
             self.ports.release(port);
+        }
+        if let Some(key) = c.inbound_key.take() {
+            self.inbound_keys.remove(&key);
         }
         ep.release(Self::owner(id));
         c.state = CallState::Ended;
