@@ -83,6 +83,7 @@ impl Calls {
             held: false,
             min_se_asked: None,
             inbound_key: None,
+            bridge: None,
             request: None,
         };
         self.calls.insert(id, call);
@@ -118,14 +119,7 @@ impl Calls {
                 self.respond_final(now, ep, id, code, reason(code));
                 self.finish(now, ep, id, Ended::local(EndCause::Rejected, Some(code)));
             }
-            InboundAction::Ring => {
-                if self.prepare_answer(now, ep, id) {
-                    self.provisional(now, ep, id, 180, "Ringing");
-                    self.transition(now, id, CallState::Ringing, Some(180));
-                    let at = now + self.config.answer_timeout;
-                    self.set_deadline(id, at, Deadline::Answer);
-                }
-            }
+            InboundAction::Ring => self.ring_inbound(now, ep, id),
             InboundAction::Answer => {
                 if self.prepare_answer(now, ep, id) {
                     self.send_answer(now, ep, id);
@@ -260,10 +254,65 @@ impl Calls {
         }
     }
 
+    /// Rings an inbound call (180) until it is answered or the answer
+    /// timeout passes.
+    pub(super) fn ring_inbound(&mut self, now: Instant, ep: &mut Endpoint, id: CallId) {
+        let prepared = self.calls.get(&id).is_some_and(|c| c.local_sdp.is_some());
+        if prepared || self.prepare_answer(now, ep, id) {
+            self.provisional(now, ep, id, 180, "Ringing");
+            self.transition(now, id, CallState::Ringing, Some(180));
+            let at = now + self.config.answer_timeout;
+            self.set_deadline(id, at, Deadline::Answer);
+        }
+    }
+
+    /// Sends early media to an unanswered inbound call: 183 with our SDP.
+    pub(super) fn early_media_inbound(&mut self, now: Instant, ep: &mut Endpoint, id: CallId) {
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
+        let (Some(txn), Some(request), Some(source), Some(sdp)) =
+            (c.invite, c.request.as_ref(), c.source, c.local_sdp.as_ref())
+        else {
+            return;
+        };
+        let reply = Self::reply_for(
+            ep,
+            &c.contact_user,
+            request,
+            source,
+            183,
+            "Session Progress",
+        )
+        .body("application/sdp", sdp.to_string().into_bytes());
+        if let Err(e) = ep.respond(now, txn, reply) {
+            tracing::debug!(call = %id, error = %e, "183 not sent");
+            return;
+        }
+        self.transition(now, id, CallState::EarlyMedia, Some(183));
+        if self.calls.get(&id).is_some_and(|c| c.deadline.is_none()) {
+            let at = now + self.config.answer_timeout;
+            self.set_deadline(id, at, Deadline::Answer);
+        }
+    }
+
+    /// Answers an unanswered inbound call now (negotiating first if that
+    /// was not done).
+    pub(super) fn answer_now(&mut self, now: Instant, ep: &mut Endpoint, id: CallId) -> bool {
+        let prepared = self.calls.get(&id).is_some_and(|c| c.local_sdp.is_some());
+        if !prepared && !self.prepare_answer(now, ep, id) {
+            return false;
+        }
+        self.send_answer(now, ep, id);
+        true
+    }
+
     /// Answers a ringing inbound call.
     pub fn answer(&mut self, now: Instant, ep: &mut Endpoint, id: CallId) -> Result<(), CallError> {
         let c = self.calls.get(&id).ok_or(CallError::Unknown(id))?;
-        if c.direction != CallDirection::Inbound || c.state != CallState::Ringing {
+        if c.direction != CallDirection::Inbound
+            || !matches!(c.state, CallState::Ringing | CallState::EarlyMedia)
+        {
             return Err(CallError::WrongState {
                 call: id,
                 state: c.state,
@@ -271,6 +320,7 @@ impl Calls {
             });
         }
         self.send_answer(now, ep, id);
+        self.bridge_progress(now, ep, id);
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 //! endpoint's events for its calls and calls `send_request`, `respond`,
 //! `cancel` and `send_ack` on it.
 
+mod bridge;
 mod cause;
 mod inbound;
 mod media;
@@ -207,6 +208,9 @@ pub struct CallConfig {
     pub session_expires: Option<Duration>,
     /// The smallest session interval accepted (Min-SE).
     pub min_se: Duration,
+    /// Pass a bridged outbound leg's early media on to its unanswered
+    /// inbound peer (a 183 with our SDP).
+    pub early_media: bool,
     /// The address SDP advertises for media.
     pub media_address: std::net::IpAddr,
     /// Codecs in preference order (telephone-event included or not).
@@ -227,6 +231,7 @@ impl Default for CallConfig {
             ending: Duration::from_secs(32),
             session_expires: Some(Duration::from_secs(1800)),
             min_se: Duration::from_secs(90),
+            early_media: true,
             media_address: std::net::IpAddr::from([127, 0, 0, 1]),
             codecs: vec![Codec::Pcmu, Codec::Pcma, Codec::TelephoneEvent],
             ptime_ms: Some(20),

@@ -72,6 +72,7 @@ impl Calls {
             held: false,
             min_se_asked: None,
             inbound_key: None,
+            bridge: None,
             source: None,
             request: None,
         };

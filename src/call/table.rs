@@ -167,6 +167,8 @@ pub(super) struct Call {
     pub(super) min_se_asked: Option<Duration>,
     /// Inbound: its key in the merged-request index.
     pub(super) inbound_key: Option<(String, String, u32)>,
+    /// The other leg of its bridge.
+    pub(super) bridge: Option<CallId>,
 }
 
 /// A live call as `/status` shows it.
@@ -455,6 +457,9 @@ impl Calls {
         tracing::debug!(call = %id, cause = %ended.cause, code = ?ended.code, side = ?ended.side, "call ended");
         let event = event(&c, now, ended.code, Some(ended));
         self.events.push(event);
+        if let Some(peer) = c.bridge.take() {
+            self.end_bridge_peer(now, ep, peer, ended);
+        }
     }
 
     /// Hangs up: CANCEL before the answer (outbound), a final response
@@ -533,6 +538,9 @@ impl Calls {
                 Some(id) => {
                     if !acked_again {
                         self.on_response(now, ep, id, txn, &response);
+                        if self.bridged_with(id).is_some() {
+                            self.bridge_progress(now, ep, id);
+                        }
                     }
                     None
                 }

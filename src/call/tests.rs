@@ -15,6 +15,10 @@ struct Net {
     a: Calls,
     b: Calls,
     policy: InboundAction,
+    /// A's policy for INVITEs B sends (B's outbound legs).
+    policy_a: InboundAction,
+    /// Inbound calls A took, by SIP Call-ID.
+    a_calls: HashMap<String, CallId>,
     ended: HashMap<(Side, CallId), Ended>,
     /// Inbound calls B took, by SIP Call-ID.
     b_calls: HashMap<String, CallId>,
@@ -44,10 +48,34 @@ impl Net {
             a: table(seed ^ 1),
             b: table(seed ^ 2),
             policy,
+            policy_a: InboundAction::Answer,
+            a_calls: HashMap::new(),
             ended: HashMap::new(),
             b_calls: HashMap::new(),
             checks: 0,
         }
+    }
+
+    /// B places a call to A.
+    fn originate_from_b(&mut self) -> CallId {
+        let next_hop = self.pair.target(Side::A);
+        let origin = Originate {
+            to: "sip:dialer@192.0.2.1".into(),
+            from_uri: "sip:callee@192.0.2.2".into(),
+            display: None,
+            asserted_identity: None,
+            headers: Vec::new(),
+            next_hop,
+            route: None,
+            credentials: None,
+            account: None,
+            contact_user: "callee".into(),
+            ring_timeout: None,
+        };
+        let now = self.pair.now;
+        let id = self.b.originate(now, &mut self.pair.b.ep, origin).unwrap();
+        self.settle();
+        id
     }
 
     fn originate(&mut self) -> CallId {
@@ -81,6 +109,24 @@ impl Net {
                 busy = true;
                 match self.a.handle_event(now, &mut self.pair.a.ep, e) {
                     None | Some(Event::Dropped { .. }) => {}
+                    Some(Event::NewRequest {
+                        txn,
+                        request,
+                        source,
+                    }) => {
+                        let call_id = request.call_id().unwrap_or_default().to_owned();
+                        let policy = Inbound {
+                            action: self.policy_a,
+                            account: None,
+                            contact_user: "dialer".into(),
+                        };
+                        if let Some(id) =
+                            self.a
+                                .incoming(now, &mut self.pair.a.ep, txn, request, source, policy)
+                        {
+                            self.a_calls.insert(call_id, id);
+                        }
+                    }
                     Some(rest) => panic!("A: an event no call took: {rest:?}"),
                 }
             }
@@ -567,4 +613,113 @@ fn the_same_invite_by_another_path_gets_482() {
     // (Retransmitted: nobody acknowledges it on this path.)
     assert!(net.pair.count(Side::A, |m| m.status() == Some(482)) >= 1);
     assert_eq!(net.b.len(), 1, "still one call");
+}
+
+#[test]
+fn two_bridged_outbound_legs_end_together() {
+    let mut net = Net::new(19, Wire::perfect(), InboundAction::Answer);
+    let first = net.originate();
+    let second = net.originate();
+    net.run_for(Duration::from_secs(1));
+    let now = net.pair.now;
+    net.a
+        .bridge(now, &mut net.pair.a.ep, first, second)
+        .unwrap();
+    net.settle();
+    assert_eq!(net.a.state(first), Some(CallState::Bridged));
+    assert_eq!(net.a.state(second), Some(CallState::Bridged));
+    assert_eq!(
+        net.a
+            .live()
+            .by_state
+            .iter()
+            .find(|(s, _)| *s == "bridged")
+            .unwrap()
+            .1,
+        2
+    );
+    // The callee hangs up the first leg: the second is ended by dialerd.
+    let b_first = net.b_calls.values().copied().min().unwrap();
+    let now = net.pair.now;
+    net.b.hangup(now, &mut net.pair.b.ep, b_first).unwrap();
+    net.run_until_quiet(Duration::from_secs(60));
+    assert_eq!(
+        net.ended[&(Side::A, first)],
+        Ended::remote(EndCause::Normal, None)
+    );
+    assert_eq!(
+        net.ended[&(Side::A, second)],
+        Ended::local(EndCause::BridgePeer, None)
+    );
+    assert!(net.a.is_empty() && net.b.is_empty());
+}
+
+#[test]
+fn a_ringing_inbound_leg_is_answered_when_its_bridged_outbound_leg_answers() {
+    // A calls B; B lets it ring, places its own call to A, bridges the two.
+    let mut net = Net::new(20, Wire::lossy(0.05), InboundAction::Ring);
+    net.policy_a = InboundAction::Ring;
+    let caller = net.originate();
+    net.run_for(Duration::from_secs(2));
+    let inbound = net.b_call();
+    let outbound = net.originate_from_b();
+    let now = net.pair.now;
+    net.b
+        .bridge(now, &mut net.pair.b.ep, inbound, outbound)
+        .unwrap();
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.b.state(inbound), Some(CallState::Ringing));
+    // A answers B's outbound leg: B answers the inbound leg.
+    let a_leg = *net.a_calls.values().next().unwrap();
+    let now = net.pair.now;
+    net.a.answer(now, &mut net.pair.a.ep, a_leg).unwrap();
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(net.a.state(caller), Some(CallState::Answered));
+    assert_eq!(net.b.state(inbound), Some(CallState::Bridged));
+    assert_eq!(net.b.state(outbound), Some(CallState::Bridged));
+    // The original caller hangs up: the outbound leg follows.
+    let now = net.pair.now;
+    net.a.hangup(now, &mut net.pair.a.ep, caller).unwrap();
+    net.run_until_quiet(Duration::from_secs(120));
+    assert_eq!(
+        net.ended[&(Side::B, inbound)],
+        Ended::remote(EndCause::Normal, None)
+    );
+    assert_eq!(
+        net.ended[&(Side::B, outbound)],
+        Ended::local(EndCause::BridgePeer, None)
+    );
+    assert_eq!(
+        net.ended[&(Side::A, a_leg)],
+        Ended::remote(EndCause::Normal, None)
+    );
+}
+
+#[test]
+fn a_busy_outbound_leg_gives_its_inbound_peer_the_busy_status() {
+    let mut net = Net::new(21, Wire::perfect(), InboundAction::Ring);
+    net.policy_a = InboundAction::Reject(486);
+    let caller = net.originate();
+    net.run_for(Duration::from_secs(1));
+    let inbound = net.b_call();
+    let outbound = net.originate_from_b();
+    let now = net.pair.now;
+    // Bridged while the outbound leg is still dialing (the wire takes
+    // 10 ms); A refuses it with 486.
+    net.b
+        .bridge(now, &mut net.pair.b.ep, inbound, outbound)
+        .unwrap();
+    net.run_until_quiet(Duration::from_secs(60));
+    assert_eq!(
+        net.ended[&(Side::B, outbound)],
+        Ended::remote(EndCause::Busy, Some(486))
+    );
+    assert_eq!(
+        net.ended[&(Side::B, inbound)],
+        Ended::local(EndCause::BridgePeer, Some(486))
+    );
+    assert_eq!(
+        net.ended[&(Side::A, caller)],
+        Ended::remote(EndCause::Busy, Some(486))
+    );
 }

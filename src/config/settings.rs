@@ -83,6 +83,9 @@ pub struct CallSettings {
     pub session_expires_secs: u64,
     /// Smallest session interval accepted (Min-SE), seconds.
     pub min_se_secs: u64,
+    /// Pass a bridged outbound leg's early media on to its unanswered
+    /// inbound leg.
+    pub early_media: bool,
 }
 
 impl Default for CallSettings {
@@ -97,6 +100,7 @@ impl Default for CallSettings {
             inbound_reject_code: 480,
             session_expires_secs: 1800,
             min_se_secs: 90,
+            early_media: true,
         }
     }
 }

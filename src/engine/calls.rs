@@ -35,6 +35,7 @@ pub fn call_config(settings: &Settings, media_address: std::net::IpAddr) -> Call
         session_expires: (c.session_expires_secs > 0)
             .then(|| Duration::from_secs(c.session_expires_secs)),
         min_se: Duration::from_secs(c.min_se_secs),
+        early_media: c.early_media,
         user_agent: settings.sip.user_agent.clone(),
         ..CallConfig::default()
     }
@@ -112,6 +113,10 @@ pub enum CallCommand {
     Answer(CallId, oneshot::Sender<Result<(), CallError>>),
     /// Reject a ringing inbound call.
     Reject(CallId, u16, oneshot::Sender<Result<(), CallError>>),
+    /// Join two legs.
+    Bridge(CallId, CallId, oneshot::Sender<Result<(), CallError>>),
+    /// Put a call on hold (`true`) or take it off.
+    Hold(CallId, bool, oneshot::Sender<Result<(), CallError>>),
     /// The live table: counts and one page.
     List {
         /// Calls to skip.
@@ -171,6 +176,12 @@ impl super::Core {
             }
             CallCommand::Reject(id, code, reply) => {
                 let _ = reply.send(self.calls.reject(now, &mut self.ep, id, code));
+            }
+            CallCommand::Bridge(a, b, reply) => {
+                let _ = reply.send(self.calls.bridge(now, &mut self.ep, a, b));
+            }
+            CallCommand::Hold(id, on, reply) => {
+                let _ = reply.send(self.calls.hold(now, &mut self.ep, id, on));
             }
             CallCommand::List {
                 offset,

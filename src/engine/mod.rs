@@ -375,6 +375,17 @@ impl SipCore {
             .await
     }
 
+    /// Joins two legs (see [`Calls::bridge`]).
+    pub async fn bridge(&self, a: CallId, b: CallId) -> Result<(), CallError> {
+        self.call_command(|r| CallCommand::Bridge(a, b, r), a).await
+    }
+
+    /// Puts a call on hold (`true`) or takes it off, by re-INVITE.
+    pub async fn hold(&self, id: CallId, on: bool) -> Result<(), CallError> {
+        self.call_command(|r| CallCommand::Hold(id, on, r), id)
+            .await
+    }
+
     /// The live call table: counts by state and one page of calls.
     pub async fn calls(&self, offset: usize, limit: usize) -> Option<(Live, Vec<CallSummary>)> {
         let (reply, rx) = oneshot::channel();
