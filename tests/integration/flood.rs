@@ -117,7 +117,8 @@ fn a_flood_of_slow_senders_and_idle_http_connections_starves_nothing() {
         probes.len()
     );
     assert!(
-        slowest_health < Duration::from_secs(1),
+        // Generous for a loaded 2-core machine; the liveness limit is 5 s.
+        slowest_health < Duration::from_secs(2),
         "/healthz took {slowest_health:?} at worst"
     );
     assert!(
