@@ -49,48 +49,25 @@ impl Calls {
         ep.adopt(txn, Self::owner(id));
         let tag = ep.local_tag(txn).unwrap_or_default().to_owned();
         let call = Call {
-            id,
-            direction: CallDirection::Inbound,
-            state: CallState::Created,
-            created: now,
-            answered: None,
             account: policy.account.clone(),
-            sip_call_id: request.call_id().unwrap_or_default().to_owned(),
-            local_tag: tag.clone(),
             invite: Some(txn),
             invite_cseq: request.cseq().map(|c| c.seq).unwrap_or(0),
-            origin: None,
-            answered_nonce: None,
-            nc: 0,
-            dialog: None,
-            next_hop: source,
-            deadline: None,
-            ring_deadline: None,
-            pending_end: None,
-            bye: None,
-            local_sdp: None,
-            negotiated: None,
-            media_port: None,
             contact_user: policy.contact_user.clone(),
             source: Some(source),
             from: request.value(HeaderName::From).unwrap_or("").to_owned(),
             to: request.value(HeaderName::To).unwrap_or("").to_owned(),
-            max_at: None,
-            session: None,
-            reinvite: None,
-            offered: None,
-            glare_retry: None,
-            held: false,
-            min_se_asked: None,
-            inbound_key: None,
-            bridge: None,
-            request: None,
+            inbound_key: Some(key.clone()),
+            ..Call::new(
+                id,
+                CallDirection::Inbound,
+                now,
+                request.call_id().unwrap_or_default().to_owned(),
+                tag.clone(),
+                source,
+            )
         };
         self.calls.insert(id, call);
-        self.inbound_keys.insert(key.clone(), id);
-        if let Some(c) = self.calls.get_mut(&id) {
-            c.inbound_key = Some(key);
-        }
+        self.inbound_keys.insert(key, id);
         self.record_current(now, id);
         let dialog = Dialog::as_uas(&request, &tag, source);
         if let Some(c) = self.calls.get_mut(&id) {

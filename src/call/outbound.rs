@@ -38,43 +38,26 @@ impl Calls {
         let sdp_origin = self.origin();
         let offer = sdp::offer(&media, sdp_origin);
         let host = origin.next_hop.addr.ip().to_string();
+        let sip_call_id = ids::call_id_from(self.rng.as_mut(), &host);
+        let local_tag = self.token();
+        let next_hop = origin.next_hop;
         let call = Call {
-            id,
-            direction: CallDirection::Outbound,
-            state: CallState::Created,
-            created: now,
-            answered: None,
             account: origin.account.clone(),
-            sip_call_id: ids::call_id_from(self.rng.as_mut(), &host),
-            local_tag: self.token(),
-            invite: None,
-            invite_cseq: 0,
             ring_deadline: Some(now + origin.ring_timeout.unwrap_or(self.config.ring_timeout)),
             from: origin.from_uri.clone(),
             to: origin.to.clone(),
             contact_user: origin.contact_user.clone(),
-            next_hop: origin.next_hop,
-            origin: Some(origin),
-            answered_nonce: None,
-            nc: 0,
-            dialog: None,
-            deadline: None,
-            pending_end: None,
-            bye: None,
             local_sdp: Some(offer),
-            negotiated: None,
             media_port: Some(media.port),
-            max_at: None,
-            session: None,
-            reinvite: None,
-            offered: None,
-            glare_retry: None,
-            held: false,
-            min_se_asked: None,
-            inbound_key: None,
-            bridge: None,
-            source: None,
-            request: None,
+            origin: Some(origin),
+            ..Call::new(
+                id,
+                CallDirection::Outbound,
+                now,
+                sip_call_id,
+                local_tag,
+                next_hop,
+            )
         };
         self.calls.insert(id, call);
         self.record_current(now, id);

@@ -171,6 +171,57 @@ pub(super) struct Call {
     pub(super) bridge: Option<CallId>,
 }
 
+impl Call {
+    /// A call in `Created` with nothing negotiated or sent yet.
+    pub(super) fn new(
+        id: CallId,
+        direction: CallDirection,
+        created: Instant,
+        sip_call_id: String,
+        local_tag: String,
+        next_hop: Target,
+    ) -> Self {
+        Self {
+            id,
+            direction,
+            state: CallState::Created,
+            created,
+            answered: None,
+            account: None,
+            sip_call_id,
+            local_tag,
+            invite: None,
+            invite_cseq: 0,
+            origin: None,
+            answered_nonce: None,
+            nc: 0,
+            dialog: None,
+            next_hop,
+            deadline: None,
+            ring_deadline: None,
+            pending_end: None,
+            bye: None,
+            local_sdp: None,
+            negotiated: None,
+            media_port: None,
+            contact_user: String::new(),
+            source: None,
+            request: None,
+            from: String::new(),
+            to: String::new(),
+            max_at: None,
+            session: None,
+            reinvite: None,
+            offered: None,
+            glare_retry: None,
+            held: false,
+            min_se_asked: None,
+            inbound_key: None,
+            bridge: None,
+        }
+    }
+}
+
 /// A live call as `/status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CallSummary {
