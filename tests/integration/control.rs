@@ -485,3 +485,46 @@ fn an_acl_user_and_password_authenticate_and_stay_secret() {
         "the password never shows"
     );
 }
+
+#[test]
+fn an_answered_inbound_call_publishes_each_transition_with_its_cause() {
+    let redis = RedisServer::start(&[]);
+    let mut events = Listener::new(&redis, "dialer:events");
+    let port = crate::support::ports::free_udp_tcp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut env = redis_env(&redis, "1");
+    env.push(("DIALERD__SIP__UDP_LISTEN".into(), listen));
+    env.push(("DIALERD__CALLS__INBOUND".into(), "answer".into()));
+    let d = Daemon::start(&["--profile", "local"], &env_refs(&env));
+    events.until(Duration::from_secs(5), |e| e["type"] == "channel.connected");
+    let sipp = crate::support::sipp::Sipp::client(
+        &crate::support::sipp::scenario("uac_call.xml"),
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+    )
+    .key("callee", "dialer")
+    .spawn()
+    .wait();
+    assert_eq!(sipp.exit_code, Some(0), "{}\n{}", sipp.errors, d.log());
+    let seen = events.until(Duration::from_secs(5), |e| e["type"] == "call.ended");
+    let calls: Vec<&Value> = seen
+        .iter()
+        .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("call.")))
+        .collect();
+    let kinds: Vec<&str> = calls.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["call.created", "call.answered", "call.ended"],
+        "{calls:#?}"
+    );
+    let ended = calls[2];
+    assert_eq!(ended["cause"], "normal");
+    assert_eq!(ended["side"], "remote");
+    assert_eq!(ended["direction"], "inbound");
+    assert!(
+        calls
+            .iter()
+            .all(|e| e["sip_call_id"] == calls[0]["sip_call_id"])
+    );
+    let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+}
