@@ -11,10 +11,13 @@
 //!   call_load URI RATE SECS HOLD_MS
 //!
 //! For the script's CPU measurement of this process (`/proc/PID/stat`) it
-//! prints `READY` and waits one second before the first call, and after
+//! prints `READY <its UDP port>` and waits one second before the first call, and after
 //! `RESULT` it lingers (at most 30 s) so the script can read its CPU time
 //! before it stops it. It also prints its own CPU ticks over the load phase
 //! (`cpu_ticks_load`, from `/proc/self/stat`) as a cross-check.
+//!
+//! After `RESULT` come the SIP core's counters, one `METRIC name value` a
+//! line (messages sent, received, dropped by reason, calls ended by cause).
 //!
 //! A call counts as successful when it was answered and ended with cause
 //! `normal` by our own hangup; everything else is a failure, by cause.
@@ -46,6 +49,7 @@ struct Stats {
     succeeded: AtomicU64,
     ended: AtomicU64,
     lost: AtomicU64,
+    hangup_errors: AtomicU64,
     finished: AtomicU64,
     /// Microseconds from the originate request to the INVITE sent, the
     /// latest one (when the last call of the load went out).
@@ -132,7 +136,12 @@ async fn load(settings: Settings, uri: String, rate: u64, secs: u64, hold: Durat
     let (core, task) = SipCore::start(config, &settings, publish)
         .await
         .expect("the SIP core starts");
-    println!("READY");
+    let udp_port = core
+        .local_addrs()
+        .iter()
+        .find(|(t, _)| *t == dialerd::sip::target::Transport::Udp)
+        .map_or(0, |(_, a)| a.port());
+    println!("READY {udp_port}");
     let _ = std::io::stdout().flush();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -171,7 +180,7 @@ async fn load(settings: Settings, uri: String, rate: u64, secs: u64, hold: Durat
         setup[i.min(setup.len() - 1)]
     };
     let failures = stats.failures.lock().expect("not poisoned").clone();
-    let failed: u64 = failures.values().sum::<u64>() + unfinished;
+    let failed = total - stats.succeeded.load(Ordering::Relaxed);
     let failures_json = failures
         .iter()
         .map(|(k, v)| format!("\"{k}\":{v}"))
@@ -180,7 +189,7 @@ async fn load(settings: Settings, uri: String, rate: u64, secs: u64, hold: Durat
     println!(
         "RESULT {{\"rate\":{rate},\"secs\":{secs},\"hold_ms\":{},\"attempted\":{total},\
          \"placed\":{},\"place_errors\":{},\"answered\":{},\"succeeded\":{},\"failed\":{failed},\
-         \"unfinished\":{unfinished},\"events_lost\":{},\"failures\":{{{failures_json}}},\
+         \"unfinished\":{unfinished},\"events_lost\":{},\"hangup_errors\":{},\"failures\":{{{failures_json}}},\
          \"spawn_secs\":{spawn_secs:.3},\"last_placed_secs\":{:.3},\"total_secs\":{total_secs:.3},\
          \"setup_ms_p50\":{:.2},\"setup_ms_p99\":{:.2},\"setup_ms_max\":{:.2},\
          \"cpu_ticks_load\":{cpu_load}}}",
@@ -190,11 +199,24 @@ async fn load(settings: Settings, uri: String, rate: u64, secs: u64, hold: Durat
         stats.answered.load(Ordering::Relaxed),
         stats.succeeded.load(Ordering::Relaxed),
         stats.lost.load(Ordering::Relaxed),
+        stats.hangup_errors.load(Ordering::Relaxed),
         stats.last_placed_us.load(Ordering::Relaxed) as f64 / 1e6,
         pct(0.5) as f64 / 1e3,
         pct(0.99) as f64 / 1e3,
         setup.last().copied().unwrap_or(0) as f64 / 1e3,
     );
+    // The SIP core's own counters, as /metrics shows them for `dialerd run`.
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register("dialerd_sip_sent", "", sip.sent_total.clone());
+    registry.register("dialerd_sip_received", "", sip.received_total.clone());
+    registry.register("dialerd_sip_dropped", "", sip.dropped_total.clone());
+    registry.register("dialerd_calls_ended", "", sip.calls_ended_total.clone());
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &registry).is_ok() {
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            println!("METRIC {line}");
+        }
+    }
     let _ = std::io::stdout().flush();
     // Let the script read our CPU time; it stops us with SIGTERM.
     tokio::time::sleep(LINGER).await;
@@ -234,8 +256,9 @@ async fn one_call(core: SipCore, to: String, hold: Duration, stats: Arc<Stats>, 
                 Ok(e) => e,
                 Err(_) => {
                     hangup_at = None;
-                    if let Err(e) = core.hangup(id).await {
-                        stats.fail(format!("hangup: {e}"));
+                    if core.hangup(id).await.is_err() {
+                        // Ended meanwhile: its end event says how.
+                        stats.hangup_errors.fetch_add(1, Ordering::Relaxed);
                     }
                     continue;
                 }

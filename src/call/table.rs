@@ -801,8 +801,8 @@ impl Calls {
         sdp::parse(text).ok()
     }
 
-    /// Ends the calls that stayed too long anywhere; for tests and checks:
-    /// the deadline of every live call, which must exist.
+    /// Whether every live call has a deadline (the table's invariant:
+    /// no state lasts for ever).
     pub fn deadlines_cover_every_call(&self) -> bool {
         self.calls.values().all(|c| c.deadline.is_some())
     }
@@ -817,11 +817,6 @@ impl Calls {
             Some(ring) if ring <= timer_c => self.set_deadline(id, ring, Deadline::Ring),
             _ => self.set_deadline(id, timer_c, Deadline::TimerC),
         }
-    }
-
-    /// How long the table waits in `Ending`.
-    pub fn ending(&self) -> Duration {
-        self.config.ending
     }
 }
 
