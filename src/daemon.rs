@@ -110,11 +110,19 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
     } else {
         (crate::events::EventSender::unheard(), None)
     };
+    // Calls' media ports are bound on the first UDP listener's address.
+    let media_ip = settings
+        .sip
+        .udp_listen
+        .first()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let (media, _media_task) = crate::media::spawn_sink(media_ip, shared.metrics.media.clone());
     let publish = Publish {
         status: shared.accounts.clone(),
         registration: shared.metrics.registration.clone(),
         sip: shared.metrics.sip.clone(),
         events,
+        media,
     };
     let (sip, mut sip_task) = SipCore::start(core_config, &settings, publish).await?;
     shared.set_sip(sip.clone());

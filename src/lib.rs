@@ -12,6 +12,7 @@ pub mod health;
 pub mod http;
 pub mod lifecycle;
 pub mod logging;
+pub mod media;
 pub mod metrics;
 pub mod oneshot_call;
 pub mod probe;

@@ -257,6 +257,8 @@ pub struct Metrics {
     pub events_dropped: Gauge,
     /// Transitions the SIP core could not queue for the control channel.
     pub core_events_dropped: Counter,
+    /// The media sink's counters.
+    pub media: crate::media::SinkCounters,
 }
 
 impl Metrics {
@@ -317,7 +319,24 @@ impl Metrics {
             "State transitions dropped because the feed to the control channel was full",
             core_events_dropped.clone(),
         );
+        let media = crate::media::SinkCounters::default();
+        registry.register(
+            "media_packets_discarded",
+            "Packets that arrived on calls' media ports and were discarded (no relay yet)",
+            media.packets.clone(),
+        );
+        registry.register(
+            "media_bind_failed",
+            "Media ports of calls that could not be bound",
+            media.bind_failed.clone(),
+        );
+        registry.register(
+            "media_changes_dropped",
+            "Media port openings and closings dropped because the media queue was full",
+            media.changes_dropped.clone(),
+        );
         Self {
+            media,
             core_events_dropped,
             redis_connected,
             redis_reconnects,

@@ -121,6 +121,7 @@ pub async fn call(settings: &Settings, opts: &CallOptions) -> Result<Outcome, Ca
         registration: Arc::new(RegistrationMetrics::default()),
         sip: Arc::new(SipMetrics::default()),
         events: crate::events::EventSender::unheard(),
+        media: crate::media::MediaPorts::none(),
     };
     let (core, task) = SipCore::start(config, &settings, publish)
         .await

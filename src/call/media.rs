@@ -7,6 +7,16 @@
 
 use std::collections::BTreeSet;
 
+/// A change to the set of ports in use, for the media layer to bind or
+/// release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortChange {
+    /// A call took this port.
+    Open(u16),
+    /// The call ended.
+    Close(u16),
+}
+
 /// The range has no free port left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum MediaError {
@@ -28,6 +38,7 @@ pub struct PortPool {
     end: u16,
     next: u16,
     used: BTreeSet<u16>,
+    changes: Vec<PortChange>,
 }
 
 impl PortPool {
@@ -39,6 +50,7 @@ impl PortPool {
             end,
             next: start,
             used: BTreeSet::new(),
+            changes: Vec::new(),
         }
     }
 
@@ -57,6 +69,7 @@ impl PortPool {
                 _ => self.start,
             };
             if port < self.end && self.used.insert(port) {
+                self.changes.push(PortChange::Open(port));
                 return Ok(port);
             }
         }
@@ -68,7 +81,14 @@ impl PortPool {
 
     /// Gives `port` back.
     pub fn release(&mut self, port: u16) {
-        self.used.remove(&port);
+        if self.used.remove(&port) {
+            self.changes.push(PortChange::Close(port));
+        }
+    }
+
+    /// The ports taken and given back since the last call, in order.
+    pub fn take_changes(&mut self) -> std::vec::Drain<'_, PortChange> {
+        self.changes.drain(..)
     }
 }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use cause::{EndCause, Ended, Side};
-pub use media::{MediaError, PortPool};
+pub use media::{MediaError, PortChange, PortPool};
 pub use table::{CallError, CallSummary, Calls, Live};
 
 use crate::sdp::Codec;

@@ -245,6 +245,8 @@ pub struct CallSummary {
     pub talk_secs: Option<u64>,
     /// The negotiated codec.
     pub codec: Option<String>,
+    /// Our media port.
+    pub media_port: Option<u16>,
 }
 
 /// Counts derived from the table.
@@ -339,6 +341,11 @@ impl Calls {
         self.calls.get(&call).map(|c| c.state)
     }
 
+    /// Media ports taken and given back since the last call, in order.
+    pub fn take_port_changes(&mut self) -> std::vec::Drain<'_, super::PortChange> {
+        self.ports.take_changes()
+    }
+
     /// The transitions since the last call, in order.
     pub fn take_events(&mut self) -> std::vec::Drain<'_, CallEvent> {
         self.events.drain(..)
@@ -380,6 +387,7 @@ impl Calls {
                     .answered
                     .map(|a| now.saturating_duration_since(a).as_secs()),
                 codec: c.negotiated.as_ref().map(|n| format!("{:?}", n.codec)),
+                media_port: c.media_port,
             })
             .collect()
     }

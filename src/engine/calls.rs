@@ -273,6 +273,9 @@ impl super::Core {
 
     /// Publishes the call table's transitions and counts the ended calls.
     pub(super) fn publish_calls(&mut self) {
+        for change in self.calls.take_port_changes() {
+            self.publish.media.send(change);
+        }
         for event in self.calls.take_events() {
             if let Some(ended) = &event.ended {
                 self.publish.sip.call_ended(ended.cause.label());

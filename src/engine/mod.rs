@@ -130,6 +130,8 @@ pub struct Publish {
     pub sip: Arc<SipMetrics>,
     /// State transitions, for the control channel to publish.
     pub events: EventSender,
+    /// Where the media ports of calls are bound.
+    pub media: crate::media::MediaPorts,
 }
 
 enum Command {

@@ -354,3 +354,41 @@ fn an_invite_from_outside_the_allow_list_is_refused() {
         "no call was created"
     );
 }
+
+#[test]
+fn a_ringing_calls_media_port_is_bound_and_counts_what_arrives() {
+    let (d, addr) = callee_dialerd(
+        "ring",
+        &[
+            ("DIALERD__MEDIA__RTP_PORT_RANGE__START", "41000"),
+            ("DIALERD__MEDIA__RTP_PORT_RANGE__END", "41999"),
+        ],
+    );
+    let caller = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = caller.local_addr().unwrap();
+    let sdp = "v=0\r\no=t 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+    let invite = format!(
+        "INVITE sip:dialer@{addr} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKmedia1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:t@{local}>;tag=m1\r\nTo: <sip:dialer@{addr}>\r\n\
+         Call-ID: media-port-test\r\nCSeq: 1 INVITE\r\nContact: <sip:t@{local}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    caller.send_to(invite.as_bytes(), addr).unwrap();
+    let port = wait_for(Duration::from_secs(5), || {
+        let status = http::get(d.http(), "/status").ok()?.json();
+        status["calls"]["items"][0]["media_port"].as_u64()
+    })
+    .unwrap_or_else(|| panic!("no live call with a media port: {}", d.log()));
+    assert!((41000..42000).contains(&port), "{port}");
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let counted = wait_for(Duration::from_secs(5), || {
+        let _ = rtp.send_to(
+            &[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1],
+            ("127.0.0.1", port as u16),
+        );
+        metric(&d, "dialerd_media_packets_discarded_total").filter(|n| *n >= 1.0)
+    });
+    assert!(counted.is_some(), "{}", d.log());
+}
