@@ -136,6 +136,7 @@ impl Driver {
             };
             let std_socket = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
             std_socket.set_nonblocking(true).map_err(bind_error)?;
+            size_buffers(&std_socket, *addr);
             let sender = std_socket.try_clone().map_err(bind_error)?;
             let socket = Arc::new(UdpSocket::from_std(std_socket).map_err(bind_error)?);
             let local = socket.local_addr().unwrap_or(*addr);
@@ -312,6 +313,30 @@ pub fn local_ip_toward(remote: SocketAddr) -> IpAddr {
             s.local_addr()
         })
         .map_or(any.ip(), |a| a.ip())
+}
+
+/// Socket buffers asked for on SIP's UDP sockets: at the kernel default
+/// (about 208 KiB) a stall of a few milliseconds under load overflows the
+/// receive buffer and the kernel drops datagrams no counter of ours sees.
+/// The kernel caps the size at `net.core.rmem_max` / `wmem_max`.
+const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+fn size_buffers(socket: &std::net::UdpSocket, addr: SocketAddr) {
+    let s = socket2::SockRef::from(socket);
+    for (what, result) in [
+        ("receive", s.set_recv_buffer_size(UDP_BUFFER_BYTES)),
+        ("send", s.set_send_buffer_size(UDP_BUFFER_BYTES)),
+    ] {
+        if let Err(e) = result {
+            tracing::warn!(%addr, error = %e, "cannot size the UDP {what} buffer");
+        }
+    }
+    tracing::debug!(
+        %addr,
+        receive = s.recv_buffer_size().unwrap_or(0),
+        send = s.send_buffer_size().unwrap_or(0),
+        "UDP socket buffers"
+    );
 }
 
 /// The address per family for sockets bound to an unspecified address,

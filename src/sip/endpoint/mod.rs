@@ -375,7 +375,9 @@ pub struct Endpoint {
     /// The To tag of INVITE server transactions after their final response.
     invite_tags: HashMap<TxnId, Box<str>>,
     unacked: Unacked,
-    acks: HashMap<(TxnId, Box<str>), Transmit>,
+    /// The ACKs sent for 2xx, by INVITE transaction and To tag (a forked
+    /// INVITE has several), dropped when the transaction ends.
+    acks: HashMap<TxnId, Vec<(Box<str>, Transmit)>>,
     waiting: HashMap<PeerKey, Vec<Waiting>>,
     failures: HashMap<TxnId, String>,
     out: VecDeque<Output>,
@@ -428,7 +430,7 @@ impl Endpoint {
             servers: self.servers.len(),
             dialogs: self.dialogs.len(),
             unacked: self.unacked.len(),
-            acks: self.acks.len(),
+            acks: self.acks.values().map(Vec::len).sum(),
             waiting: self.waiting.values().map(Vec::len).sum(),
             connections: self.flows.connections(),
             connecting: self.flows.connecting(),
@@ -971,7 +973,9 @@ impl Endpoint {
             txn: None,
         };
         if self.txns.state(invite) == Some(State::Accepted) {
-            self.acks.insert((invite, to_tag), transmit.clone());
+            let sent = self.acks.entry(invite).or_default();
+            sent.retain(|(tag, _)| *tag != to_tag);
+            sent.push((to_tag, transmit.clone()));
         }
         self.out.push_back(Output::Transmit(transmit));
     }
@@ -1131,7 +1135,7 @@ impl Endpoint {
                 self.servers.remove(&txn);
                 self.invite_tags.remove(&txn);
                 self.failures.remove(&txn);
-                self.acks.retain(|(invite, _), _| *invite != txn);
+                self.acks.remove(&txn);
             }
             E::CancelSent { invite, cancel } => {
                 if let Some(c) = self.clients.get(&invite) {
@@ -1149,7 +1153,10 @@ impl Endpoint {
         let mut acked_again = false;
         if response.status().is_some_and(|c| (200..300).contains(&c))
             && let Some(tag) = response.to_header().ok().and_then(|t| t.tag())
-            && let Some(ack) = self.acks.get(&(txn, Box::from(tag)))
+            && let Some((_, ack)) = self
+                .acks
+                .get(&txn)
+                .and_then(|sent| sent.iter().find(|(t, _)| &**t == tag))
         {
             acked_again = true;
             self.out.push_back(Output::Transmit(ack.clone()));
