@@ -369,6 +369,10 @@ impl Calls {
 
     /// One page of live calls, oldest first.
     pub fn page(&self, now: Instant, offset: usize, limit: usize) -> Vec<CallSummary> {
+        if limit == 0 {
+            // A scrape of /metrics asks for the counts only.
+            return Vec::new();
+        }
         let mut ids: Vec<&Call> = self.calls.values().collect();
         ids.sort_by_key(|c| (c.created, c.id));
         ids.into_iter()

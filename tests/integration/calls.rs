@@ -162,6 +162,37 @@ fn a_forked_second_200_is_acknowledged_and_ended_with_bye() {
 }
 
 #[test]
+fn a_200_retransmitted_because_its_ack_was_lost_is_acknowledged_again() {
+    let (sipp, _) = callee("uas_200_retransmitted.xml");
+    let relay = crate::support::relay::LossyRelay::start_matching(
+        sipp.local_addr(),
+        1,
+        |d| d.starts_with(b"ACK "),
+        0,
+    );
+    let out = dialerd_call(
+        &format!("sip:service@{}", relay.addr()),
+        &["--hold-secs", "2"],
+    );
+    assert_outcome(&out, true, "normal", None, "local");
+    sipp_ok(sipp, &out);
+    let log = relay.log();
+    assert_eq!(log.dropped_to_server.len(), 1, "the first ACK was lost");
+    let acks = log
+        .forwarded_to_server
+        .iter()
+        .filter(|d| d.starts_with(b"ACK "))
+        .count();
+    assert!(acks >= 1, "the retransmitted 200 got its ACK");
+    let oks = log
+        .forwarded_to_client
+        .iter()
+        .filter(|d| d.starts_with(b"SIP/2.0 200") && d.windows(6).any(|w| w == b"INVITE"))
+        .count();
+    assert!(oks >= 2, "the 200 came again: {oks}");
+}
+
+#[test]
 fn a_200_crossing_the_cancel_is_acknowledged_and_ended_with_bye() {
     let (sipp, uri) = callee("uas_cancel_crossing.xml");
     let out = dialerd_call(&uri, &["--ring-timeout-secs", "1"]);

@@ -33,6 +33,17 @@ pub struct LossyRelay {
 impl LossyRelay {
     /// Starts the relay.
     pub fn start(server: SocketAddr, drop_to_server: usize, drop_to_client: usize) -> Self {
+        Self::start_matching(server, drop_to_server, |_| true, drop_to_client)
+    }
+
+    /// Starts a relay that drops the first `drop_to_server` client
+    /// datagrams for which `matches` holds (e.g. the first ACK).
+    pub fn start_matching(
+        server: SocketAddr,
+        drop_to_server: usize,
+        matches: impl Fn(&[u8]) -> bool + Send + 'static,
+        drop_to_client: usize,
+    ) -> Self {
         let front = UdpSocket::bind("127.0.0.1:0").expect("bind relay front");
         let back = UdpSocket::bind("127.0.0.1:0").expect("bind relay back");
         for s in [&front, &back] {
@@ -53,7 +64,7 @@ impl LossyRelay {
                     client = Some(from);
                     let data = buf[..n].to_vec();
                     let mut log = log2.lock().unwrap_or_else(|e| e.into_inner());
-                    if to_server_left > 0 {
+                    if to_server_left > 0 && matches(&data) {
                         to_server_left -= 1;
                         log.dropped_to_server.push(data);
                     } else {
