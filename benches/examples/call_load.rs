@@ -1,9 +1,9 @@
 //! A fixed-rate outbound call load from one dialerd SIP core, for
 //! `benches/sipp_calls.sh` (dialerd as UAC against a SIPp UAS).
 //!
-//! It starts a `dialerd::engine::SipCore` the way `dialerd call` does (the
-//! settings come from `--profile local` and the `DIALERD__*` environment,
-//! so the script configures it like `dialerd run`), then places `RATE`
+//! It starts a `dialerd::engine::SipCore` the way `dialerd run` does (the
+//! settings come from `--profile local` and the `DIALERD__*` environment;
+//! calls' media ports are bound by dialerd's media sink), then places `RATE`
 //! calls a second for `SECS` seconds to `URI`, hangs each up `HOLD_MS`
 //! after its answer, waits for every call to end (bounded) and prints one
 //! line `RESULT {json}` with the outcomes.
@@ -32,6 +32,7 @@ use dialerd::call::{CallState, EndCause, Side};
 use dialerd::config::{Settings, Sources};
 use dialerd::engine::{CoreConfig, PlaceCall, Publish, SipCore};
 use dialerd::events::EventSender;
+use dialerd::media::SinkCounters;
 use dialerd::metrics::{RegistrationMetrics, SipMetrics};
 use tokio::time::Instant;
 
@@ -81,7 +82,12 @@ fn cpu_ticks() -> u64 {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13
     // after the name (state is the first).
-    let get = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     get(11) + get(12)
 }
 
@@ -127,11 +133,21 @@ async fn load(settings: Settings, uri: String, rate: u64, secs: u64, hold: Durat
     let config = CoreConfig::from_settings(&settings, settings.instance.public_address.address)
         .expect("a core configuration");
     let sip = Arc::new(SipMetrics::default());
+    // Media ports are bound (and what arrives counted) as `dialerd run`
+    // does: on the first UDP listener's address.
+    let media_ip = settings
+        .sip
+        .udp_listen
+        .first()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let media_counters = SinkCounters::default();
+    let (media, _media_task) = dialerd::media::spawn_sink(media_ip, media_counters.clone());
     let publish = Publish {
         status: tokio::sync::watch::channel(Vec::new()).0,
         registration: Arc::new(RegistrationMetrics::default()),
         sip: sip.clone(),
         events: EventSender::unheard(),
+        media,
     };
     let (core, task) = SipCore::start(config, &settings, publish)
         .await
@@ -158,7 +174,13 @@ async fn load(settings: Settings, uri: String, rate: u64, secs: u64, hold: Durat
             .min(u128::from(total)) as u64;
         while spawned < due {
             spawned += 1;
-            tokio::spawn(one_call(core.clone(), uri.clone(), hold, stats.clone(), start));
+            tokio::spawn(one_call(
+                core.clone(),
+                uri.clone(),
+                hold,
+                stats.clone(),
+                start,
+            ));
         }
     }
     let spawn_secs = start.elapsed().as_secs_f64();
@@ -211,6 +233,16 @@ async fn load(settings: Settings, uri: String, rate: u64, secs: u64, hold: Durat
     registry.register("dialerd_sip_received", "", sip.received_total.clone());
     registry.register("dialerd_sip_dropped", "", sip.dropped_total.clone());
     registry.register("dialerd_calls_ended", "", sip.calls_ended_total.clone());
+    registry.register(
+        "dialerd_media_bind_failed",
+        "",
+        media_counters.bind_failed.clone(),
+    );
+    registry.register(
+        "dialerd_media_changes_dropped",
+        "",
+        media_counters.changes_dropped.clone(),
+    );
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &registry).is_ok() {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
