@@ -406,8 +406,8 @@ impl Calls {
     ) {
         let is_invite = request.method() == Some(crate::sip::message::Method::Invite);
         let session = self.uas_session(now, request);
-        let codecs = self.config.codecs.clone();
-        let ptime = self.config.ptime_ms;
+        let port = self.calls.get(&id).and_then(|c| c.media_port).unwrap_or(0);
+        let media = self.media_at(port, Direction::SendRecv);
         let address = self.config.media_address;
         let Some(c) = self.calls.get_mut(&id) else {
             return;
@@ -437,8 +437,6 @@ impl Calls {
         }
         match Self::sdp_of(request) {
             Some(offer) => {
-                let mut media = sdp::LocalMedia::new(address, c.media_port.unwrap_or(0), codecs);
-                media.ptime_ms = ptime;
                 let mut origin = c
                     .local_sdp
                     .as_ref()
