@@ -23,18 +23,36 @@ pub enum CoreEvent {
     Registration(AccountStatus),
     /// A call changed state.
     Call(crate::call::CallEvent),
+    /// A call reported something else (DTMF, media).
+    Note(crate::call::CallNote),
+}
+
+/// A transition and when it happened (Unix milliseconds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stamped {
+    /// When.
+    pub at_ms: u64,
+    /// What.
+    pub event: CoreEvent,
+}
+
+/// Now, in Unix milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The SIP core's end of the feed.
 #[derive(Debug, Clone)]
 pub struct EventSender {
-    tx: Option<mpsc::Sender<CoreEvent>>,
+    tx: Option<mpsc::Sender<Stamped>>,
     dropped: Counter,
     last_warning: Option<Instant>,
 }
 
 /// The control channel's end of the feed.
-pub type EventReceiver = mpsc::Receiver<CoreEvent>;
+pub type EventReceiver = mpsc::Receiver<Stamped>;
 
 /// A feed `depth` transitions deep; `dropped` counts what did not fit.
 pub fn feed(depth: usize, dropped: Counter) -> (EventSender, EventReceiver) {
@@ -64,7 +82,11 @@ impl EventSender {
         let Some(tx) = &self.tx else {
             return;
         };
-        match tx.try_send(event) {
+        let stamped = Stamped {
+            at_ms: unix_ms(),
+            event,
+        };
+        match tx.try_send(stamped) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.dropped.inc();
@@ -113,8 +135,14 @@ mod tests {
         tx.emit(status("registered"));
         tx.emit(status("backoff"));
         assert_eq!(dropped.get(), 1);
-        assert_eq!(rx.try_recv().ok(), Some(status("registering")));
-        assert_eq!(rx.try_recv().ok(), Some(status("registered")));
+        assert_eq!(
+            rx.try_recv().ok().map(|s| s.event),
+            Some(status("registering"))
+        );
+        assert_eq!(
+            rx.try_recv().ok().map(|s| s.event),
+            Some(status("registered"))
+        );
         assert!(rx.try_recv().is_err());
     }
 

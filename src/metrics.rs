@@ -69,6 +69,8 @@ pub struct SipMetrics {
     pub calls_ended_total: Family<CauseLabel, Counter>,
     /// Live calls by state; set at scrape from the call table.
     pub calls: Family<StateLabel, Gauge>,
+    /// Calls refused before their INVITE, by reason.
+    pub calls_refused_total: Family<ReasonLabel, Counter>,
 }
 
 impl SipMetrics {
@@ -143,6 +145,20 @@ impl SipMetrics {
             "Live calls by state, from the call table at scrape",
             self.calls.clone(),
         );
+        registry.register(
+            "calls_refused",
+            "Calls refused before their INVITE (capacity, rate_limited, ...), by reason",
+            self.calls_refused_total.clone(),
+        );
+    }
+
+    /// Counts one call refused for `reason`.
+    pub fn call_refused(&self, reason: &str) {
+        self.calls_refused_total
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one ended call.

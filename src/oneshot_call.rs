@@ -179,6 +179,7 @@ async fn place(core: &SipCore, opts: &CallOptions) -> Result<Outcome, CallCliErr
             asserted_identity: None,
             headers: opts.headers.clone(),
             ring_timeout: opts.ring_timeout,
+            ..PlaceCall::default()
         })
         .await?;
     let mut ringing_ms = None;

@@ -42,6 +42,11 @@ pub enum EndCause {
     BridgePeer,
     /// The daemon was shutting down.
     Shutdown,
+    /// The daemon stopped without ending the call (a crash); found when it
+    /// started again.
+    DaemonRestart,
+    /// The call could not be placed (refused before its INVITE left).
+    NotPlaced,
     /// Any other final response.
     Failed,
 }
@@ -68,6 +73,8 @@ impl EndCause {
             Self::Transport => "transport",
             Self::BridgePeer => "bridge_peer",
             Self::Shutdown => "shutdown",
+            Self::DaemonRestart => "daemon_restart",
+            Self::NotPlaced => "not_placed",
             Self::Failed => "failed",
         }
     }

@@ -66,7 +66,7 @@ impl Calls {
                 source,
             )
         };
-        self.calls.insert(id, call);
+        self.insert(call);
         self.inbound_keys.insert(key, id);
         self.record_current(now, id);
         let dialog = Dialog::as_uas(&request, &tag, source);
@@ -194,7 +194,6 @@ impl Calls {
     }
 
     fn send_answer(&mut self, now: Instant, ep: &mut Endpoint, id: CallId) {
-        let max = self.config.max_duration;
         let session = self
             .calls
             .get(&id)
@@ -215,7 +214,7 @@ impl Calls {
             reply = reply.header("Session-Expires", value);
             c.session = Some(timer);
         }
-        c.max_at = Some(now + max);
+        c.max_at = Some(now + c.max_duration);
         if let Some(sdp) = &c.local_sdp {
             reply = reply.body("application/sdp", sdp.to_string().into_bytes());
         }
@@ -384,7 +383,11 @@ impl Calls {
             Some(Method::Invite) | Some(Method::Update) => {
                 self.on_peer_reinvite(now, ep, id, txn, request, source);
             }
-            Some(Method::Info) | Some(Method::Options) => {
+            Some(Method::Info) => {
+                let _ = ep.respond(now, txn, Reply::code(200, "OK"));
+                self.on_peer_info(id, request);
+            }
+            Some(Method::Options) => {
                 let _ = ep.respond(now, txn, Reply::code(200, "OK"));
             }
             _ => {

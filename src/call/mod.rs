@@ -10,6 +10,7 @@
 
 mod bridge;
 mod cause;
+mod dtmf;
 mod inbound;
 mod media;
 mod outbound;
@@ -19,13 +20,15 @@ mod table;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
 pub use cause::{EndCause, Ended, Side};
+pub use dtmf::{MAX_DIGITS, is_digit};
 pub use media::{MediaError, PortChange, PortPool};
-pub use table::{CallError, CallSummary, Calls, Live};
+pub use table::{AccountLimit, CallError, CallSummary, Calls, Live};
 
 use crate::sdp::Codec;
 use crate::sip::target::Target;
@@ -105,6 +108,16 @@ impl CallState {
 pub struct CallEvent {
     /// The call.
     pub call: CallId,
+    /// Its name (the call id of the control channel and of call records).
+    pub name: Arc<str>,
+    /// From, as the call shows it.
+    pub from: Arc<str>,
+    /// To, as the call shows it.
+    pub to: Arc<str>,
+    /// Milliseconds from creation to the answer, once answered.
+    pub answered_ms: Option<u64>,
+    /// The name of the leg it is bridged with, if any.
+    pub other: Option<Arc<str>>,
     /// Its SIP Call-ID.
     pub sip_call_id: String,
     /// Which way it goes.
@@ -165,6 +178,42 @@ pub struct Originate {
     /// How long to ring before cancelling; the call table's default when
     /// `None`.
     pub ring_timeout: Option<Duration>,
+    /// Longest call after the answer; the call table's default when `None`.
+    pub max_duration: Option<Duration>,
+    /// The call's name; one is made up when `None`. Refused while a live
+    /// call has it.
+    pub name: Option<String>,
+}
+
+/// Something a call reports that is not a change of state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallNote {
+    /// The call's name.
+    pub name: Arc<str>,
+    /// What.
+    pub kind: NoteKind,
+}
+
+/// What a [`CallNote`] reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoteKind {
+    /// The peer sent a DTMF digit (SIP INFO).
+    Dtmf {
+        /// The digit.
+        digit: char,
+        /// Its duration, milliseconds.
+        duration_ms: u32,
+    },
+    /// The media of an answered call was negotiated.
+    Media {
+        /// The codec.
+        codec: String,
+        /// Our RTP port.
+        local_port: Option<u16>,
+        /// The peer's RTP address.
+        remote: Option<String>,
+    },
 }
 
 /// What to do with an inbound INVITE.
@@ -219,6 +268,8 @@ pub struct CallConfig {
     pub ptime_ms: Option<u32>,
     /// User-Agent and Server value.
     pub user_agent: String,
+    /// Prefix of the names made up for calls that come without one.
+    pub name_prefix: String,
 }
 
 impl Default for CallConfig {
@@ -236,6 +287,7 @@ impl Default for CallConfig {
             codecs: vec![Codec::Pcmu, Codec::Pcma, Codec::TelephoneEvent],
             ptime_ms: Some(20),
             user_agent: concat!("dialerd/", env!("CARGO_PKG_VERSION")).to_owned(),
+            name_prefix: "call-".to_owned(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! acknowledged and ended, ring timeout and Timer C cancel, and a 2xx that
 //! crosses our CANCEL is acknowledged and ended with BYE.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::table::{Call, CallError, Calls, Deadline};
@@ -30,9 +31,7 @@ impl Calls {
         {
             return Err(CallError::Header(name.clone()));
         }
-        if !self.admission.take(now) {
-            return Err(CallError::RateLimited(self.admission_rate()));
-        }
+        self.admit_outbound(now, origin.account.as_deref(), origin.name.as_deref())?;
         let id = self.admit()?;
         let media = self.local_media(Direction::SendRecv)?;
         let sdp_origin = self.origin();
@@ -42,6 +41,11 @@ impl Calls {
         let local_tag = self.token();
         let next_hop = origin.next_hop;
         let call = Call {
+            name: origin
+                .name
+                .as_deref()
+                .map_or_else(|| Arc::from(""), Arc::from),
+            max_duration: origin.max_duration.unwrap_or_default(),
             account: origin.account.clone(),
             ring_deadline: Some(now + origin.ring_timeout.unwrap_or(self.config.ring_timeout)),
             from: origin.from_uri.clone(),
@@ -59,7 +63,7 @@ impl Calls {
                 next_hop,
             )
         };
-        self.calls.insert(id, call);
+        self.insert(call);
         self.record_current(now, id);
         self.send_invite(now, ep, id, None)?;
         Ok(id)
@@ -217,6 +221,12 @@ impl Calls {
             self.on_reinvite_response(now, ep, id, response);
             return;
         }
+        if self.on_info_response(now, ep, id, txn, code) {
+            return;
+        }
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
         if c.invite != Some(txn) {
             // A CANCEL's response, or the BYE of a forked 2xx.
             return;
@@ -266,7 +276,6 @@ impl Calls {
         txn: TxnId,
         response: &Message,
     ) {
-        let max = self.config.max_duration;
         let user_agent = self.config.user_agent.clone();
         let Some(c) = self.calls.get_mut(&id) else {
             return;
@@ -329,7 +338,7 @@ impl Calls {
         let session = self.uac_session(now, response);
         self.transition(now, id, CallState::Answered, response.status());
         if let Some(c) = self.calls.get_mut(&id) {
-            c.max_at = Some(now + max);
+            c.max_at = Some(now + c.max_duration);
             c.session = session;
         }
         if usable {

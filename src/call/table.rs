@@ -1,13 +1,15 @@
 //! The live call table: every call, its deadline, its transitions.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::media::{MediaError, PortPool};
 use super::{
-    CallConfig, CallDirection, CallEvent, CallId, CallState, EndCause, Ended, Originate, Side,
+    CallConfig, CallDirection, CallEvent, CallId, CallNote, CallState, EndCause, Ended, Originate,
+    Side,
 };
 use crate::sdp::{self, Direction, LocalMedia, Negotiated, Origin, SessionDescription};
 use crate::sip::dialog::Dialog;
@@ -52,6 +54,55 @@ pub enum CallError {
     /// New outbound calls come faster than the configured rate.
     #[error("more than {0} new calls per second")]
     RateLimited(f64),
+    /// A live call already has this name.
+    #[error("a live call is named {0:?}")]
+    NameInUse(String),
+    /// The account has as many live calls as it may.
+    #[error("account {account:?} has {max} live calls, the most allowed")]
+    AccountFull {
+        /// The account.
+        account: String,
+        /// Its limit.
+        max: usize,
+    },
+    /// New calls of the account come faster than its rate.
+    #[error("account {account:?}: more than {rate} new calls per second")]
+    AccountRateLimited {
+        /// The account.
+        account: String,
+        /// Its rate.
+        rate: f64,
+    },
+    /// No live call has this name.
+    #[error("no live call named {0:?}")]
+    NotFound(String),
+    /// The call has no dialog to send in (not answered yet).
+    #[error("{0} has no dialog yet")]
+    NoDialog(CallId),
+}
+
+/// An account's own call limits.
+#[derive(Debug, Clone)]
+pub struct AccountLimit {
+    max_calls: usize,
+    admission: Admission,
+    live: usize,
+}
+
+impl AccountLimit {
+    /// At most `max_calls` live calls (0: no limit) and `per_second` new
+    /// outbound calls (0 or less: no limit).
+    pub fn new(max_calls: usize, per_second: f64) -> Self {
+        Self {
+            max_calls: if max_calls == 0 {
+                usize::MAX
+            } else {
+                max_calls
+            },
+            admission: Admission::new(per_second),
+            live: 0,
+        }
+    }
 }
 
 /// A token bucket for new outbound calls: `rate` per second, bursts of up
@@ -116,6 +167,8 @@ pub(super) enum Deadline {
 #[derive(Debug)]
 pub(super) struct Call {
     pub(super) id: CallId,
+    /// Its name: the id the control channel and call records use.
+    pub(super) name: Arc<str>,
     pub(super) direction: CallDirection,
     pub(super) state: CallState,
     pub(super) created: Instant,
@@ -169,6 +222,11 @@ pub(super) struct Call {
     pub(super) inbound_key: Option<(String, String, u32)>,
     /// The other leg of its bridge.
     pub(super) bridge: Option<CallId>,
+    /// Longest call after the answer.
+    pub(super) max_duration: Duration,
+    /// DTMF digits still to send, and the INFO in flight.
+    pub(super) dtmf: VecDeque<char>,
+    pub(super) info: Option<TxnId>,
 }
 
 impl Call {
@@ -183,6 +241,7 @@ impl Call {
     ) -> Self {
         Self {
             id,
+            name: Arc::from(""),
             direction,
             state: CallState::Created,
             created,
@@ -218,6 +277,9 @@ impl Call {
             min_se_asked: None,
             inbound_key: None,
             bridge: None,
+            max_duration: Duration::ZERO,
+            dtmf: VecDeque::new(),
+            info: None,
         }
     }
 }
@@ -227,6 +289,8 @@ impl Call {
 pub struct CallSummary {
     /// The call.
     pub id: CallId,
+    /// Its name (the call id on the control channel).
+    pub name: Arc<str>,
     /// Its SIP Call-ID.
     pub sip_call_id: String,
     /// Which way.
@@ -275,6 +339,12 @@ pub struct Calls {
     /// Inbound calls by Call-ID, From tag and INVITE CSeq: a second INVITE
     /// with the same key is a merged or looped request (482).
     pub(super) inbound_keys: HashMap<(String, String, u32), CallId>,
+    /// Live calls by name.
+    names: HashMap<Arc<str>, CallId>,
+    /// Accounts with their own limits.
+    account_limits: HashMap<String, AccountLimit>,
+    /// What calls reported besides transitions.
+    pub(super) notes: Vec<CallNote>,
 }
 
 impl Calls {
@@ -297,7 +367,87 @@ impl Calls {
             max_calls,
             admission: Admission::new(f64::INFINITY),
             inbound_keys: HashMap::new(),
+            names: HashMap::new(),
+            account_limits: HashMap::new(),
+            notes: Vec::new(),
         }
+    }
+
+    /// Gives `account` its own limits.
+    pub fn limit_account(&mut self, account: &str, limit: AccountLimit) {
+        self.account_limits.insert(account.to_owned(), limit);
+    }
+
+    /// The live call named `name`.
+    pub fn find(&self, name: &str) -> Option<CallId> {
+        self.names.get(name).copied()
+    }
+
+    /// The name of live call `id`.
+    pub fn name_of(&self, id: CallId) -> Option<Arc<str>> {
+        self.calls.get(&id).map(|c| c.name.clone())
+    }
+
+    /// What calls reported besides transitions since the last call.
+    pub fn take_notes(&mut self) -> std::vec::Drain<'_, CallNote> {
+        self.notes.drain(..)
+    }
+
+    /// Checks an outbound call against the table's and its account's
+    /// limits and name, taking a token from each rate.
+    pub(super) fn admit_outbound(
+        &mut self,
+        now: Instant,
+        account: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<(), CallError> {
+        if let Some(name) = name
+            && self.names.contains_key(name)
+        {
+            return Err(CallError::NameInUse(name.to_owned()));
+        }
+        if self.calls.len() >= self.max_calls {
+            return Err(CallError::Full(self.calls.len()));
+        }
+        if let Some(account) = account
+            && let Some(limit) = self.account_limits.get_mut(account)
+        {
+            if limit.live >= limit.max_calls {
+                return Err(CallError::AccountFull {
+                    account: account.to_owned(),
+                    max: limit.max_calls,
+                });
+            }
+            if !limit.admission.take(now) {
+                return Err(CallError::AccountRateLimited {
+                    account: account.to_owned(),
+                    rate: limit.admission.rate,
+                });
+            }
+        }
+        if !self.admission.take(now) {
+            return Err(CallError::RateLimited(self.admission_rate()));
+        }
+        Ok(())
+    }
+
+    /// Puts `call` in the table under its name (made up when empty).
+    pub(super) fn insert(&mut self, mut call: Call) {
+        if call.name.is_empty() {
+            call.name = Arc::from(format!("{}{}", self.config.name_prefix, call.id.0));
+        }
+        if call.max_duration.is_zero() {
+            call.max_duration = self.config.max_duration;
+        }
+        if let Some(limit) = call
+            .account
+            .as_deref()
+            .and_then(|a| self.account_limits.get_mut(a))
+        {
+            limit.live += 1;
+        }
+        self.names.insert(call.name.clone(), call.id);
+        self.calls.insert(call.id, call);
     }
 
     /// The owner id of `call` on the endpoint.
@@ -380,6 +530,7 @@ impl Calls {
             .take(limit)
             .map(|c| CallSummary {
                 id: c.id,
+                name: c.name.clone(),
                 sip_call_id: c.sip_call_id.clone(),
                 direction: c.direction,
                 state: c.state.label(),
@@ -482,11 +633,40 @@ impl Calls {
             return;
         }
         c.state = state;
-        if state == CallState::Answered {
+        if state == CallState::Answered && c.answered.is_none() {
             c.answered = Some(now);
         }
-        let event = event(c, now, code, None);
+        let other = c
+            .bridge
+            .and_then(|b| self.calls.get(&b))
+            .map(|b| b.name.clone());
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
+        let mut event = event(c, now, code, None);
+        event.other = other;
         self.events.push(event);
+        if state == CallState::Answered {
+            self.note_media(id);
+        }
+    }
+
+    /// Reports the negotiated media of `id`.
+    pub(super) fn note_media(&mut self, id: CallId) {
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
+        let Some(n) = &c.negotiated else {
+            return;
+        };
+        self.notes.push(CallNote {
+            name: c.name.clone(),
+            kind: super::NoteKind::Media {
+                codec: n.codec.encoding_name().to_owned(),
+                local_port: c.media_port,
+                remote: Some(n.remote.to_string()),
+            },
+        });
     }
 
     /// Records `call`'s current state as a transition (its first).
@@ -514,6 +694,14 @@ impl Calls {
         }
         if let Some(key) = c.inbound_key.take() {
             self.inbound_keys.remove(&key);
+        }
+        self.names.remove(&c.name);
+        if let Some(limit) = c
+            .account
+            .as_deref()
+            .and_then(|a| self.account_limits.get_mut(a))
+        {
+            limit.live = limit.live.saturating_sub(1);
         }
         ep.release(Self::owner(id));
         c.state = CallState::Ended;
@@ -706,6 +894,12 @@ impl Calls {
             self.on_reinvite_failed(now, ep, id);
             return;
         }
+        if self.on_info_failed(id, txn) {
+            return;
+        }
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
         if c.bye == Some(txn) || c.invite == Some(txn) {
             let fallback = match failure {
                 crate::sip::endpoint::Failure::Timeout => {
@@ -847,8 +1041,16 @@ pub(super) fn contact(user: &str, addr: std::net::SocketAddr, transport: Transpo
 }
 
 fn event(c: &Call, now: Instant, code: Option<u16>, ended: Option<Ended>) -> CallEvent {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     CallEvent {
         call: c.id,
+        name: c.name.clone(),
+        from: Arc::from(c.from.as_str()),
+        to: Arc::from(c.to.as_str()),
+        answered_ms: c
+            .answered
+            .map(|a| ms(a.saturating_duration_since(c.created))),
+        other: None,
         sip_call_id: c.sip_call_id.clone(),
         direction: c.direction,
         state: c.state,

@@ -71,6 +71,8 @@ impl Net {
             account: None,
             contact_user: "callee".into(),
             ring_timeout: None,
+            max_duration: None,
+            name: None,
         };
         let now = self.pair.now;
         let id = self.b.originate(now, &mut self.pair.b.ep, origin).unwrap();
@@ -79,8 +81,17 @@ impl Net {
     }
 
     fn originate(&mut self) -> CallId {
+        let origin = self.origin();
+        let now = self.pair.now;
+        let id = self.a.originate(now, &mut self.pair.a.ep, origin).unwrap();
+        self.settle();
+        id
+    }
+
+    /// What A's calls to B ask for.
+    fn origin(&self) -> Originate {
         let next_hop = self.pair.target(Side::B);
-        let origin = Originate {
+        Originate {
             to: "sip:callee@192.0.2.2".into(),
             from_uri: "sip:dialer@192.0.2.1".into(),
             display: Some("Dialer".into()),
@@ -92,11 +103,9 @@ impl Net {
             account: None,
             contact_user: "dialer".into(),
             ring_timeout: None,
-        };
-        let now = self.pair.now;
-        let id = self.a.originate(now, &mut self.pair.a.ep, origin).unwrap();
-        self.settle();
-        id
+            max_duration: None,
+            name: None,
+        }
     }
 
     /// Hands every endpoint event to its call table, and records the ends.
@@ -578,6 +587,8 @@ fn new_calls_beyond_the_rate_are_refused_and_the_bucket_refills() {
         account: None,
         contact_user: "dialer".into(),
         ring_timeout: None,
+        max_duration: None,
+        name: None,
     };
     let now = net.pair.now;
     assert!(net.a.originate(now, &mut net.pair.a.ep, origin()).is_ok());
@@ -722,4 +733,82 @@ fn a_busy_outbound_leg_gives_its_inbound_peer_the_busy_status() {
         net.ended[&(Side::A, caller)],
         Ended::remote(EndCause::Busy, Some(486))
     );
+}
+
+#[test]
+fn dtmf_digits_go_as_info_one_at_a_time_and_arrive_in_order_on_a_lossy_wire() {
+    let mut net = Net::new(31, Wire::lossy(0.1), InboundAction::Answer);
+    let call = net.originate();
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(net.a.state(call), Some(CallState::Answered));
+    let now = net.pair.now;
+    net.a
+        .send_dtmf(now, &mut net.pair.a.ep, call, "1#9")
+        .unwrap();
+    net.run_for(Duration::from_secs(30));
+    let digits: Vec<char> = net
+        .b
+        .take_notes()
+        .filter_map(|n| match n.kind {
+            super::NoteKind::Dtmf { digit, .. } => Some(digit),
+            super::NoteKind::Media { .. } => None,
+        })
+        .collect();
+    assert_eq!(digits, ['1', '#', '9']);
+    assert!(net.a.calls[&call].dtmf.is_empty() && net.a.calls[&call].info.is_none());
+    // Before the answer there is no dialog to send in.
+    let ringing = net.originate();
+    let now = net.pair.now;
+    assert!(matches!(
+        net.a.send_dtmf(now, &mut net.pair.a.ep, ringing, "1"),
+        Err(CallError::WrongState { .. })
+    ));
+}
+
+#[test]
+fn calls_are_found_by_name_and_a_live_name_is_not_given_twice() {
+    let mut net = Net::new(32, Wire::perfect(), InboundAction::Answer);
+    let call = net.originate();
+    let name = net.a.name_of(call).unwrap();
+    assert_eq!(net.a.find(&name), Some(call));
+    let mut origin = net.origin();
+    origin.name = Some(name.to_string());
+    let now = net.pair.now;
+    assert_eq!(
+        net.a.originate(now, &mut net.pair.a.ep, origin),
+        Err(CallError::NameInUse(name.to_string()))
+    );
+    net.run_for(Duration::from_secs(1));
+    let now = net.pair.now;
+    net.a.hangup(now, &mut net.pair.a.ep, call).unwrap();
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(net.a.find(&name), None, "the name is free once the call ended");
+}
+
+#[test]
+fn an_account_limit_refuses_beyond_its_live_calls_and_its_rate() {
+    let mut net = Net::new(33, Wire::perfect(), InboundAction::Ring);
+    net.a.limit_account("acct", AccountLimit::new(1, 0.0));
+    let mut origin = net.origin();
+    origin.account = Some("acct".into());
+    let now = net.pair.now;
+    net.a
+        .originate(now, &mut net.pair.a.ep, origin.clone())
+        .unwrap();
+    assert!(matches!(
+        net.a.originate(now, &mut net.pair.a.ep, origin.clone()),
+        Err(CallError::AccountFull { max: 1, .. })
+    ));
+    // Another account is not limited by it.
+    let mut other = origin.clone();
+    other.account = Some("other".into());
+    assert!(net.a.originate(now, &mut net.pair.a.ep, other).is_ok());
+    net.a.limit_account("slow", AccountLimit::new(0, 1.0));
+    let mut slow = origin;
+    slow.account = Some("slow".into());
+    assert!(net.a.originate(now, &mut net.pair.a.ep, slow.clone()).is_ok());
+    assert!(matches!(
+        net.a.originate(now, &mut net.pair.a.ep, slow),
+        Err(CallError::AccountRateLimited { .. })
+    ));
 }

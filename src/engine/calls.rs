@@ -5,9 +5,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use std::sync::Arc;
+
 use crate::call::{
-    CallConfig, CallError, CallEvent, CallId, CallSummary, Calls, Credentials, Inbound,
-    InboundAction, Live, Originate, PortPool,
+    AccountLimit, CallConfig, CallError, CallEvent, CallId, CallSummary, Calls, Credentials,
+    Inbound, InboundAction, Live, Originate, PortPool,
 };
 use crate::config::{InboundPolicy, Settings};
 use crate::sdp::Codec;
@@ -41,16 +43,34 @@ pub fn call_config(settings: &Settings, media_address: std::net::IpAddr) -> Call
     }
 }
 
-/// A new call table for `settings`.
-pub fn call_table(settings: &Settings, media_address: std::net::IpAddr) -> Calls {
+/// A new call table for `settings`; calls without a name get one starting
+/// with `name_prefix`.
+pub fn call_table(
+    settings: &Settings,
+    media_address: std::net::IpAddr,
+    name_prefix: &str,
+) -> Calls {
     let range = settings.media.rtp_port_range;
     let mut calls = Calls::new(
-        call_config(settings, media_address),
+        CallConfig {
+            name_prefix: name_prefix.to_owned(),
+            ..call_config(settings, media_address)
+        },
         PortPool::new(range.start, range.end),
         usize::try_from(settings.limits.max_concurrent_calls).unwrap_or(usize::MAX),
         Box::new(crate::sip::ids::OsEntropy::new()),
     );
     calls.limit_rate(settings.limits.calls_per_second);
+    for account in &settings.accounts {
+        let max = account.max_concurrent_calls.unwrap_or(0);
+        let rate = account.calls_per_second.unwrap_or(0.0);
+        if max > 0 || rate > 0.0 {
+            calls.limit_account(
+                &account.name,
+                AccountLimit::new(usize::try_from(max).unwrap_or(usize::MAX), rate),
+            );
+        }
+    }
     calls
 }
 
@@ -72,6 +92,38 @@ pub struct PlaceCall {
     pub headers: Vec<(String, String)>,
     /// Ring timeout (default `[calls].ring_timeout_secs`).
     pub ring_timeout: Option<Duration>,
+    /// Longest talk time (default `[calls].max_duration_secs`).
+    pub max_duration: Option<Duration>,
+    /// The call's name (default: made up).
+    pub name: Option<String>,
+    /// A live call to bridge the new one with.
+    pub bridge_to: Option<String>,
+}
+
+/// A call placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// Its id in the table.
+    pub id: CallId,
+    /// Its name.
+    pub name: Arc<str>,
+}
+
+/// What to do with a live call found by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallAction {
+    /// Hang up.
+    Hangup,
+    /// Answer (inbound, ringing).
+    Answer,
+    /// Reject with a status (inbound, ringing).
+    Reject(u16),
+    /// Bridge with the call of this name.
+    Bridge(String),
+    /// Hold (`true`) or unhold.
+    Hold(bool),
+    /// Send DTMF digits.
+    Dtmf(String),
 }
 
 /// Why a call could not be placed.
@@ -89,6 +141,9 @@ pub enum PlaceError {
     /// The call table refused it.
     #[error(transparent)]
     Call(#[from] CallError),
+    /// The call to bridge with is not live.
+    #[error("no live call named {0:?} to bridge with")]
+    BridgeTo(String),
     /// The SIP core stopped.
     #[error("SIP core stopped")]
     Stopped,
@@ -103,9 +158,18 @@ pub enum CallCommand {
         /// The callee's address, resolved at the edge (direct calls).
         direct: Option<Target>,
         /// Its id, or why not.
-        reply: oneshot::Sender<Result<CallId, PlaceError>>,
-        /// The call's transitions.
-        events: mpsc::Sender<CallEvent>,
+        reply: oneshot::Sender<Result<Placed, PlaceError>>,
+        /// The call's transitions, besides the event feed.
+        events: Option<mpsc::Sender<CallEvent>>,
+    },
+    /// Act on the live call of a name.
+    ByName {
+        /// The call's name.
+        name: String,
+        /// What to do.
+        action: CallAction,
+        /// Done, or why not.
+        reply: oneshot::Sender<Result<(), CallError>>,
     },
     /// Hang a call up.
     Hangup(CallId, oneshot::Sender<Result<(), CallError>>),
@@ -162,11 +226,34 @@ impl super::Core {
                 reply,
                 events,
             } => {
+                let bridge_to = place.bridge_to.clone();
                 let result = self.place(now, *place, direct);
-                if let Ok(id) = &result {
-                    self.watchers.insert(*id, events);
+                if let Err(e) = &result {
+                    self.publish.sip.call_refused(refusal(e));
                 }
-                let _ = reply.send(result);
+                let result = result.and_then(|id| {
+                    if let Some(other) = bridge_to {
+                        self.bridge_new(now, id, &other)?;
+                    }
+                    Ok(id)
+                });
+                let placed = result.map(|id| {
+                    if let Some(events) = events {
+                        self.watchers.insert(id, events);
+                    }
+                    Placed {
+                        id,
+                        name: self.calls.name_of(id).unwrap_or_else(|| Arc::from("")),
+                    }
+                });
+                let _ = reply.send(placed);
+            }
+            CallCommand::ByName {
+                name,
+                action,
+                reply,
+            } => {
+                let _ = reply.send(self.act(now, &name, action));
             }
             CallCommand::Hangup(id, reply) => {
                 let _ = reply.send(self.calls.hangup(now, &mut self.ep, id));
@@ -190,6 +277,40 @@ impl super::Core {
             } => {
                 let _ = reply.send((self.calls.live(), self.calls.page(now, offset, limit)));
             }
+        }
+    }
+
+    /// Bridges the new call `id` with `other`; hangs `id` up if it cannot.
+    fn bridge_new(&mut self, now: Instant, id: CallId, other: &str) -> Result<(), PlaceError> {
+        let joined = match self.calls.find(other) {
+            Some(b) => self
+                .calls
+                .bridge(now, &mut self.ep, b, id)
+                .map_err(PlaceError::from),
+            None => Err(PlaceError::BridgeTo(other.to_owned())),
+        };
+        if joined.is_err() {
+            let _ = self.calls.hangup(now, &mut self.ep, id);
+        }
+        joined
+    }
+
+    fn act(&mut self, now: Instant, name: &str, action: CallAction) -> Result<(), CallError> {
+        let id = self
+            .calls
+            .find(name)
+            .ok_or_else(|| CallError::NotFound(name.to_owned()))?;
+        let ep = &mut self.ep;
+        match action {
+            CallAction::Hangup => self.calls.hangup(now, ep, id),
+            CallAction::Answer => self.calls.answer(now, ep, id),
+            CallAction::Reject(code) => self.calls.reject(now, ep, id, code),
+            CallAction::Bridge(other) => {
+                let b = self.calls.find(&other).ok_or(CallError::NotFound(other))?;
+                self.calls.bridge(now, ep, id, b)
+            }
+            CallAction::Hold(on) => self.calls.hold(now, ep, id, on),
+            CallAction::Dtmf(digits) => self.calls.send_dtmf(now, ep, id, &digits),
         }
     }
 
@@ -225,7 +346,13 @@ impl super::Core {
                     .from_user
                     .clone()
                     .unwrap_or_else(|| route.user.clone());
+                let to = if place.to.contains(':') {
+                    place.to.clone()
+                } else {
+                    format!("sip:{}@{}", place.to, route.domain)
+                };
                 Originate {
+                    to,
                     from_uri: format!("sip:{user}@{}", route.domain),
                     next_hop: route.next_hop,
                     route: route.route.clone(),
@@ -271,7 +398,8 @@ impl super::Core {
             .incoming(now, &mut self.ep, txn, request, source, inbound);
     }
 
-    /// Publishes the call table's transitions and counts the ended calls.
+    /// Publishes the call table's transitions and notes and counts the
+    /// ended calls.
     pub(super) fn publish_calls(&mut self) {
         for change in self.calls.take_port_changes() {
             self.publish.media.send(change);
@@ -290,6 +418,27 @@ impl super::Core {
                 .events
                 .emit(crate::events::CoreEvent::Call(event));
         }
+        for note in self.calls.take_notes() {
+            self.publish
+                .events
+                .emit(crate::events::CoreEvent::Note(note));
+        }
+    }
+}
+
+/// The `reason` label of a refused call.
+fn refusal(e: &PlaceError) -> &'static str {
+    match e {
+        PlaceError::Call(CallError::Full(_) | CallError::AccountFull { .. }) => "capacity",
+        PlaceError::Call(CallError::RateLimited(_) | CallError::AccountRateLimited { .. }) => {
+            "rate_limited"
+        }
+        PlaceError::Call(CallError::Media(_)) => "no_media_port",
+        PlaceError::Call(CallError::NameInUse(_)) => "name_in_use",
+        PlaceError::Account(_) => "account",
+        PlaceError::Resolve(_) => "resolve",
+        PlaceError::Uri(_) => "uri",
+        _ => "other",
     }
 }
 
@@ -309,5 +458,7 @@ fn origin_of(place: &PlaceCall) -> Originate {
         account: None,
         contact_user: String::new(),
         ring_timeout: place.ring_timeout,
+        max_duration: place.max_duration,
+        name: place.name.clone(),
     }
 }

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 mod calls;
 
-pub use calls::{CallCommand, PlaceCall, PlaceError, direct_target};
+pub use calls::{CallAction, CallCommand, PlaceCall, PlaceError, Placed, direct_target};
 
 use crate::call::{CallError, CallEvent, CallId, CallSummary, Calls, Live};
 use crate::config::{InboundPolicy, Settings, Untrusted};
@@ -61,6 +61,9 @@ pub struct CoreConfig {
     /// Panic after this long (the `DIALERD_TEST_FAULT=sip-core-panic:MS`
     /// test hook for supervision).
     pub panic_after: Option<Duration>,
+    /// Prefix of the names made up for calls (the daemon uses its boot id,
+    /// so names are unique across runs and instances).
+    pub call_name_prefix: String,
 }
 
 impl CoreConfig {
@@ -109,6 +112,7 @@ impl CoreConfig {
             },
             sip_trace: settings.log.sip_trace,
             panic_after: test_fault(),
+            call_name_prefix: "call-".to_owned(),
         })
     }
 }
@@ -221,7 +225,7 @@ impl SipCore {
                     .find(|ip| !ip.is_unspecified())
             })
             .unwrap_or(contact_ip);
-        let calls = calls::call_table(settings, media_ip);
+        let calls = calls::call_table(settings, media_ip, &config.call_name_prefix);
         let locals = Arc::new(driver.locals());
         let (commands, rx) = mpsc::channel(COMMAND_DEPTH);
         let (dns_tx, dns_rx) = mpsc::channel(64);
@@ -329,6 +333,22 @@ impl SipCore {
             }
         };
         let (events, rx) = mpsc::channel(calls::WATCH_DEPTH);
+        let placed = self.send_place(place, direct, Some(events)).await?;
+        Ok((placed.id, rx))
+    }
+
+    /// Places a call through an account; its transitions go only to the
+    /// event feed.
+    pub async fn place(&self, place: PlaceCall) -> Result<Placed, PlaceError> {
+        self.send_place(place, None, None).await
+    }
+
+    async fn send_place(
+        &self,
+        place: PlaceCall,
+        direct: Option<Target>,
+        events: Option<mpsc::Sender<CallEvent>>,
+    ) -> Result<Placed, PlaceError> {
         let (reply, result) = oneshot::channel();
         let command = Command::Call(CallCommand::Originate {
             place: Box::new(place),
@@ -340,8 +360,19 @@ impl SipCore {
             .send(command)
             .await
             .map_err(|_| PlaceError::Stopped)?;
-        let id = result.await.map_err(|_| PlaceError::Stopped)??;
-        Ok((id, rx))
+        result.await.map_err(|_| PlaceError::Stopped)?
+    }
+
+    /// Acts on the live call named `name`; `None` when the core stopped.
+    pub async fn act(&self, name: &str, action: CallAction) -> Option<Result<(), CallError>> {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::Call(CallCommand::ByName {
+            name: name.to_owned(),
+            action,
+            reply,
+        });
+        self.commands.send(command).await.ok()?;
+        rx.await.ok()
     }
 
     async fn call_command<T>(

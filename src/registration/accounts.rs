@@ -616,7 +616,9 @@ fn log_state(account: &str, state: &RegState) {
                 .as_secs();
             tracing::info!(account, expires_in_secs = secs, "registered");
         }
-        RegState::Backoff { until, last_error } => {
+        RegState::Backoff {
+            until, last_error, ..
+        } => {
             let secs = until
                 .saturating_duration_since(Instant::now())
                 .as_secs_f64();
@@ -653,11 +655,17 @@ fn status(a: &Account, started: (Instant, SystemTime)) -> AccountStatus {
 /// `a`'s status with its machine in `state`.
 fn status_in(a: &Account, state: &RegState, started: (Instant, SystemTime)) -> AccountStatus {
     let (expires, retry, code, error) = match state {
-        RegState::Registered { expires_at } => (unix_ms(*expires_at, started), None, None, None),
-        RegState::Backoff { until, last_error } => (
+        RegState::Registered { expires_at } => {
+            (unix_ms(*expires_at, started), None, Some(200), None)
+        }
+        RegState::Backoff {
+            until,
+            last_error,
+            code,
+        } => (
             None,
             unix_ms(*until, started),
-            None,
+            *code,
             Some(last_error.clone()),
         ),
         RegState::Failed {

@@ -75,6 +75,8 @@ pub enum RegState {
         until: Instant,
         /// What went wrong.
         last_error: String,
+        /// The SIP status behind it, if a response said so.
+        code: Option<u16>,
     },
     /// A definitive rejection (403, credentials refused, no usable
     /// challenge); retried at the longer forbidden interval.
@@ -319,7 +321,7 @@ impl Registration {
                     Failure::Timeout => "no response from the registrar".to_owned(),
                     Failure::Transport(e) => e,
                 };
-                self.transient_failure(now, why, None);
+                self.transient_failure(now, why, None, None);
                 return;
             }
         };
@@ -341,6 +343,7 @@ impl Registration {
                     now,
                     format!("423 {reason} without a usable Min-Expires"),
                     None,
+                    Some(423),
                 ),
             },
             439 if self.outbound => {
@@ -355,7 +358,7 @@ impl Registration {
                     .retry_after()
                     .ok()
                     .map(|r| Duration::from_secs(u64::from(r.secs)));
-                self.transient_failure(now, format!("{code} {reason}"), retry_after);
+                self.transient_failure(now, format!("{code} {reason}"), retry_after, Some(code));
             }
         }
     }
@@ -408,7 +411,12 @@ impl Registration {
     fn registered(&mut self, now: Instant, response: &Message) {
         let granted = self.granted_expiry(response);
         if granted == 0 {
-            return self.transient_failure(now, "200 OK without our binding".into(), None);
+            return self.transient_failure(
+                now,
+                "200 OK without our binding".into(),
+                None,
+                Some(200),
+            );
         }
         self.failures = 0;
         self.retry_at = None;
@@ -441,7 +449,13 @@ impl Registration {
             .unwrap_or(&self.config.contact)
     }
 
-    fn transient_failure(&mut self, now: Instant, why: String, retry_after: Option<Duration>) {
+    fn transient_failure(
+        &mut self,
+        now: Instant,
+        why: String,
+        retry_after: Option<Duration>,
+        code: Option<u16>,
+    ) {
         self.failures = self.failures.saturating_add(1);
         self.rotate_registrar();
         let b = self.config.backoff;
@@ -456,6 +470,7 @@ impl Registration {
         self.set_state(RegState::Backoff {
             until: now + delay,
             last_error: why,
+            code,
         });
     }
 
