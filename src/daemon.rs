@@ -100,7 +100,10 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         .readiness
         .set("sip_listeners", false, "not bound yet");
     crate::sip::transport::tls::install_default_provider();
-    let core_config = CoreConfig::from_settings(&settings, shared.public_address)?;
+    // This run's id: call names and event sequences are unique per run.
+    let boot = format!("{:08x}", crate::sip::ids::random_u64() as u32);
+    let mut core_config = CoreConfig::from_settings(&settings, shared.public_address)?;
+    core_config.call_name_prefix = format!("{boot}-");
     let (events, feed) = if settings.redis.enabled {
         let (tx, rx) = crate::events::feed(
             crate::events::FEED_DEPTH,
@@ -144,8 +147,7 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         crate::control::spawn(
             crate::control::ChannelConfig {
                 redis: settings.redis.clone(),
-                instance: settings.instance.id.clone(),
-                dedup_window: Duration::from_secs(settings.redis.dedup_window_secs),
+                machine: machine_config(&settings, &boot),
             },
             shared.clone(),
             registrations.clone(),
@@ -236,6 +238,26 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         tracing::info!("shutdown complete");
     }
     outcome
+}
+
+/// The control core's settings, from `[redis]`, `[calls]` and the accounts.
+fn machine_config(settings: &Settings, boot: &str) -> crate::control::machine::MachineConfig {
+    let r = &settings.redis;
+    let ms = |secs: u64| secs.saturating_mul(1000);
+    crate::control::machine::MachineConfig {
+        prefix: r.prefix.clone(),
+        instance: settings.instance.id.clone(),
+        boot: boot.to_owned(),
+        dedup_window_ms: ms(r.dedup_window_secs),
+        lease_ms: ms(r.command_lease_secs),
+        stream_max_age_ms: ms(r.stream_max_age_secs),
+        destination_window_ms: ms(settings.calls.destination_window_secs),
+        record_ttl_ms: ms(settings.calls.record_ttl_secs),
+        max_duration_ms: ms(settings.calls.max_duration_secs),
+        events_maxlen: r.events_stream_maxlen,
+        event_buffer: r.event_buffer,
+        accounts: settings.accounts.iter().map(|a| a.name.clone()).collect(),
+    }
 }
 
 async fn wait_opt(

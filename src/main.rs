@@ -82,10 +82,192 @@ struct CtlArgs {
     /// Seconds to wait for the result.
     #[arg(long, default_value_t = 5)]
     timeout_secs: u64,
-    /// Command type: ping, status, register, unregister, drain, sip_trace.
-    command: String,
-    /// Account, for register and unregister; `on` or `off` for sip_trace.
-    account: Option<String>,
+    #[command(subcommand)]
+    action: CtlAction,
+}
+
+/// What `dialerd ctl` sends.
+#[derive(Debug, Subcommand)]
+enum CtlAction {
+    /// Liveness of the instance.
+    Ping,
+    /// The instance's status snapshot.
+    Status,
+    /// Start draining (readiness false, no new work).
+    Drain,
+    /// Register an account.
+    Register {
+        /// Account name.
+        account: String,
+    },
+    /// Unregister an account.
+    Unregister {
+        /// Account name.
+        account: String,
+    },
+    /// Switch SIP message logging on or off.
+    #[command(name = "sip_trace")]
+    SipTrace {
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Place a call through an account.
+    Originate {
+        /// Account to call through.
+        #[arg(long)]
+        account: String,
+        /// Callee: a SIP URI, or a user/number at the account's domain.
+        #[arg(long)]
+        to: String,
+        /// From user part.
+        #[arg(long)]
+        from: Option<String>,
+        /// From display name.
+        #[arg(long)]
+        display: Option<String>,
+        /// The call's id (default: the command id).
+        #[arg(long)]
+        call_id: Option<String>,
+        /// An X- header to send, NAME:VALUE (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Seconds to ring before cancelling.
+        #[arg(long)]
+        ring_timeout_secs: Option<u64>,
+        /// Longest talk time, seconds.
+        #[arg(long)]
+        max_duration_secs: Option<u64>,
+        /// A live call to bridge the new one with.
+        #[arg(long)]
+        bridge_to: Option<String>,
+        /// Dial even if the destination was dialed within the window.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Hang a call up.
+    Hangup {
+        /// Call id.
+        call_id: String,
+    },
+    /// Answer a ringing inbound call.
+    Answer {
+        /// Call id.
+        call_id: String,
+    },
+    /// Reject a ringing inbound call.
+    Reject {
+        /// Call id.
+        call_id: String,
+        /// SIP status (400 to 699).
+        #[arg(long, default_value_t = 486)]
+        code: u16,
+    },
+    /// Join two calls of one instance.
+    Bridge {
+        /// One call id.
+        call_id: String,
+        /// The other call id.
+        other_call_id: String,
+    },
+    /// Send DTMF digits in a call (SIP INFO).
+    Dtmf {
+        /// Call id.
+        call_id: String,
+        /// Digits (0-9 * # A-D).
+        digits: String,
+    },
+    /// A call's record (what happened to it).
+    Call {
+        /// Call id.
+        call_id: String,
+    },
+    /// The live calls of the instance.
+    Calls {
+        /// Calls to skip.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Most calls to list.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Follow the events stream, one JSON line per entry (Ctrl-C stops).
+    Events {
+        /// Start after this entry id (`0`: from the oldest kept; default:
+        /// from now).
+        #[arg(long)]
+        after: Option<String>,
+    },
+}
+
+impl CtlAction {
+    /// The command type and its arguments.
+    fn command(&self) -> Result<(&'static str, serde_json::Value), String> {
+        use serde_json::json;
+        Ok(match self {
+            CtlAction::Ping => ("ping", json!({})),
+            CtlAction::Status => ("status", json!({})),
+            CtlAction::Drain => ("drain", json!({})),
+            CtlAction::Register { account } => ("register", json!({ "account": account })),
+            CtlAction::Unregister { account } => ("unregister", json!({ "account": account })),
+            CtlAction::SipTrace { state } => ("sip_trace", json!({ "on": state == "on" })),
+            CtlAction::Originate {
+                account,
+                to,
+                from,
+                display,
+                call_id,
+                headers,
+                ring_timeout_secs,
+                max_duration_secs,
+                bridge_to,
+                force,
+            } => {
+                let mut h = serde_json::Map::new();
+                for header in headers {
+                    let (name, value) = header
+                        .split_once(':')
+                        .ok_or_else(|| format!("--header {header:?}: expected NAME:VALUE"))?;
+                    h.insert(name.trim().to_owned(), json!(value.trim()));
+                }
+                let mut args =
+                    json!({ "account": account, "to": to, "headers": h, "force": force });
+                for (k, v) in [
+                    ("from", from.as_ref().map(|v| json!(v))),
+                    ("display", display.as_ref().map(|v| json!(v))),
+                    ("call_id", call_id.as_ref().map(|v| json!(v))),
+                    ("ring_timeout_secs", ring_timeout_secs.map(|v| json!(v))),
+                    ("max_duration_secs", max_duration_secs.map(|v| json!(v))),
+                    ("bridge_to", bridge_to.as_ref().map(|v| json!(v))),
+                ] {
+                    if let Some(v) = v {
+                        args[k] = v;
+                    }
+                }
+                ("originate", args)
+            }
+            CtlAction::Hangup { call_id } => ("hangup", json!({ "call_id": call_id })),
+            CtlAction::Answer { call_id } => ("answer", json!({ "call_id": call_id })),
+            CtlAction::Reject { call_id, code } => {
+                ("reject", json!({ "call_id": call_id, "code": code }))
+            }
+            CtlAction::Bridge {
+                call_id,
+                other_call_id,
+            } => (
+                "bridge",
+                json!({ "call_id": call_id, "other_call_id": other_call_id }),
+            ),
+            CtlAction::Dtmf { call_id, digits } => {
+                ("dtmf", json!({ "call_id": call_id, "digits": digits }))
+            }
+            CtlAction::Call { call_id } => ("call_status", json!({ "call_id": call_id })),
+            CtlAction::Calls { offset, limit } => {
+                ("calls", json!({ "offset": offset, "limit": limit }))
+            }
+            CtlAction::Events { .. } => return Err("events is not a command".into()),
+        })
+    }
 }
 
 /// Arguments of `dialerd probe`.
@@ -237,26 +419,37 @@ fn ctl(args: &CtlArgs) -> ExitCode {
         Some(i) => Some(i.to_owned()),
         None => Some(settings.instance.id.clone()),
     };
-    let cmd_args = match (args.command.as_str(), args.account.as_deref()) {
-        ("sip_trace", Some("on")) => serde_json::json!({ "on": true }),
-        ("sip_trace", Some("off")) => serde_json::json!({ "on": false }),
-        ("sip_trace", _) => {
-            eprintln!("dialerd ctl sip_trace takes on or off");
-            return ExitCode::from(2);
-        }
-        (_, Some(a)) => serde_json::json!({ "account": a }),
-        (_, None) => serde_json::json!({}),
-    };
     let runtime = match small_runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
     dialerd::sip::transport::tls::install_default_provider();
+    if let CtlAction::Events { after } = &args.action {
+        let followed = runtime.block_on(dialerd::control::ctl::follow(
+            &settings,
+            after.as_deref(),
+            |line| say(format_args!("{line}\n")),
+        ));
+        return match followed {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        };
+    }
+    let (kind, cmd_args) = match args.action.command() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let timeout = std::time::Duration::from_secs(args.timeout_secs.max(1));
     let sent = runtime.block_on(dialerd::control::ctl::send(
         &settings,
         instance.as_deref(),
-        &args.command,
+        kind,
         cmd_args,
         timeout,
     ));

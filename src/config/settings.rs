@@ -86,6 +86,11 @@ pub struct CallSettings {
     /// Pass a bridged outbound leg's early media on to its unanswered
     /// inbound leg.
     pub early_media: bool,
+    /// An originate to a destination dialed within this many seconds is
+    /// refused (`duplicate_destination`) unless forced; 0 turns it off.
+    pub destination_window_secs: u64,
+    /// How long an ended call's record is kept in Redis, seconds.
+    pub record_ttl_secs: u64,
 }
 
 impl Default for CallSettings {
@@ -101,6 +106,8 @@ impl Default for CallSettings {
             session_expires_secs: 1800,
             min_se_secs: 90,
             early_media: true,
+            destination_window_secs: 60,
+            record_ttl_secs: 86_400,
         }
     }
 }
@@ -345,6 +352,10 @@ pub struct AccountSettings {
     pub outbound_proxy: Option<String>,
     /// sip-profile whose `account_defaults` apply to this account.
     pub profile: Option<String>,
+    /// Live calls of this account at most (besides `limits`); none when unset.
+    pub max_concurrent_calls: Option<u32>,
+    /// New outbound calls of this account per second at most.
+    pub calls_per_second: Option<f64>,
     /// Transport; default from the profile or `account_defaults`.
     pub transport: Option<Transport>,
     /// Registration lifetime, seconds.
@@ -415,8 +426,22 @@ pub struct RedisSettings {
     pub url: RedisUrl,
     /// Prefix of every channel and key.
     pub prefix: String,
-    /// PING interval on the subscribed connection, seconds.
+    /// PING interval on the subscribed connection (and heartbeat), seconds.
     pub keepalive_secs: u32,
+    /// Longest wait for any Redis reply (the PING's included), seconds.
+    pub response_timeout_secs: u32,
+    /// How long a command's claim lasts before another instance may take
+    /// it over, seconds.
+    pub command_lease_secs: u64,
+    /// Stream entries another consumer left pending this long are claimed,
+    /// seconds.
+    pub stream_claim_idle_secs: u64,
+    /// Stream commands older than this are answered `expired`, seconds.
+    pub stream_max_age_secs: u64,
+    /// Approximate length of `<prefix>:events:stream`.
+    pub events_stream_maxlen: u64,
+    /// Events kept while Redis is away.
+    pub event_buffer: usize,
     /// PEM CA bundle for `rediss://`.
     pub tls_ca_file: Option<PathBuf>,
     /// ACL user name.
@@ -434,7 +459,13 @@ impl Default for RedisSettings {
             dedup_window_secs: 86_400,
             url: RedisUrl::new("redis://127.0.0.1:6379"),
             prefix: "dialer".to_owned(),
-            keepalive_secs: 30,
+            keepalive_secs: 5,
+            response_timeout_secs: 2,
+            command_lease_secs: 30,
+            stream_claim_idle_secs: 30,
+            stream_max_age_secs: 60,
+            events_stream_maxlen: 100_000,
+            event_buffer: 10_000,
             tls_ca_file: None,
             username: None,
             password: None,

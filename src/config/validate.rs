@@ -334,6 +334,24 @@ fn check_redis(s: &Settings, p: &mut Vec<Problem>) {
             "must be within 1..=3600",
         ));
     }
+    let ranges: [(&str, u64, u64, u64); 6] = [
+        ("redis.response_timeout_secs", u64::from(r.response_timeout_secs), 1, 60),
+        ("redis.command_lease_secs", r.command_lease_secs, 1, 3600),
+        ("redis.stream_claim_idle_secs", r.stream_claim_idle_secs, 1, 3600),
+        ("redis.stream_max_age_secs", r.stream_max_age_secs, 1, 86_400),
+        ("redis.events_stream_maxlen", r.events_stream_maxlen, 0, 100_000_000),
+        (
+            "redis.event_buffer",
+            u64::try_from(r.event_buffer).unwrap_or(u64::MAX),
+            2,
+            10_000_000,
+        ),
+    ];
+    for (key, value, min, max) in ranges {
+        if !(min..=max).contains(&value) {
+            p.push(Problem::new(key, format!("must be within {min}..={max}")));
+        }
+    }
     if let Some(path) = &r.tls_ca_file {
         check_pem_file("redis.tls_ca_file", path, p);
     }

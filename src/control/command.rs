@@ -1,27 +1,19 @@
 //! Control-channel commands (docs/control-channel.md): the JSON envelope,
-//! its validation, and the error codes of failed commands. Sans-IO: bytes
-//! in, a typed command or a typed error out.
+//! its validation with serde (unknown fields refused, errors naming the
+//! field), and the error codes of failed commands. Sans-IO: bytes in, a
+//! typed command or a typed error out.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 /// Largest command payload.
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
-
-/// Command types in the contract that are not built yet.
-pub const COMING: [&str; 8] = [
-    "originate",
-    "hangup",
-    "answer",
-    "reject",
-    "bridge",
-    "play",
-    "dtmf",
-    "transfer",
-];
-
-const TOP_LEVEL: [&str; 5] = ["v", "id", "type", "reply_to", "args"];
+/// Most `X-` headers an originate may carry.
+const MAX_HEADERS: usize = 16;
 
 /// Error codes of a failed command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,14 +28,36 @@ pub enum ErrorCode {
     BadField,
     /// Not a command type.
     UnknownType,
-    /// In the contract, not built yet.
-    NotImplemented,
-    /// No such account.
-    UnknownAccount,
-    /// The instance is draining.
-    Draining,
     /// Over [`MAX_COMMAND_BYTES`].
     TooLarge,
+    /// In the contract, not built yet.
+    NotImplemented,
+    /// Not something this dialer does.
+    NotSupported,
+    /// No instance has the account.
+    UnknownAccount,
+    /// No such call.
+    UnknownCall,
+    /// The call has ended.
+    CallEnded,
+    /// The call's state does not allow it.
+    WrongState,
+    /// The call id has a record already.
+    CallIdInUse,
+    /// The destination was dialed within the window.
+    DuplicateDestination,
+    /// Past `not_after`, or a stream entry too old.
+    Expired,
+    /// At a concurrent-call limit.
+    Capacity,
+    /// Over a calls-per-second limit.
+    RateLimited,
+    /// The instance is draining.
+    Draining,
+    /// Another instance is executing this id.
+    InProgress,
+    /// The SIP core or Redis is not available now.
+    Unavailable,
     /// dialerd failed while executing.
     Internal,
 }
@@ -57,14 +71,67 @@ impl ErrorCode {
             ErrorCode::MissingField => "missing_field",
             ErrorCode::BadField => "bad_field",
             ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::NotImplemented => "not_implemented",
-            ErrorCode::UnknownAccount => "unknown_account",
-            ErrorCode::Draining => "draining",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::NotImplemented => "not_implemented",
+            ErrorCode::NotSupported => "not_supported",
+            ErrorCode::UnknownAccount => "unknown_account",
+            ErrorCode::UnknownCall => "unknown_call",
+            ErrorCode::CallEnded => "call_ended",
+            ErrorCode::WrongState => "wrong_state",
+            ErrorCode::CallIdInUse => "call_id_in_use",
+            ErrorCode::DuplicateDestination => "duplicate_destination",
+            ErrorCode::Expired => "expired",
+            ErrorCode::Capacity => "capacity",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Draining => "draining",
+            ErrorCode::InProgress => "in_progress",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
     }
+
+    /// The code of a stored result's text.
+    pub fn from_str(code: &str) -> Option<ErrorCode> {
+        ALL_CODES.iter().copied().find(|c| c.as_str() == code)
+    }
+
+    /// Whether sending the command again may succeed.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Capacity
+                | ErrorCode::RateLimited
+                | ErrorCode::Draining
+                | ErrorCode::InProgress
+                | ErrorCode::Unavailable
+                | ErrorCode::Internal
+        )
+    }
 }
+
+const ALL_CODES: [ErrorCode; 21] = [
+    ErrorCode::BadJson,
+    ErrorCode::BadVersion,
+    ErrorCode::MissingField,
+    ErrorCode::BadField,
+    ErrorCode::UnknownType,
+    ErrorCode::TooLarge,
+    ErrorCode::NotImplemented,
+    ErrorCode::NotSupported,
+    ErrorCode::UnknownAccount,
+    ErrorCode::UnknownCall,
+    ErrorCode::CallEnded,
+    ErrorCode::WrongState,
+    ErrorCode::CallIdInUse,
+    ErrorCode::DuplicateDestination,
+    ErrorCode::Expired,
+    ErrorCode::Capacity,
+    ErrorCode::RateLimited,
+    ErrorCode::Draining,
+    ErrorCode::InProgress,
+    ErrorCode::Unavailable,
+    ErrorCode::Internal,
+];
 
 /// A command that failed, with what could be read of it for the result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +144,21 @@ pub struct CommandError {
     pub id: Option<String>,
     /// The command's type, when it could be read.
     pub command: Option<String>,
+    /// Where to answer, when a valid `reply_to` could be read.
+    pub reply_to: Option<String>,
+}
+
+impl CommandError {
+    /// An error of `code` saying `message`, with nothing read.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            id: None,
+            command: None,
+            reply_to: None,
+        }
+    }
 }
 
 impl fmt::Display for CommandError {
@@ -86,23 +168,75 @@ impl fmt::Display for CommandError {
 }
 
 /// A valid command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Command {
     /// Its id (also the idempotency key).
     pub id: String,
     /// Channel for the result, if not the events channel.
     pub reply_to: Option<String>,
+    /// Unix milliseconds after which it must not run.
+    pub not_after: Option<u64>,
     /// What to do.
     pub kind: CommandKind,
 }
 
+/// Who executes a command (docs/control-channel.md, "Who executes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every instance that receives it (dedup per instance).
+    Instance,
+    /// The instance that has the account.
+    Account,
+    /// The instance that owns the call.
+    Call,
+    /// Any one instance.
+    Any,
+}
+
+/// An `originate`'s arguments.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginateArgs {
+    /// Account to call through.
+    pub account: String,
+    /// Callee: a SIP URI, or a user/number at the account's domain.
+    pub to: String,
+    /// From user part.
+    pub from: Option<String>,
+    /// From display name.
+    pub display: Option<String>,
+    /// `X-` headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The call's id (default: the command id).
+    pub call_id: Option<String>,
+    /// Ring timeout, seconds.
+    pub ring_timeout_secs: Option<u64>,
+    /// Longest talk time, seconds.
+    pub max_duration_secs: Option<u64>,
+    /// A live call to bridge with once answered.
+    pub bridge_to: Option<String>,
+    /// Dial even when the destination was dialed within the window.
+    #[serde(default)]
+    pub force: bool,
+    /// Media endpoint (not supported before the media relay).
+    pub media: Option<Value>,
+}
+
 /// What a command asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CommandKind {
     /// Liveness.
     Ping,
     /// The status snapshot.
     Status,
+    /// A page of live calls.
+    Calls {
+        /// Calls to skip.
+        offset: usize,
+        /// Most calls to list.
+        limit: usize,
+    },
     /// Register an account.
     Register {
         /// Account name.
@@ -120,6 +254,51 @@ pub enum CommandKind {
         /// On or off.
         on: bool,
     },
+    /// Place a call.
+    Originate(Box<OriginateArgs>),
+    /// Hang a call up.
+    Hangup {
+        /// The call.
+        call_id: String,
+    },
+    /// Answer a ringing inbound call.
+    Answer {
+        /// The call.
+        call_id: String,
+    },
+    /// Reject a ringing inbound call.
+    Reject {
+        /// The call.
+        call_id: String,
+        /// SIP status, 400 to 699.
+        code: u16,
+    },
+    /// Join two calls.
+    Bridge {
+        /// One call.
+        call_id: String,
+        /// The other.
+        other_call_id: String,
+    },
+    /// Send DTMF digits.
+    Dtmf {
+        /// The call.
+        call_id: String,
+        /// The digits.
+        digits: String,
+    },
+    /// Transfer (not supported).
+    Transfer {
+        /// The call.
+        call_id: String,
+        /// Where to.
+        to: String,
+    },
+    /// A call's record.
+    CallStatus {
+        /// The call.
+        call_id: String,
+    },
 }
 
 impl CommandKind {
@@ -128,47 +307,180 @@ impl CommandKind {
         match self {
             CommandKind::Ping => "ping",
             CommandKind::Status => "status",
+            CommandKind::Calls { .. } => "calls",
             CommandKind::Register { .. } => "register",
             CommandKind::Unregister { .. } => "unregister",
             CommandKind::Drain => "drain",
             CommandKind::SipTrace { .. } => "sip_trace",
+            CommandKind::Originate(_) => "originate",
+            CommandKind::Hangup { .. } => "hangup",
+            CommandKind::Answer { .. } => "answer",
+            CommandKind::Reject { .. } => "reject",
+            CommandKind::Bridge { .. } => "bridge",
+            CommandKind::Dtmf { .. } => "dtmf",
+            CommandKind::Transfer { .. } => "transfer",
+            CommandKind::CallStatus { .. } => "call_status",
         }
     }
 
     /// Whether it starts new work (refused while draining).
     pub fn starts_work(&self) -> bool {
-        matches!(self, CommandKind::Register { .. })
+        matches!(
+            self,
+            CommandKind::Register { .. } | CommandKind::Originate(_)
+        )
+    }
+
+    /// Who executes it.
+    pub fn scope(&self) -> Scope {
+        match self {
+            CommandKind::Ping
+            | CommandKind::Status
+            | CommandKind::Calls { .. }
+            | CommandKind::Drain
+            | CommandKind::SipTrace { .. } => Scope::Instance,
+            CommandKind::Register { .. }
+            | CommandKind::Unregister { .. }
+            | CommandKind::Originate(_) => Scope::Account,
+            CommandKind::CallStatus { .. } => Scope::Any,
+            CommandKind::Hangup { .. }
+            | CommandKind::Answer { .. }
+            | CommandKind::Reject { .. }
+            | CommandKind::Bridge { .. }
+            | CommandKind::Dtmf { .. }
+            | CommandKind::Transfer { .. } => Scope::Call,
+        }
+    }
+
+    /// The account it names.
+    pub fn account(&self) -> Option<&str> {
+        match self {
+            CommandKind::Register { account } | CommandKind::Unregister { account } => {
+                Some(account)
+            }
+            CommandKind::Originate(o) => Some(&o.account),
+            _ => None,
+        }
+    }
+
+    /// The call it names.
+    pub fn call_id(&self) -> Option<&str> {
+        match self {
+            CommandKind::Hangup { call_id }
+            | CommandKind::Answer { call_id }
+            | CommandKind::Reject { call_id, .. }
+            | CommandKind::Bridge { call_id, .. }
+            | CommandKind::Dtmf { call_id, .. }
+            | CommandKind::Transfer { call_id, .. }
+            | CommandKind::CallStatus { call_id } => Some(call_id),
+            _ => None,
+        }
     }
 }
 
-/// Parses and validates a payload received on a command channel. `prefix`
-/// is `redis.prefix` (a `reply_to` must stay under it).
+/// The envelope, before its `args` are read for its type.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    v: Value,
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    reply_to: Option<String>,
+    not_after: Option<u64>,
+    args: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoArgs {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountArgs {
+    account: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TraceArgs {
+    on: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageArgs {
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallArgs {
+    call_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectArgs {
+    call_id: String,
+    code: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BridgeArgs {
+    call_id: String,
+    other_call_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DtmfArgs {
+    call_id: String,
+    digits: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferArgs {
+    call_id: String,
+    to: String,
+}
+
+/// Whether `s` is a valid id (command or call): 1 to 128 of
+/// `A-Z a-z 0-9 . _ : -`.
+pub fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+}
+
+/// Parses and validates a payload received on a command channel or
+/// stream. `prefix` is `redis.prefix` (a `reply_to` must stay under it).
 pub fn parse(payload: &[u8], prefix: &str) -> Result<Command, CommandError> {
-    let fail = |code, message: String| CommandError {
-        code,
-        message,
-        id: None,
-        command: None,
-    };
     if payload.len() > MAX_COMMAND_BYTES {
-        return Err(fail(
+        return Err(CommandError::new(
             ErrorCode::TooLarge,
             format!("{} bytes, the limit is {MAX_COMMAND_BYTES}", payload.len()),
         ));
     }
-    let value: Value =
-        serde_json::from_slice(payload).map_err(|e| fail(ErrorCode::BadJson, e.to_string()))?;
-    let Value::Object(obj) = value else {
-        return Err(fail(ErrorCode::BadJson, "not a JSON object".into()));
+    let value: Value = serde_json::from_slice(payload)
+        .map_err(|e| CommandError::new(ErrorCode::BadJson, e.to_string()))?;
+    let Value::Object(obj) = &value else {
+        return Err(CommandError::new(ErrorCode::BadJson, "not a JSON object"));
     };
-    // Read id and type first (leniently) so that every error can name them.
-    let id = obj.get("id").and_then(Value::as_str).map(str::to_owned);
-    let command = obj.get("type").and_then(Value::as_str).map(str::to_owned);
+    // Read id, type and reply_to leniently first, so that every error can
+    // name them and go where the caller listens.
+    let text = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
+    let reply_to = text("reply_to").filter(|r| valid_reply_to(r, prefix));
     let fail = |code, message: String| CommandError {
         code,
         message,
-        id: id.clone(),
-        command: command.clone(),
+        id: text("id"),
+        command: text("type"),
+        reply_to: reply_to.clone(),
     };
     match obj.get("v") {
         None => return Err(fail(ErrorCode::BadVersion, "v is missing".into())),
@@ -180,146 +492,270 @@ pub fn parse(payload: &[u8], prefix: &str) -> Result<Command, CommandError> {
             ));
         }
     }
-    if let Some(unknown) = obj.keys().find(|k| !TOP_LEVEL.contains(&k.as_str())) {
-        return Err(fail(
-            ErrorCode::BadField,
-            format!("{unknown}: unknown field"),
-        ));
-    }
-    let id = match obj.get("id") {
-        None => return Err(fail(ErrorCode::MissingField, "id is missing".into())),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => {
-            return Err(fail(
-                ErrorCode::BadField,
-                format!("id must be a string, not {}", kind(other)),
-            ));
-        }
-    };
-    if id.is_empty()
-        || id.len() > 128
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
-    {
+    let envelope: Envelope = typed(value.clone(), "").map_err(|(c, m)| fail(c, m))?;
+    if !valid_id(&envelope.id) {
         return Err(fail(
             ErrorCode::BadField,
             "id must be 1 to 128 characters of A-Z a-z 0-9 . _ : -".into(),
         ));
     }
-    let type_name = match obj.get("type") {
-        None => return Err(fail(ErrorCode::MissingField, "type is missing".into())),
-        Some(Value::String(s)) => s.as_str(),
+    if let Some(r) = &envelope.reply_to
+        && !valid_reply_to(r, prefix)
+    {
+        return Err(fail(
+            ErrorCode::BadField,
+            format!(
+                "reply_to must be a channel name under \"{prefix}:\" of at most 200 characters"
+            ),
+        ));
+    }
+    let _ = envelope.v;
+    let args = match envelope.args {
+        None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
+        Some(a @ Value::Object(_)) => a,
         Some(other) => {
             return Err(fail(
                 ErrorCode::BadField,
-                format!("type must be a string, not {}", kind(other)),
+                format!("args: must be an object, not {}", json_kind(&other)),
             ));
         }
     };
-    let reply_to = match obj.get("reply_to") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => {
-            let ok = s.len() <= 200
-                && s.starts_with(&format!("{prefix}:"))
-                && !s.chars().any(char::is_whitespace);
-            if !ok {
-                return Err(fail(
-                    ErrorCode::BadField,
-                    format!(
-                        "reply_to must be a channel name under \"{prefix}:\" of at most 200 characters"
-                    ),
-                ));
-            }
-            Some(s.clone())
-        }
-        Some(other) => {
-            return Err(fail(
-                ErrorCode::BadField,
-                format!("reply_to must be a string, not {}", kind(other)),
-            ));
-        }
-    };
-    let empty = Map::new();
-    let args = match obj.get("args") {
-        None | Some(Value::Null) => &empty,
-        Some(Value::Object(a)) => a,
-        Some(other) => {
-            return Err(fail(
-                ErrorCode::BadField,
-                format!("args must be an object, not {}", kind(other)),
-            ));
-        }
-    };
-    let only = |allowed: &[&str]| -> Result<(), CommandError> {
-        match args.keys().find(|k| !allowed.contains(&k.as_str())) {
-            Some(k) => Err(fail(
-                ErrorCode::BadField,
-                format!("args.{k}: unknown field"),
-            )),
-            None => Ok(()),
-        }
-    };
-    let account = || -> Result<String, CommandError> {
-        only(&["account"])?;
-        match args.get("account") {
-            None => Err(fail(
+    let kind = kind_of(&envelope.kind, args).map_err(|(c, m)| fail(c, m))?;
+    Ok(Command {
+        id: envelope.id,
+        reply_to: envelope.reply_to,
+        not_after: envelope.not_after,
+        kind,
+    })
+}
+
+fn valid_reply_to(r: &str, prefix: &str) -> bool {
+    r.len() <= 200
+        && r.strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with(':') && rest.len() > 1)
+        && !r.chars().any(char::is_whitespace)
+}
+
+type Problem = (ErrorCode, String);
+
+/// Deserializes `value` as `T`, naming the failing field under `at`.
+fn typed<T: DeserializeOwned>(value: Value, at: &str) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde says "missing field `x`" and "unknown field `x`, expected ..."
+        let field = |msg: &str| msg.split('`').nth(1).map(str::to_owned).unwrap_or_default();
+        let join = |a: &str, b: &str| match (a.is_empty(), b.is_empty() || b == ".") {
+            (true, _) => b.to_owned(),
+            (false, true) => a.to_owned(),
+            (false, false) => format!("{a}.{b}"),
+        };
+        let here = join(at, if path == "." { "" } else { &path });
+        if inner.starts_with("missing field") {
+            (
                 ErrorCode::MissingField,
-                "args.account is missing".into(),
-            )),
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => Ok(s.clone()),
-            Some(Value::String(_)) => Err(fail(
-                ErrorCode::BadField,
-                "args.account must be 1 to 64 characters".into(),
-            )),
-            Some(other) => Err(fail(
-                ErrorCode::BadField,
-                format!("args.account must be a string, not {}", kind(other)),
-            )),
+                format!("{} is missing", join(&here, &field(&inner))),
+            )
+        } else if inner.starts_with("unknown field") {
+            // The path already ends at the unknown field.
+            let name = if here.is_empty() { field(&inner) } else { here };
+            (ErrorCode::BadField, format!("{name}: unknown field"))
+        } else {
+            let name = if here.is_empty() { "command" } else { &here };
+            (ErrorCode::BadField, format!("{name}: {inner}"))
         }
-    };
-    let kind = match type_name {
-        "ping" => only(&[]).map(|()| CommandKind::Ping)?,
-        "status" => only(&[]).map(|()| CommandKind::Status)?,
-        "drain" => only(&[]).map(|()| CommandKind::Drain)?,
-        "sip_trace" => {
-            only(&["on"])?;
-            match args.get("on") {
-                Some(Value::Bool(on)) => CommandKind::SipTrace { on: *on },
-                None => {
-                    return Err(fail(ErrorCode::MissingField, "args.on is missing".into()));
-                }
-                Some(other) => {
-                    return Err(fail(
-                        ErrorCode::BadField,
-                        format!("args.on must be true or false, not {}", kind(other)),
-                    ));
-                }
+    })
+}
+
+fn kind_of(kind: &str, args: Value) -> Result<CommandKind, Problem> {
+    let bad = |m: String| (ErrorCode::BadField, m);
+    Ok(match kind {
+        "ping" => typed::<NoArgs>(args, "args").map(|_| CommandKind::Ping)?,
+        "status" => typed::<NoArgs>(args, "args").map(|_| CommandKind::Status)?,
+        "drain" => typed::<NoArgs>(args, "args").map(|_| CommandKind::Drain)?,
+        "calls" => {
+            let a: PageArgs = typed(args, "args")?;
+            let limit = a.limit.unwrap_or(100);
+            if !(1..=1000).contains(&limit) {
+                return Err(bad("args.limit: must be 1 to 1000".into()));
+            }
+            CommandKind::Calls {
+                offset: a.offset.unwrap_or(0),
+                limit,
             }
         }
-        "register" => CommandKind::Register {
-            account: account()?,
+        "sip_trace" => CommandKind::SipTrace {
+            on: typed::<TraceArgs>(args, "args")?.on,
         },
-        "unregister" => CommandKind::Unregister {
-            account: account()?,
-        },
-        t if COMING.contains(&t) => {
-            return Err(fail(
+        "register" | "unregister" => {
+            let account = typed::<AccountArgs>(args, "args")?.account;
+            check_account(&account)?;
+            if kind == "register" {
+                CommandKind::Register { account }
+            } else {
+                CommandKind::Unregister { account }
+            }
+        }
+        "originate" => {
+            let o: OriginateArgs = typed(args, "args")?;
+            check_originate(&o)?;
+            CommandKind::Originate(Box::new(o))
+        }
+        "hangup" | "answer" | "call_status" => {
+            let call_id = typed::<CallArgs>(args, "args")?.call_id;
+            check_call(&call_id, "args.call_id")?;
+            match kind {
+                "hangup" => CommandKind::Hangup { call_id },
+                "answer" => CommandKind::Answer { call_id },
+                _ => CommandKind::CallStatus { call_id },
+            }
+        }
+        "reject" => {
+            let a: RejectArgs = typed(args, "args")?;
+            check_call(&a.call_id, "args.call_id")?;
+            let code = a.code.unwrap_or(486);
+            if !(400..=699).contains(&code) {
+                return Err(bad(format!("args.code: {code} is not 400 to 699")));
+            }
+            CommandKind::Reject {
+                call_id: a.call_id,
+                code,
+            }
+        }
+        "bridge" => {
+            let a: BridgeArgs = typed(args, "args")?;
+            check_call(&a.call_id, "args.call_id")?;
+            check_call(&a.other_call_id, "args.other_call_id")?;
+            if a.call_id == a.other_call_id {
+                return Err(bad("args.other_call_id: must differ from call_id".into()));
+            }
+            CommandKind::Bridge {
+                call_id: a.call_id,
+                other_call_id: a.other_call_id,
+            }
+        }
+        "dtmf" => {
+            let a: DtmfArgs = typed(args, "args")?;
+            check_call(&a.call_id, "args.call_id")?;
+            let ok = !a.digits.is_empty()
+                && a.digits.chars().count() <= crate::call::MAX_DIGITS
+                && a.digits.chars().all(crate::call::is_digit);
+            if !ok {
+                return Err(bad("args.digits: must be 1 to 32 of 0-9 * # A-D".into()));
+            }
+            CommandKind::Dtmf {
+                call_id: a.call_id,
+                digits: a.digits,
+            }
+        }
+        "transfer" => {
+            let a: TransferArgs = typed(args, "args")?;
+            check_call(&a.call_id, "args.call_id")?;
+            CommandKind::Transfer {
+                call_id: a.call_id,
+                to: a.to,
+            }
+        }
+        "play" => {
+            return Err((
                 ErrorCode::NotImplemented,
-                format!("{t} is not implemented yet"),
+                "play is not implemented yet (it comes with the media relay)".into(),
             ));
         }
         t => {
-            return Err(fail(
+            return Err((
                 ErrorCode::UnknownType,
                 format!("{t:?} is not a command type"),
             ));
         }
-    };
-    Ok(Command { id, reply_to, kind })
+    })
 }
 
-fn kind(v: &Value) -> &'static str {
+fn check_account(account: &str) -> Result<(), Problem> {
+    if account.is_empty() || account.len() > 64 {
+        return Err((
+            ErrorCode::BadField,
+            "args.account: must be 1 to 64 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_call(call_id: &str, field: &str) -> Result<(), Problem> {
+    if !valid_id(call_id) {
+        return Err((
+            ErrorCode::BadField,
+            format!("{field}: must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_originate(o: &OriginateArgs) -> Result<(), Problem> {
+    let bad = |m: &str| Err((ErrorCode::BadField, m.to_owned()));
+    check_account(&o.account)?;
+    let to_ok = !o.to.is_empty()
+        && o.to.len() <= 256
+        && !o
+            .to
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
+    if !to_ok {
+        return bad("args.to: must be a SIP URI or a user part (1 to 256 characters, no spaces)");
+    }
+    if let Some(from) = &o.from
+        && (from.is_empty()
+            || from.len() > 64
+            || !from
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-_.!~*'()&=$,;?/".contains(c)))
+    {
+        return bad("args.from: must be a SIP user part of 1 to 64 characters");
+    }
+    if let Some(display) = &o.display
+        && (display.len() > 64 || display.chars().any(|c| c.is_control() || c == '"'))
+    {
+        return bad("args.display: at most 64 characters, no quotes or control characters");
+    }
+    if o.headers.len() > MAX_HEADERS {
+        return bad("args.headers: at most 16 headers");
+    }
+    for (name, value) in &o.headers {
+        let name_ok = name.len() > 2
+            && name.len() <= 64
+            && name[..2].eq_ignore_ascii_case("x-")
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !name_ok {
+            return Err((
+                ErrorCode::BadField,
+                format!("args.headers.{name}: only X- header names are allowed"),
+            ));
+        }
+        if value.len() > 256 || value.chars().any(char::is_control) {
+            return Err((
+                ErrorCode::BadField,
+                format!("args.headers.{name}: at most 256 characters, no control characters"),
+            ));
+        }
+    }
+    if let Some(id) = &o.call_id {
+        check_call(id, "args.call_id")?;
+    }
+    if let Some(b) = &o.bridge_to {
+        check_call(b, "args.bridge_to")?;
+    }
+    if o.ring_timeout_secs.is_some_and(|s| !(1..=600).contains(&s)) {
+        return bad("args.ring_timeout_secs: must be 1 to 600");
+    }
+    if o.max_duration_secs
+        .is_some_and(|s| !(1..=86_400).contains(&s))
+    {
+        return bad("args.max_duration_secs: must be 1 to 86400");
+    }
+    Ok(())
+}
+
+fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -331,184 +767,5 @@ fn kind(v: &Value) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ok(json: &str) -> Command {
-        parse(json.as_bytes(), "dialer").unwrap_or_else(|e| panic!("{json}: {e}"))
-    }
-
-    #[test]
-    fn valid_commands() {
-        let c = ok(
-            r#"{"v":1,"id":"a-1","type":"unregister","reply_to":"dialer:reply:x","args":{"account":"ucm"}}"#,
-        );
-        assert_eq!(c.id, "a-1");
-        assert_eq!(c.reply_to.as_deref(), Some("dialer:reply:x"));
-        assert_eq!(
-            c.kind,
-            CommandKind::Unregister {
-                account: "ucm".into()
-            }
-        );
-        assert_eq!(
-            ok(r#"{"v":1,"id":"p","type":"ping"}"#).kind,
-            CommandKind::Ping
-        );
-        assert_eq!(
-            ok(r#"{"v":1,"id":"s","type":"status","args":{}}"#).kind,
-            CommandKind::Status
-        );
-        assert_eq!(
-            ok(r#"{"v":1,"id":"t","type":"sip_trace","args":{"on":true}}"#).kind,
-            CommandKind::SipTrace { on: true }
-        );
-        assert_eq!(
-            ok(r#"{"v":1,"id":"d","type":"drain","reply_to":null}"#).kind,
-            CommandKind::Drain
-        );
-        let r = ok(r#"{"v":1,"id":"r:2","type":"register","args":{"account":"a"}}"#);
-        assert!(r.kind.starts_work());
-        assert_eq!(r.kind.name(), "register");
-    }
-
-    /// At least twenty malformed commands, each with its documented code.
-    #[test]
-    fn malformed_commands_get_their_error_codes() {
-        let big = format!(
-            r#"{{"v":1,"id":"x","type":"ping","pad":"{}"}}"#,
-            "x".repeat(MAX_COMMAND_BYTES)
-        );
-        let cases: &[(&str, ErrorCode, &str)] = &[
-            ("", ErrorCode::BadJson, "EOF"),
-            ("{", ErrorCode::BadJson, "EOF"),
-            ("not json", ErrorCode::BadJson, "expected"),
-            ("[1,2]", ErrorCode::BadJson, "not a JSON object"),
-            (r#""ping""#, ErrorCode::BadJson, "not a JSON object"),
-            (
-                r#"{"id":"a","type":"ping"}"#,
-                ErrorCode::BadVersion,
-                "v is missing",
-            ),
-            (
-                r#"{"v":2,"id":"a","type":"ping"}"#,
-                ErrorCode::BadVersion,
-                "v is 2",
-            ),
-            (
-                r#"{"v":"1","id":"a","type":"ping"}"#,
-                ErrorCode::BadVersion,
-                "v is \"1\"",
-            ),
-            (
-                r#"{"v":1,"type":"ping"}"#,
-                ErrorCode::MissingField,
-                "id is missing",
-            ),
-            (
-                r#"{"v":1,"id":7,"type":"ping"}"#,
-                ErrorCode::BadField,
-                "id must be a string, not a number",
-            ),
-            (
-                r#"{"v":1,"id":"","type":"ping"}"#,
-                ErrorCode::BadField,
-                "id must be 1 to 128",
-            ),
-            (
-                r#"{"v":1,"id":"has space","type":"ping"}"#,
-                ErrorCode::BadField,
-                "id must be 1 to 128",
-            ),
-            (
-                r#"{"v":1,"id":"a"}"#,
-                ErrorCode::MissingField,
-                "type is missing",
-            ),
-            (
-                r#"{"v":1,"id":"a","type":["ping"]}"#,
-                ErrorCode::BadField,
-                "type must be a string, not an array",
-            ),
-            (
-                r#"{"v":1,"id":"a","type":"reboot"}"#,
-                ErrorCode::UnknownType,
-                "\"reboot\" is not a command type",
-            ),
-            (
-                r#"{"v":1,"id":"a","type":"ping","extra":1}"#,
-                ErrorCode::BadField,
-                "extra: unknown field",
-            ),
-            (
-                r#"{"v":1,"id":"a","type":"ping","args":[]}"#,
-                ErrorCode::BadField,
-                "args must be an object",
-            ),
-            (
-                r#"{"v":1,"id":"a","type":"ping","args":{"x":1}}"#,
-                ErrorCode::BadField,
-                "args.x: unknown field",
-            ),
-            (
-                r#"{"v":1,"id":"a","type":"unregister"}"#,
-                ErrorCode::MissingField,
-                "args.account is missing",
-            ),
-            (
-                r#"{"v":1,"id":"a","type":"unregister","args":{"account":5}}"#,
-                ErrorCode::BadField,
-                "args.account must be a string",
-            ),
-            (
-                r#"{"v":1,"id":"a","type":"register","args":{"account":""}}"#,
-                ErrorCode::BadField,
-                "args.account must be 1 to 64",
-            ),
-            (
-                r#"{"v":1,"id":"a","type":"register","args":{"account":"a","force":true}}"#,
-                ErrorCode::BadField,
-                "args.force: unknown field",
-            ),
-            (
-                r#"{"v":1,"id":"a","type":"ping","reply_to":"other:x"}"#,
-                ErrorCode::BadField,
-                "reply_to must be a channel name under \"dialer:\"",
-            ),
-            (
-                r#"{"v":1,"id":"a","type":"ping","reply_to":3}"#,
-                ErrorCode::BadField,
-                "reply_to must be a string",
-            ),
-            (
-                r#"{"v":1,"id":"a","type":"originate","args":{"to":"+1555"}}"#,
-                ErrorCode::NotImplemented,
-                "originate is not implemented yet",
-            ),
-            (
-                r#"{"v":1,"id":"a","type":"transfer"}"#,
-                ErrorCode::NotImplemented,
-                "transfer is not implemented yet",
-            ),
-            (big.as_str(), ErrorCode::TooLarge, "the limit is 65536"),
-        ];
-        assert!(cases.len() >= 20);
-        for (json, code, message) in cases {
-            let e = parse(json.as_bytes(), "dialer").expect_err(json);
-            assert_eq!(e.code, *code, "{json}: {e}");
-            assert!(e.message.contains(message), "{json}: {e}");
-        }
-    }
-
-    #[test]
-    fn errors_carry_the_id_and_type_they_could_read() {
-        let e = parse(br#"{"v":1,"id":"abc","type":"unregister"}"#, "dialer").unwrap_err();
-        assert_eq!(
-            (e.id.as_deref(), e.command.as_deref()),
-            (Some("abc"), Some("unregister"))
-        );
-        let e = parse(b"{", "dialer").unwrap_err();
-        assert_eq!((e.id, e.command), (None, None));
-        assert_eq!(ErrorCode::UnknownAccount.as_str(), "unknown_account");
-    }
-}
+#[path = "command_tests.rs"]
+mod tests;
