@@ -230,8 +230,11 @@ impl CtlAction {
                         .ok_or_else(|| format!("--header {header:?}: expected NAME:VALUE"))?;
                     h.insert(name.trim().to_owned(), json!(value.trim()));
                 }
-                let mut args =
-                    json!({ "account": account, "to": to, "headers": h, "force": force });
+                let mut args = serde_json::Map::new();
+                args.insert("account".into(), json!(account));
+                args.insert("to".into(), json!(to));
+                args.insert("headers".into(), serde_json::Value::Object(h));
+                args.insert("force".into(), json!(force));
                 for (k, v) in [
                     ("from", from.as_ref().map(|v| json!(v))),
                     ("display", display.as_ref().map(|v| json!(v))),
@@ -241,10 +244,10 @@ impl CtlAction {
                     ("bridge_to", bridge_to.as_ref().map(|v| json!(v))),
                 ] {
                     if let Some(v) = v {
-                        args[k] = v;
+                        args.insert(k.into(), v);
                     }
                 }
-                ("originate", args)
+                ("originate", serde_json::Value::Object(args))
             }
             CtlAction::Hangup { call_id } => ("hangup", json!({ "call_id": call_id })),
             CtlAction::Answer { call_id } => ("answer", json!({ "call_id": call_id })),

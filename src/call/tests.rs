@@ -782,7 +782,11 @@ fn calls_are_found_by_name_and_a_live_name_is_not_given_twice() {
     let now = net.pair.now;
     net.a.hangup(now, &mut net.pair.a.ep, call).unwrap();
     net.run_for(Duration::from_secs(5));
-    assert_eq!(net.a.find(&name), None, "the name is free once the call ended");
+    assert_eq!(
+        net.a.find(&name),
+        None,
+        "the name is free once the call ended"
+    );
 }
 
 #[test]
@@ -806,7 +810,11 @@ fn an_account_limit_refuses_beyond_its_live_calls_and_its_rate() {
     net.a.limit_account("slow", AccountLimit::new(0, 1.0));
     let mut slow = origin;
     slow.account = Some("slow".into());
-    assert!(net.a.originate(now, &mut net.pair.a.ep, slow.clone()).is_ok());
+    assert!(
+        net.a
+            .originate(now, &mut net.pair.a.ep, slow.clone())
+            .is_ok()
+    );
     assert!(matches!(
         net.a.originate(now, &mut net.pair.a.ep, slow),
         Err(CallError::AccountRateLimited { .. })

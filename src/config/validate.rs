@@ -335,11 +335,31 @@ fn check_redis(s: &Settings, p: &mut Vec<Problem>) {
         ));
     }
     let ranges: [(&str, u64, u64, u64); 6] = [
-        ("redis.response_timeout_secs", u64::from(r.response_timeout_secs), 1, 60),
+        (
+            "redis.response_timeout_secs",
+            u64::from(r.response_timeout_secs),
+            1,
+            60,
+        ),
         ("redis.command_lease_secs", r.command_lease_secs, 1, 3600),
-        ("redis.stream_claim_idle_secs", r.stream_claim_idle_secs, 1, 3600),
-        ("redis.stream_max_age_secs", r.stream_max_age_secs, 1, 86_400),
-        ("redis.events_stream_maxlen", r.events_stream_maxlen, 0, 100_000_000),
+        (
+            "redis.stream_claim_idle_secs",
+            r.stream_claim_idle_secs,
+            1,
+            3600,
+        ),
+        (
+            "redis.stream_max_age_secs",
+            r.stream_max_age_secs,
+            1,
+            86_400,
+        ),
+        (
+            "redis.events_stream_maxlen",
+            r.events_stream_maxlen,
+            0,
+            100_000_000,
+        ),
         (
             "redis.event_buffer",
             u64::try_from(r.event_buffer).unwrap_or(u64::MAX),

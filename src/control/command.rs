@@ -91,7 +91,7 @@ impl ErrorCode {
     }
 
     /// The code of a stored result's text.
-    pub fn from_str(code: &str) -> Option<ErrorCode> {
+    pub fn from_code(code: &str) -> Option<ErrorCode> {
         ALL_CODES.iter().copied().find(|c| c.as_str() == code)
     }
 

@@ -285,7 +285,7 @@ fn errors_carry_what_could_be_read_including_a_valid_reply_to() {
 #[test]
 fn error_codes_round_trip_and_say_whether_to_retry() {
     for code in ALL_CODES {
-        assert_eq!(ErrorCode::from_str(code.as_str()), Some(code));
+        assert_eq!(ErrorCode::from_code(code.as_str()), Some(code));
     }
     assert!(ErrorCode::Capacity.retryable() && ErrorCode::RateLimited.retryable());
     assert!(!ErrorCode::BadField.retryable() && !ErrorCode::DuplicateDestination.retryable());

@@ -105,8 +105,9 @@ fn entries(v: &RedisValue) -> Vec<(String, String)> {
                 continue;
             };
             for kv in fields.chunks_exact(2) {
-                if text(&kv[0]).as_deref() == Some("event")
-                    && let Some(e) = text(&kv[1])
+                if let [k, v] = kv
+                    && text(k).as_deref() == Some("event")
+                    && let Some(e) = text(v)
                 {
                     out.push((id.clone(), e));
                 }

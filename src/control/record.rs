@@ -15,14 +15,9 @@ fn direction(d: CallDirection) -> &'static str {
     }
 }
 
-/// When the call was created, Unix ms, from an event stamped `at_ms`.
-fn created_ms(c: &CallEvent, at_ms: u64) -> u64 {
-    at_ms.saturating_sub(c.elapsed_ms)
-}
-
-/// The fields of a `call.*` event.
-pub fn event_fields(c: &CallEvent, at_ms: u64) -> Value {
-    let created = created_ms(c, at_ms);
+/// The fields of a `call.*` event stamped `at_ms` of a call created at
+/// `created` (Unix ms).
+pub fn event_fields(c: &CallEvent, at_ms: u64, created: u64) -> Value {
     let mut f = json!({
         "call_id": &*c.name, "sip_call_id": c.sip_call_id, "direction": direction(c.direction),
         "account": c.account, "from": &*c.from, "to": &*c.to, "code": c.code,
@@ -52,10 +47,10 @@ pub fn event_fields(c: &CallEvent, at_ms: u64) -> Value {
 pub fn of_event(
     c: &CallEvent,
     at_ms: u64,
+    created: u64,
     instance: &str,
     boot: &str,
 ) -> Vec<(&'static str, String)> {
-    let created = created_ms(c, at_ms);
     let mut f = vec![
         ("call_id", c.name.to_string()),
         ("instance", instance.to_owned()),

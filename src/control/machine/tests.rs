@@ -7,6 +7,10 @@ use super::*;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::call::{CallDirection, CallEvent, CallId, CallState, EndCause, Ended};
+use crate::control::command::{self, CommandKind, ErrorCode};
+use crate::events::{CoreEvent, Stamped};
+use serde_json::{Value, json};
+use std::sync::Arc;
 
 const T0: u64 = 1_795_300_000_000;
 const DEDUP_MS: u64 = 86_400_000;
@@ -337,6 +341,10 @@ impl Fake {
             .iter()
             .position(f)
             .unwrap_or_else(|| panic!("no such operation in {:#?}", self.log))
+    }
+
+    fn seed_string(&mut self, key: &str, value: &str) {
+        self.strings.insert(key.to_owned(), value.to_owned());
     }
 
     fn seed_hash(&mut self, key: &str, fields: &[(&str, &str)]) {
@@ -1175,6 +1183,34 @@ fn command_past_not_after_is_answered_expired_and_not_run() {
 }
 
 #[test]
+fn expired_broadcast_is_answered_once_per_executor() {
+    let mut r = Fake::new();
+    let mut a = machine_a();
+    let mut b = machine_b();
+    // An account command: one answer across the instances.
+    let late = cmd(
+        "r1",
+        "register",
+        json!({"account": "acc-a"}),
+        json!({"not_after": T0 - 1, "reply_to": "dialer:reply:x"}),
+    );
+    a.receive(r.now, Source::Broadcast, &late, None);
+    b.receive(r.now, Source::Broadcast, &late, None);
+    assert_eq!(drive_pair(&mut a, &mut b, &mut r), 0);
+    let (channel, result) = r.result("r1");
+    assert_eq!(channel, "dialer:reply:x");
+    assert_eq!(error_code(&result), "expired");
+    // An instance command: one answer per instance, as if it had run.
+    let late = cmd("p1", "ping", json!({}), json!({"not_after": T0 - 1}));
+    a.receive(r.now, Source::Broadcast, &late, None);
+    b.receive(r.now, Source::Broadcast, &late, None);
+    assert_eq!(drive_pair(&mut a, &mut b, &mut r), 0);
+    let all = r.results_for("p1");
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|(_, v)| error_code(v) == "expired"));
+}
+
+#[test]
 fn stream_entry_older_than_the_max_age_is_expired_and_acked() {
     let mut r = Fake::new();
     let mut a = machine_a();
@@ -1436,6 +1472,7 @@ fn originate_repeated_after_its_result_was_lost_is_not_dialed_again() {
         &[
             ("instance", "a"),
             ("boot", "boot-old"),
+            ("command_id", "o1"),
             ("state", "dialing"),
         ],
     );
@@ -1449,12 +1486,47 @@ fn originate_repeated_after_its_result_was_lost_is_not_dialed_again() {
     let (_, result) = r.result("o1");
     assert_eq!(result["ok"], true);
     assert_eq!(result["result"]["call_id"], "o1");
+    assert_eq!(result["result"]["instance"], "a");
     assert_eq!(result["result"]["placed_before"], true);
-    assert!(r.string("dialer:dest:sip:1@pbx").is_none());
     assert_eq!(
-        r.hash("dialer:call:o1").get("state").map(String::as_str),
-        Some("dialing")
+        r.string("dialer:dest:sip:1@pbx").as_deref(),
+        Some("o1"),
+        "the destination stays taken: it was dialed"
     );
+    // The run that placed it is gone: its record is closed.
+    let record = r.hash("dialer:call:o1");
+    assert_eq!(record.get("state").map(String::as_str), Some("ended"));
+    assert_eq!(
+        record.get("cause").map(String::as_str),
+        Some("daemon_restart")
+    );
+    assert!(
+        r.events()
+            .iter()
+            .any(|e| e["type"] == "call.ended" && e["call_id"] == "o1")
+    );
+}
+
+#[test]
+fn originate_whose_previous_run_died_before_its_invite_is_placed_now() {
+    // The previous run claimed the record (HSETNX) and died before writing
+    // its fields and the live set, so before any INVITE: placed now. Its
+    // destination key holds this very call: not a duplicate.
+    let mut r = Fake::new();
+    let mut a = machine_a();
+    r.seed_hash("dialer:call:o1", &[("instance", "a")]);
+    r.seed_string("dialer:dest:sip:1@pbx", "o1");
+    a.receive(
+        r.now,
+        Source::Instance,
+        &originate("o1", "acc-a", "sip:1@pbx", json!({})),
+        None,
+    );
+    let jobs = settle(&mut a, &mut r);
+    assert_eq!(jobs.len(), 1, "dialed once, now");
+    let record = r.hash("dialer:call:o1");
+    assert_eq!(record.get("command_id").map(String::as_str), Some("o1"));
+    assert!(r.members("dialer:a:calls").contains("o1"));
 }
 
 #[test]
@@ -2011,9 +2083,12 @@ fn call_command_for_a_call_of_another_instance() {
     let forwarded = r.stream("dialer:b:cmdq");
     assert_eq!(forwarded.len(), 1);
     assert_eq!(forwarded[0].field, "cmd");
+    // The copy is the command, with the original entry's deadline.
+    let mut expected = command::parse(&payload, "dialer").expect("command");
+    expected.not_after = Some(r.now + a.config().stream_max_age_ms);
     assert_eq!(
         command::parse(forwarded[0].payload.as_bytes(), "dialer").expect("command"),
-        command::parse(&payload, "dialer").expect("command")
+        expected
     );
 
     // On a's own stream: answered unknown_call and acked.
@@ -2247,4 +2322,17 @@ fn heartbeat_writes_and_stopping_removes_this_instance_keys() {
     b.stopping(r.now);
     drive(&mut b, &mut r);
     assert!(r.string("dialer:sip_status").is_none());
+}
+
+#[test]
+fn writes_waiting_for_redis_are_bounded_and_the_drops_counted() {
+    let mut cfg = config("a", "boot-a", &["acct"]);
+    cfg.event_buffer = 4;
+    let mut m = Machine::new(cfg);
+    // Redis is away: heartbeats keep queueing status writes.
+    for _ in 0..100 {
+        m.heartbeat("{}".into(), 1000);
+    }
+    assert!(m.backlog() <= 16 + 4, "bounded: {}", m.backlog());
+    assert!(m.stats().ops_dropped > 0);
 }

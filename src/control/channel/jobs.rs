@@ -1,0 +1,172 @@
+//! Commands executed by their owners: the SIP core (calls, registrations,
+//! SIP logging) and the shared status (snapshot, drain).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::call::CallError;
+use crate::control::command::{CommandError, CommandKind, ErrorCode};
+use crate::control::machine::Job;
+use crate::engine::{CallAction, PlaceCall, PlaceError, SipCore};
+use crate::lifecycle::Phase;
+use crate::status::Shared;
+
+pub(super) fn failure(kind: &CommandKind, code: ErrorCode, message: &str) -> CommandError {
+    CommandError {
+        code,
+        message: message.to_owned(),
+        id: None,
+        command: Some(kind.name().to_owned()),
+        reply_to: None,
+    }
+}
+
+/// Executes a command in its owner.
+pub(super) async fn execute(
+    job: Job,
+    shared: &Shared,
+    sip: &SipCore,
+) -> Result<Value, CommandError> {
+    let kind = &job.command.kind;
+    let fail = |code, message: String| failure(kind, code, &message);
+    if kind.starts_work() && shared.lifecycle.phase() != Phase::Running {
+        return Err(fail(
+            ErrorCode::Draining,
+            "the instance is draining; no new work".into(),
+        ));
+    }
+    match kind {
+        CommandKind::Ping => Ok(json!({"pong": true})),
+        CommandKind::Status => serde_json::to_value(shared.snapshot())
+            .map_err(|e| fail(ErrorCode::Internal, e.to_string())),
+        CommandKind::Drain => Ok(json!({"phase": shared.lifecycle.drain()})),
+        CommandKind::SipTrace { on } => {
+            if sip.set_trace(*on).await {
+                Ok(json!({"sip_trace": on}))
+            } else {
+                Err(fail(
+                    ErrorCode::Unavailable,
+                    "the SIP core is not running".into(),
+                ))
+            }
+        }
+        CommandKind::Calls { offset, limit } => match sip.calls(*offset, *limit).await {
+            Some((live, calls)) => Ok(json!({"live": live, "calls": calls})),
+            None => Err(fail(
+                ErrorCode::Unavailable,
+                "the SIP core is not running".into(),
+            )),
+        },
+        CommandKind::Register { account } | CommandKind::Unregister { account } => {
+            let register = matches!(kind, CommandKind::Register { .. });
+            match sip.control(account, register).await {
+                Some(state) => Ok(json!({"account": account, "state": state})),
+                None => Err(fail(
+                    ErrorCode::UnknownAccount,
+                    format!("no account named {account:?}"),
+                )),
+            }
+        }
+        CommandKind::Originate(o) => {
+            let call_id = o.call_id.clone().unwrap_or_else(|| job.command.id.clone());
+            let place = PlaceCall {
+                to: o.to.clone(),
+                account: Some(o.account.clone()),
+                from_user: o.from.clone(),
+                display: o.display.clone(),
+                asserted_identity: None,
+                headers: o
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                ring_timeout: o.ring_timeout_secs.map(Duration::from_secs),
+                max_duration: o.max_duration_secs.map(Duration::from_secs),
+                name: Some(call_id.clone()),
+                bridge_to: o.bridge_to.clone(),
+            };
+            match sip.place(place).await {
+                Ok(placed) => Ok(json!({"call_id": &*placed.name})),
+                Err(e) => Err(place_error(kind, e)),
+            }
+        }
+        CommandKind::Transfer { .. } => Err(fail(
+            ErrorCode::NotSupported,
+            "transfer (REFER) is not supported by this dialer".into(),
+        )),
+        CommandKind::CallStatus { .. } => Err(fail(
+            ErrorCode::Internal,
+            "call_status is answered from the record".into(),
+        )),
+        CommandKind::Hangup { call_id }
+        | CommandKind::Answer { call_id }
+        | CommandKind::Reject { call_id, .. }
+        | CommandKind::Bridge { call_id, .. }
+        | CommandKind::Dtmf { call_id, .. } => {
+            let action = match kind {
+                CommandKind::Hangup { .. } => CallAction::Hangup,
+                CommandKind::Answer { .. } => CallAction::Answer,
+                CommandKind::Reject { code, .. } => CallAction::Reject(*code),
+                CommandKind::Bridge { other_call_id, .. } => {
+                    CallAction::Bridge(other_call_id.clone())
+                }
+                CommandKind::Dtmf { digits, .. } => CallAction::Dtmf(digits.clone()),
+                _ => CallAction::Hangup,
+            };
+            let mut result = json!({"call_id": call_id});
+            match kind {
+                CommandKind::Bridge { other_call_id, .. } => {
+                    if let Value::Object(m) = &mut result {
+                        m.insert("other_call_id".into(), Value::String(other_call_id.clone()));
+                    }
+                }
+                CommandKind::Dtmf { digits, .. } => {
+                    if let Value::Object(m) = &mut result {
+                        m.insert("digits".into(), Value::String(digits.clone()));
+                    }
+                }
+                _ => {}
+            }
+            match sip.act(call_id, action).await {
+                Some(Ok(())) => Ok(result),
+                Some(Err(e)) => Err(call_error(kind, e)),
+                None => Err(fail(
+                    ErrorCode::Unavailable,
+                    "the SIP core is not running".into(),
+                )),
+            }
+        }
+    }
+}
+
+pub(super) fn call_error(kind: &CommandKind, e: CallError) -> CommandError {
+    let code = match &e {
+        CallError::Unknown(_) | CallError::NotFound(_) => ErrorCode::CallEnded,
+        CallError::WrongState { .. } | CallError::NoDialog(_) => ErrorCode::WrongState,
+        CallError::Header(_) => ErrorCode::BadField,
+        CallError::Full(_) | CallError::AccountFull { .. } | CallError::Media(_) => {
+            ErrorCode::Capacity
+        }
+        CallError::RateLimited(_) | CallError::AccountRateLimited { .. } => ErrorCode::RateLimited,
+        CallError::NameInUse(_) => ErrorCode::CallIdInUse,
+        CallError::Send(_) => ErrorCode::Unavailable,
+    };
+    failure(kind, code, &e.to_string())
+}
+
+pub(super) fn place_error(kind: &CommandKind, e: PlaceError) -> CommandError {
+    match e {
+        PlaceError::Call(c) => call_error(kind, c),
+        PlaceError::Uri(m) => failure(kind, ErrorCode::BadField, &format!("args.to: {m}")),
+        PlaceError::BridgeTo(name) => failure(
+            kind,
+            ErrorCode::UnknownCall,
+            &format!("args.bridge_to: no live call {name:?} on this instance"),
+        ),
+        PlaceError::Account(m) | PlaceError::Resolve(m) => {
+            failure(kind, ErrorCode::Unavailable, &m)
+        }
+        PlaceError::Stopped => failure(kind, ErrorCode::Unavailable, "the SIP core stopped"),
+    }
+}

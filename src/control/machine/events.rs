@@ -1,0 +1,161 @@
+//! Events (stamped with the instance, the boot id and a gap-free `seq`),
+//! call records written on every transition, and the start-up recovery of
+//! the calls a previous run left open.
+
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+use super::Machine;
+use super::ops::{Op, RedisOp, Reply, Step, is_stream_add, pairs};
+use crate::control::record;
+use crate::events::{CoreEvent, Stamped};
+
+impl Machine {
+    /// Queues an event of `kind` with `fields`, stamped with `at_ms`.
+    pub fn event(&mut self, at_ms: u64, kind: &str, fields: Value) {
+        self.seq += 1;
+        let mut event = json!({
+            "v": 1, "type": kind, "instance": self.cfg.instance, "boot": self.cfg.boot,
+            "seq": self.seq, "ts_ms": at_ms,
+        });
+        if let (Value::Object(e), Value::Object(f)) = (&mut event, fields) {
+            e.extend(f);
+        }
+        let payload: Arc<str> = Arc::from(event.to_string());
+        while self.events.len() + 2 > self.cfg.event_buffer.max(2) {
+            // The oldest event goes (its publish and its stream entry).
+            self.events.pop_front();
+            if self.events.front().is_some_and(is_stream_add) {
+                self.events.pop_front();
+            }
+            self.dropped_since_report += 1;
+            self.stats.events_dropped += 1;
+        }
+        self.events.push_back(Op {
+            event: true,
+            ..Op::fire(RedisOp::Publish {
+                channel: self.cfg.events_channel(),
+                payload: payload.clone(),
+            })
+        });
+        self.events.push_back(Op {
+            event: true,
+            ..Op::fire(RedisOp::XAdd {
+                stream: self.cfg.events_stream(),
+                maxlen: self.cfg.events_maxlen,
+                field: "event",
+                payload,
+            })
+        });
+    }
+
+    /// A transition from the SIP core: an event, and the call's record.
+    pub fn core_event(&mut self, stamped: Stamped) {
+        let at = stamped.at_ms;
+        match stamped.event {
+            CoreEvent::Registration(a) => {
+                let fields = json!({
+                    "account": a.name, "state": a.state, "code": a.code, "reason": a.last_error,
+                    "expires_at_ms": a.expires_at_unix_ms, "retry_at_ms": a.retry_at_unix_ms,
+                });
+                self.event(at, "registration.state", fields);
+            }
+            CoreEvent::Call(c) => {
+                let name = c.name.to_string();
+                let created = *self
+                    .calls
+                    .entry(name.clone())
+                    .or_insert_with(|| at.saturating_sub(c.elapsed_ms));
+                let rec = record::of_event(&c, at, created, &self.cfg.instance, &self.cfg.boot);
+                let ended = c.ended.is_some();
+                let kind = format!("call.{}", c.state.label());
+                self.event(at, &kind, record::event_fields(&c, at, created));
+                self.write_record(&name, rec, ended);
+                if ended {
+                    self.calls.remove(&name);
+                }
+            }
+            CoreEvent::Note(n) => match n.kind {
+                crate::call::NoteKind::Dtmf { digit, duration_ms } => self.event(
+                    at,
+                    "call.dtmf",
+                    json!({"call_id": &*n.name, "digit": digit.to_string(), "duration_ms": duration_ms, "via": "info"}),
+                ),
+                crate::call::NoteKind::Media {
+                    codec,
+                    local_port,
+                    remote,
+                } => self.event(
+                    at,
+                    "call.media",
+                    json!({"call_id": &*n.name, "codec": codec, "local_port": local_port, "remote": remote}),
+                ),
+            },
+        }
+    }
+
+    pub(super) fn write_record(
+        &mut self,
+        name: &str,
+        fields: Vec<(&'static str, String)>,
+        ended: bool,
+    ) {
+        let key = self.cfg.record_key(name);
+        let ms = if ended {
+            self.cfg.record_ttl_ms
+        } else {
+            self.cfg.record_ttl_ms + self.cfg.max_duration_ms
+        };
+        self.push(RedisOp::HSet { key, fields, ms });
+        let set = self.cfg.live_set();
+        if ended {
+            self.push(RedisOp::SRem {
+                key: set,
+                member: name.to_owned(),
+            });
+        } else {
+            self.push(RedisOp::SAdd {
+                key: set,
+                member: name.to_owned(),
+            });
+        }
+    }
+
+    pub(super) fn on_recover(&mut self, reply: &Reply) {
+        let Reply::List(members) = reply else {
+            return;
+        };
+        for call in members {
+            if self.calls.contains_key(call) {
+                continue;
+            }
+            let token = self.token();
+            self.recovering.insert(token, call.clone());
+            let key = self.cfg.record_key(call);
+            self.ask(token, Step::RecoverRecord, RedisOp::HGetAll { key });
+        }
+    }
+
+    pub(super) fn on_recover_record(&mut self, now_ms: u64, token: u64, reply: &Reply) {
+        let Some(call) = self.recovering.remove(&token) else {
+            return;
+        };
+        let fields = pairs(reply);
+        let set = self.cfg.live_set();
+        let stale = fields.get("boot").is_none_or(|b| *b != self.cfg.boot)
+            && fields.get("state").is_none_or(|s| s != "ended");
+        if fields.is_empty() || !stale {
+            if fields.get("boot").is_none_or(|b| *b != self.cfg.boot) {
+                self.push(RedisOp::SRem {
+                    key: set,
+                    member: call,
+                });
+            }
+            return;
+        }
+        let closed = record::restart_closed(&fields, now_ms);
+        let event = record::restart_event(&call, &fields, now_ms);
+        self.event(now_ms, "call.ended", event);
+        self.write_record(&call, closed, true);
+    }
+}
