@@ -34,6 +34,21 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# The Python reference client (examples/python) and its test need redis-py
+# for the python3 on the PATH (which may not be Debian's).
+if ! python3 -c 'import redis' >/dev/null 2>&1; then
+  echo "setup: installing redis-py for $(command -v python3)" >&2
+  if [ "$(command -v python3)" = /usr/bin/python3 ]; then
+    sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends python3-redis >/dev/null
+  else
+    python3 -m pip install --quiet 'redis>=4.3,<9'
+  fi
+fi
+python3 -c 'import redis' >/dev/null 2>&1 || { echo "setup: python3 cannot import redis" >&2; exit 1; }
+
 for bin in redis-server sipp cargo; do
   command -v "$bin" >/dev/null 2>&1 || { echo "setup: $bin is still missing" >&2; exit 1; }
 done

@@ -152,6 +152,11 @@ impl RespClient {
         })
     }
 
+    /// How long one read may block (5 s after `connect`).
+    pub fn set_read_timeout(&mut self, limit: Duration) -> std::io::Result<()> {
+        self.reader.get_ref().set_read_timeout(Some(limit))
+    }
+
     /// Sends a command and reads one reply.
     pub fn command(&mut self, args: &[&str]) -> std::io::Result<Resp> {
         self.send(args)?;
