@@ -1042,3 +1042,32 @@ fn a_burst_of_stream_originates_survives_a_kill_9_and_each_is_dialed_once() {
         assert_eq!(ids.len(), 1, "{user} dialed once: {ids:?}");
     }
 }
+
+#[test]
+fn a_clean_stop_removes_the_instance_keys_and_says_so() {
+    let redis = RedisServer::start(&[]);
+    let pbx = pbx();
+    let dir = Scratch::new("cc-stop");
+    let mut d = dialerd(&redis, pbx.local_addr(), "a", "", &dir);
+    let mut sub = Sub::new(&redis, &["dialer:events"]);
+    let mut c = redis.client().unwrap();
+    let keys = ["dialer:a:status", "dialer:sip_status", "dialer:account:acct-a"];
+    let written = wait_for(Duration::from_secs(5), || {
+        keys.iter()
+            .all(|k| c.command(&["EXISTS", k]).ok() == Some(Resp::Integer(1)))
+            .then_some(())
+    });
+    assert!(written.is_some(), "status, last status and account owner keys written");
+    d.signal(libc::SIGTERM);
+    let exited = d.wait_exit(Duration::from_secs(20));
+    assert!(exited.is_some(), "stopped: {}", d.log());
+    let seen = sub.until(Duration::from_secs(5), |e| e["type"] == "daemon.stopping");
+    assert!(!seen.is_empty());
+    for key in keys {
+        assert_eq!(
+            c.command(&["EXISTS", key]).unwrap(),
+            Resp::Integer(0),
+            "{key} removed on a clean stop"
+        );
+    }
+}

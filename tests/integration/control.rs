@@ -147,6 +147,9 @@ fn events_arrive_in_order_and_the_status_key_expires_after_a_kill() {
         .filter_map(|k| k.strip_prefix("registration.state:"))
         .collect();
     assert_eq!(states, ["unregistered", "registering", "registered"]);
+    let registered = seen.last().unwrap();
+    assert_eq!(registered["code"], 200, "the status behind it: {registered}");
+    assert!(registered["boot"].as_str().is_some_and(|b| !b.is_empty()));
     for expected in ["daemon.started", "channel.connected"] {
         assert!(
             kinds.iter().any(|k| k == expected),
