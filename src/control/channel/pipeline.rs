@@ -85,8 +85,13 @@ pub(super) fn encode(op: &RedisOp, pipe: &mut redis::Pipeline) -> usize {
             for (f, v) in fields {
                 cmd.arg(*f).arg(v);
             }
-            pipe.cmd("PEXPIRE").arg(key).arg((*ms).max(1));
-            2
+            match ms {
+                Some(ms) => {
+                    pipe.cmd("PEXPIRE").arg(key).arg((*ms).max(1));
+                    2
+                }
+                None => 1,
+            }
         }
         RedisOp::HGetAll { key } => {
             pipe.cmd("HGETALL").arg(key);

@@ -71,7 +71,7 @@ impl Machine {
                     && e.code != ErrorCode::CallIdInUse
                 {
                     let fields = record::not_placed(now_ms, &e.message);
-                    self.write_record(&call, fields, true);
+                    self.write_record(&call, fields, super::events::Stage::Last);
                     self.calls.remove(&call);
                 }
                 Err(e)

@@ -10,6 +10,17 @@ use super::ops::{Op, RedisOp, Reply, Step, is_stream_add, pairs};
 use crate::control::record;
 use crate::events::{CoreEvent, Stamped};
 
+/// Where a record write is in the call's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// The call's first write in this run.
+    First,
+    /// A transition in between.
+    Update,
+    /// The call ended.
+    Last,
+}
+
 impl Machine {
     /// Queues an event of `kind` with `fields`, stamped with `at_ms`.
     pub fn event(&mut self, at_ms: u64, kind: &str, fields: Value) {
@@ -62,6 +73,7 @@ impl Machine {
             }
             CoreEvent::Call(c) => {
                 let name = c.name.to_string();
+                let first = !self.calls.contains_key(&name);
                 let created = *self
                     .calls
                     .entry(name.clone())
@@ -70,7 +82,12 @@ impl Machine {
                 let ended = c.ended.is_some();
                 let kind = format!("call.{}", c.state.label());
                 self.event(at, &kind, record::event_fields(&c, at, created));
-                self.write_record(&name, rec, ended);
+                let stage = match (first, ended) {
+                    (_, true) => Stage::Last,
+                    (true, false) => Stage::First,
+                    (false, false) => Stage::Update,
+                };
+                self.write_record(&name, rec, stage);
                 if ended {
                     self.calls.remove(&name);
                 }
@@ -94,30 +111,28 @@ impl Machine {
         }
     }
 
+    /// Writes a call's record: on its first write in this run it joins the
+    /// live set and gets the safety TTL; on its last it leaves the set and
+    /// gets the ended TTL; in between only the fields change.
     pub(super) fn write_record(
         &mut self,
         name: &str,
         fields: Vec<(&'static str, String)>,
-        ended: bool,
+        stage: Stage,
     ) {
         let key = self.cfg.record_key(name);
-        let ms = if ended {
-            self.cfg.record_ttl_ms
-        } else {
-            self.cfg.record_ttl_ms + self.cfg.max_duration_ms
+        let ms = match stage {
+            Stage::First => Some(self.cfg.record_ttl_ms + self.cfg.max_duration_ms),
+            Stage::Update => None,
+            Stage::Last => Some(self.cfg.record_ttl_ms),
         };
         self.push(RedisOp::HSet { key, fields, ms });
-        let set = self.cfg.live_set();
-        if ended {
-            self.push(RedisOp::SRem {
-                key: set,
-                member: name.to_owned(),
-            });
-        } else {
-            self.push(RedisOp::SAdd {
-                key: set,
-                member: name.to_owned(),
-            });
+        let key = self.cfg.live_set();
+        let member = name.to_owned();
+        match stage {
+            Stage::First => self.push(RedisOp::SAdd { key, member }),
+            Stage::Update => {}
+            Stage::Last => self.push(RedisOp::SRem { key, member }),
         }
     }
 
@@ -156,6 +171,6 @@ impl Machine {
         let closed = record::restart_closed(&fields, now_ms);
         let event = record::restart_event(&call, &fields, now_ms);
         self.event(now_ms, "call.ended", event);
-        self.write_record(&call, closed, true);
+        self.write_record(&call, closed, Stage::Last);
     }
 }

@@ -62,14 +62,14 @@ pub enum RedisOp {
         /// Value.
         value: String,
     },
-    /// `HSET key f v ...` then `PEXPIRE key ms`.
+    /// `HSET key f v ...`, then `PEXPIRE key ms` when a TTL is given.
     HSet {
         /// Key.
         key: String,
         /// Fields.
         fields: Vec<(&'static str, String)>,
         /// TTL.
-        ms: u64,
+        ms: Option<u64>,
     },
     /// `HGETALL key`.
     HGetAll {

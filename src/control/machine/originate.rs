@@ -116,7 +116,7 @@ impl Machine {
             now_ms,
         );
         let key = self.cfg.record_key(&call_id);
-        let ms = self.cfg.record_ttl_ms + self.cfg.max_duration_ms;
+        let ms = Some(self.cfg.record_ttl_ms + self.cfg.max_duration_ms);
         self.push(RedisOp::HSet { key, fields, ms });
         let set = self.cfg.live_set();
         let member = call_id.clone();
@@ -164,7 +164,7 @@ impl Machine {
             let closed = record::restart_closed(&fields, now_ms);
             let event = record::restart_event(&call_id, &fields, now_ms);
             self.event(now_ms, "call.ended", event);
-            self.write_record(&call_id, closed, true);
+            self.write_record(&call_id, closed, super::events::Stage::Last);
         }
         let instance = fields
             .get("instance")

@@ -200,7 +200,9 @@ impl Fake {
                     }
                 }
                 // PEXPIRE key ms
-                self.expiry.insert(key.clone(), self.now + ms);
+                if let Some(ms) = ms {
+                    self.expiry.insert(key.clone(), self.now + ms);
+                }
                 Reply::Int(added)
             }
             RedisOp::HGetAll { key } => {
