@@ -1051,13 +1051,20 @@ fn a_clean_stop_removes_the_instance_keys_and_says_so() {
     let mut d = dialerd(&redis, pbx.local_addr(), "a", "", &dir);
     let mut sub = Sub::new(&redis, &["dialer:events"]);
     let mut c = redis.client().unwrap();
-    let keys = ["dialer:a:status", "dialer:sip_status", "dialer:account:acct-a"];
+    let keys = [
+        "dialer:a:status",
+        "dialer:sip_status",
+        "dialer:account:acct-a",
+    ];
     let written = wait_for(Duration::from_secs(5), || {
         keys.iter()
             .all(|k| c.command(&["EXISTS", k]).ok() == Some(Resp::Integer(1)))
             .then_some(())
     });
-    assert!(written.is_some(), "status, last status and account owner keys written");
+    assert!(
+        written.is_some(),
+        "status, last status and account owner keys written"
+    );
     d.signal(libc::SIGTERM);
     let exited = d.wait_exit(Duration::from_secs(20));
     assert!(exited.is_some(), "stopped: {}", d.log());

@@ -148,7 +148,10 @@ fn events_arrive_in_order_and_the_status_key_expires_after_a_kill() {
         .collect();
     assert_eq!(states, ["unregistered", "registering", "registered"]);
     let registered = seen.last().unwrap();
-    assert_eq!(registered["code"], 200, "the status behind it: {registered}");
+    assert_eq!(
+        registered["code"], 200,
+        "the status behind it: {registered}"
+    );
     assert!(registered["boot"].as_str().is_some_and(|b| !b.is_empty()));
     for expected in ["daemon.started", "channel.connected"] {
         assert!(
