@@ -721,10 +721,11 @@ fn check_originate(o: &OriginateArgs) -> Result<(), Problem> {
         return bad("args.headers: at most 16 headers");
     }
     for (name, value) in &o.headers {
-        let name_ok = name.len() > 2
+        // Checked as characters first: a name is any JSON string.
+        let name_ok = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && name.len() > 2
             && name.len() <= 64
-            && name[..2].eq_ignore_ascii_case("x-")
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            && name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-"));
         if !name_ok {
             return Err((
                 ErrorCode::BadField,

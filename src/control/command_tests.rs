@@ -290,3 +290,13 @@ fn error_codes_round_trip_and_say_whether_to_retry() {
     assert!(ErrorCode::Capacity.retryable() && ErrorCode::RateLimited.retryable());
     assert!(!ErrorCode::BadField.retryable() && !ErrorCode::DuplicateDestination.retryable());
 }
+
+/// Found by the fuzzer: a header name with a multi-byte character across
+/// the `X-` prefix was sliced inside the character.
+#[test]
+fn a_header_name_of_any_characters_is_refused_without_a_panic() {
+    let json = r#"{"v":1,"id":"o1","type":"originate","args":{"account":"a","to":"1","headers":{"XӾ":"1","X-É":"2"}}}"#;
+    let e = parse(json.as_bytes(), "dialer").unwrap_err();
+    assert_eq!(e.code, ErrorCode::BadField);
+    assert!(e.message.contains("only X- header names"), "{e}");
+}

@@ -72,7 +72,10 @@ pub(super) async fn read_streams(
             read.arg("BLOCK")
                 .arg(u64::try_from(STREAM_BLOCK.as_millis()).unwrap_or(1000));
         }
-        read.arg("STREAMS").arg(&streams[0]).arg(&streams[1]);
+        read.arg("STREAMS");
+        for stream in &streams {
+            read.arg(stream);
+        }
         let from = if start { "0" } else { ">" };
         read.arg(from).arg(from);
         start = false;
