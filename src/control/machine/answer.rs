@@ -9,8 +9,30 @@ use serde_json::{Map, Value, json};
 use super::ops::RedisOp;
 use super::wire::error_of;
 use super::{Machine, Source};
-use crate::control::command::{CommandError, CommandKind, ErrorCode, Scope};
+use crate::control::command::{Command, CommandError, CommandKind, ErrorCode, Scope};
 use crate::control::record;
+
+/// Whom a result answers: the command's id and type as read, where its
+/// result goes and where it came from.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Addressee<'a> {
+    pub(super) id: &'a str,
+    pub(super) command: Option<&'a str>,
+    pub(super) reply_to: Option<&'a str>,
+    pub(super) source: &'a Source,
+}
+
+impl<'a> Addressee<'a> {
+    /// A valid command from `source`.
+    pub(super) fn of(command: &'a Command, source: &'a Source) -> Self {
+        Self {
+            id: &command.id,
+            command: Some(command.kind.name()),
+            reply_to: command.reply_to.as_deref(),
+            source,
+        }
+    }
+}
 
 impl Machine {
     pub(super) fn unavailable(&mut self, now_ms: u64, token: u64, why: &str) {
@@ -78,28 +100,12 @@ impl Machine {
             }
             (r, _) => r,
         };
-        self.answer(
-            now_ms,
-            &p.command.id,
-            Some(p.command.kind.name()),
-            p.command.reply_to.as_deref(),
-            &p.source,
-            result.clone(),
-            false,
-            Some(&p.key),
-        );
+        let to = Addressee::of(&p.command, &p.source);
+        self.answer(now_ms, &to, result.clone(), false, Some(&p.key));
         for (dup, source) in p.parked {
             self.stats.duplicates += 1;
-            self.answer(
-                now_ms,
-                &dup.id,
-                Some(dup.kind.name()),
-                dup.reply_to.as_deref(),
-                &source,
-                result.clone(),
-                true,
-                None,
-            );
+            let to = Addressee::of(&dup, &source);
+            self.answer(now_ms, &to, result.clone(), true, None);
         }
     }
 
@@ -110,32 +116,23 @@ impl Machine {
         source: &Source,
         store: Option<&str>,
     ) {
-        let id = e.id.clone();
-        let command = e.command.clone();
-        let reply_to = e.reply_to.clone();
-        self.answer(
-            now_ms,
-            id.as_deref().unwrap_or_default(),
-            command.as_deref(),
-            reply_to.as_deref(),
+        let (id, command, reply_to) = (e.id.clone(), e.command.clone(), e.reply_to.clone());
+        let to = Addressee {
+            id: id.as_deref().unwrap_or_default(),
+            command: command.as_deref(),
+            reply_to: reply_to.as_deref(),
             source,
-            Err(e),
-            false,
-            store,
-        );
+        };
+        self.answer(now_ms, &to, Err(e), false, store);
     }
 
     /// Publishes a result (on `reply_to` or the events channel, and on the
     /// events stream), stores it under `store`, and acknowledges a stream
     /// entry — in this order.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn answer(
         &mut self,
         now_ms: u64,
-        id: &str,
-        command: Option<&str>,
-        reply_to: Option<&str>,
-        source: &Source,
+        to: &Addressee<'_>,
         result: Result<Value, CommandError>,
         duplicate: bool,
         store: Option<&str>,
@@ -164,7 +161,7 @@ impl Machine {
         }
         let mut message = json!({
             "v": 1, "type": "command.result", "instance": self.cfg.instance, "boot": self.cfg.boot,
-            "ts_ms": now_ms, "id": (!id.is_empty()).then_some(id), "command": command,
+            "ts_ms": now_ms, "id": (!to.id.is_empty()).then_some(to.id), "command": to.command,
         });
         if let Value::Object(m) = &mut message {
             m.extend(body);
@@ -173,7 +170,9 @@ impl Machine {
             }
         }
         let payload: Arc<str> = Arc::from(message.to_string());
-        let channel = reply_to.map_or_else(|| self.cfg.events_channel(), str::to_owned);
+        let channel = to
+            .reply_to
+            .map_or_else(|| self.cfg.events_channel(), str::to_owned);
         self.push(RedisOp::Publish {
             channel,
             payload: payload.clone(),
@@ -184,7 +183,7 @@ impl Machine {
             field: "event",
             payload,
         });
-        if let Source::Stream { stream, entry, .. } = source {
+        if let Source::Stream { stream, entry, .. } = to.source {
             self.push(RedisOp::XAck {
                 stream: stream.clone(),
                 entry: entry.clone(),

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::answer::Addressee;
 use super::ops::{Op, RedisOp, Reply, Step, pairs, text};
 use super::wire::{envelope, error_of, placeholder, stored_result};
 use super::{Job, Machine, Pending, Source};
@@ -442,16 +443,8 @@ impl Machine {
                 }
                 let result = stored_result(&p.command, &s);
                 self.stats.duplicates += 1;
-                self.answer(
-                    now_ms,
-                    &p.command.id,
-                    Some(p.command.kind.name()),
-                    p.command.reply_to.as_deref(),
-                    &p.source,
-                    result,
-                    true,
-                    None,
-                );
+                let to = Addressee::of(&p.command, &p.source);
+                self.answer(now_ms, &to, result, true, None);
             }
         }
     }
