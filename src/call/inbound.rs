@@ -1,5 +1,6 @@
 //! Inbound calls (UAS) and the requests inside every call's dialog.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::table::{Call, CallError, Calls, Deadline};
@@ -54,8 +55,8 @@ impl Calls {
             invite_cseq: request.cseq().map(|c| c.seq).unwrap_or(0),
             contact_user: policy.contact_user.clone(),
             source: Some(source),
-            from: request.value(HeaderName::From).unwrap_or("").to_owned(),
-            to: request.value(HeaderName::To).unwrap_or("").to_owned(),
+            from: Arc::from(request.value(HeaderName::From).unwrap_or("")),
+            to: Arc::from(request.value(HeaderName::To).unwrap_or("")),
             inbound_key: Some(key.clone()),
             ..Call::new(
                 id,

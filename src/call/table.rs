@@ -202,8 +202,8 @@ pub(super) struct Call {
     /// Inbound: the INVITE, until the final response.
     pub(super) request: Option<Message>,
     /// The peers as they appear in From and To.
-    pub(super) from: String,
-    pub(super) to: String,
+    pub(super) from: Arc<str>,
+    pub(super) to: Arc<str>,
     /// After the answer: when the maximum duration passes.
     pub(super) max_at: Option<Instant>,
     /// The session timer, when one was negotiated.
@@ -266,8 +266,8 @@ impl Call {
             contact_user: String::new(),
             source: None,
             request: None,
-            from: String::new(),
-            to: String::new(),
+            from: Arc::from(""),
+            to: Arc::from(""),
             max_at: None,
             session: None,
             reinvite: None,
@@ -535,8 +535,8 @@ impl Calls {
                 direction: c.direction,
                 state: c.state.label(),
                 account: c.account.clone(),
-                from: c.from.clone(),
-                to: c.to.clone(),
+                from: c.from.to_string(),
+                to: c.to.to_string(),
                 age_secs: now.saturating_duration_since(c.created).as_secs(),
                 talk_secs: c
                     .answered
@@ -1045,8 +1045,8 @@ fn event(c: &Call, now: Instant, code: Option<u16>, ended: Option<Ended>) -> Cal
     CallEvent {
         call: c.id,
         name: c.name.clone(),
-        from: Arc::from(c.from.as_str()),
-        to: Arc::from(c.to.as_str()),
+        from: c.from.clone(),
+        to: c.to.clone(),
         answered_ms: c
             .answered
             .map(|a| ms(a.saturating_duration_since(c.created))),
