@@ -42,6 +42,9 @@ pub enum DaemonError {
     /// A SIP listener could not be bound.
     #[error("sip: {0}")]
     Sip(#[from] DriverError),
+    /// The media shard threads could not be started.
+    #[error("media shards: {0}")]
+    Media(std::io::Error),
     /// A task the daemon cannot run without ended.
     #[error("critical task {task} ended: {cause}")]
     TaskEnded {
@@ -119,13 +122,23 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         .udp_listen
         .first()
         .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    let (media, _media_task) = crate::media::spawn_sink(media_ip, shared.metrics.media.clone());
+    let (media, media_events, _media_threads) = crate::media::Media::start(
+        &media_config(&settings.media, media_ip),
+        shared.metrics.media.clone(),
+        crate::sip::ids::random_u64(),
+    )
+    .map_err(DaemonError::Media)?;
+    shared.set_media(media.reader());
+    if let Some(dir) = &settings.media.prompt_dir {
+        let _ = shared.prompt_dir.set(dir.clone());
+    }
     let publish = Publish {
         status: shared.accounts.clone(),
         registration: shared.metrics.registration.clone(),
         sip: shared.metrics.sip.clone(),
         events,
         media,
+        media_events: Some(media_events),
     };
     let (sip, mut sip_task) = SipCore::start(core_config, &settings, publish).await?;
     shared.set_sip(sip.clone());
@@ -241,6 +254,27 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
 }
 
 /// The control core's settings, from `[redis]`, `[calls]` and the accounts.
+/// The media shards' settings, from `[media]`.
+fn media_config(
+    m: &crate::config::MediaSettings,
+    bind: std::net::IpAddr,
+) -> crate::media::MediaConfig {
+    let ms = |v: u32| std::time::Duration::from_millis(u64::from(v));
+    crate::media::MediaConfig {
+        bind,
+        shards: m.shards,
+        relay: crate::media::RelayConfig {
+            fill_after: ms(m.fill_after_ms),
+            quiet_after: ms(m.quiet_report_ms),
+            inactivity: (m.inactivity_timeout_secs > 0)
+                .then(|| std::time::Duration::from_secs(u64::from(m.inactivity_timeout_secs))),
+            relatch_pause: std::time::Duration::from_millis(500),
+            latch_any: m.latch_any_address,
+        },
+        event_depth: 16384,
+    }
+}
+
 fn machine_config(settings: &Settings, boot: &str) -> crate::control::machine::MachineConfig {
     let r = &settings.redis;
     let ms = |secs: u64| secs.saturating_mul(1000);

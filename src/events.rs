@@ -25,6 +25,8 @@ pub enum CoreEvent {
     Call(crate::call::CallEvent),
     /// A call reported something else (DTMF, media).
     Note(crate::call::CallNote),
+    /// A media shard's report about a call's leg.
+    Media(crate::media::MediaEvent),
 }
 
 /// A transition and when it happened (Unix milliseconds).

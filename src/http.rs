@@ -256,13 +256,34 @@ async fn call_table(
 async fn status(State(shared): State<Arc<Shared>>, uri: axum::http::Uri) -> Response {
     let (offset, limit) = paging(uri.query());
     let mut body = serde_json::to_value(shared.snapshot()).unwrap_or_default();
+    let legs = match shared.media.get() {
+        Some(reader) => reader.stats(CALL_TABLE_WAIT).await,
+        None => Vec::new(),
+    };
     let calls = match call_table(&shared, offset, limit).await {
-        Some((live, page)) => json!({
-            "live": live.total,
-            "by_state": live.by_state.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-            "offset": offset,
-            "items": page,
-        }),
+        Some((live, page)) => {
+            let mut items = serde_json::to_value(&page).unwrap_or_default();
+            if let Some(items) = items.as_array_mut() {
+                for item in items {
+                    let name = item
+                        .get("name")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default();
+                    let media: Vec<&crate::media::LegStats> =
+                        legs.iter().filter(|l| &*l.name == name).collect();
+                    if let Some(map) = item.as_object_mut() {
+                        map.insert("media".into(), json!(media));
+                    }
+                }
+            }
+            json!({
+                "live": live.total,
+                "by_state": live.by_state.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                "offset": offset,
+                "items": items,
+                "media_legs": legs.len(),
+            })
+        }
         None => json!({"error": "the SIP core did not answer"}),
     };
     if let Some(map) = body.as_object_mut() {

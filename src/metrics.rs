@@ -273,8 +273,8 @@ pub struct Metrics {
     pub events_dropped: Gauge,
     /// Transitions the SIP core could not queue for the control channel.
     pub core_events_dropped: Counter,
-    /// The media sink's counters.
-    pub media: crate::media::SinkCounters,
+    /// The media shards' counters.
+    pub media: crate::media::ShardCounters,
 }
 
 impl Metrics {
@@ -335,11 +335,21 @@ impl Metrics {
             "State transitions dropped because the feed to the control channel was full",
             core_events_dropped.clone(),
         );
-        let media = crate::media::SinkCounters::default();
+        let media = crate::media::ShardCounters::default();
         registry.register(
-            "media_packets_discarded",
-            "Packets that arrived on calls' media ports and were discarded (no relay yet)",
-            media.packets.clone(),
+            "media_packets_received",
+            "RTP and RTCP datagrams received on calls' media ports",
+            media.received.clone(),
+        );
+        registry.register(
+            "media_packets_sent",
+            "RTP and RTCP datagrams sent by the media shards (relayed and generated)",
+            media.sent.clone(),
+        );
+        registry.register(
+            "media_send_failed",
+            "Media datagrams that could not be sent",
+            media.send_failed.clone(),
         );
         registry.register(
             "media_bind_failed",
@@ -347,9 +357,14 @@ impl Metrics {
             media.bind_failed.clone(),
         );
         registry.register(
-            "media_changes_dropped",
-            "Media port openings and closings dropped because the media queue was full",
-            media.changes_dropped.clone(),
+            "media_commands_dropped",
+            "Commands to a media shard dropped because its queue was full",
+            media.commands_dropped.clone(),
+        );
+        registry.register(
+            "media_events_dropped",
+            "Media reports dropped because the SIP core's queue was full",
+            media.events_dropped.clone(),
         );
         Self {
             media,

@@ -121,7 +121,8 @@ pub async fn call(settings: &Settings, opts: &CallOptions) -> Result<Outcome, Ca
         registration: Arc::new(RegistrationMetrics::default()),
         sip: Arc::new(SipMetrics::default()),
         events: crate::events::EventSender::unheard(),
-        media: crate::media::MediaPorts::none(),
+        media: crate::media::Media::none(),
+        media_events: None,
     };
     let (core, task) = SipCore::start(config, &settings, publish)
         .await

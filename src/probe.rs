@@ -168,7 +168,8 @@ pub async fn probe(opts: &ProbeOptions) -> Result<ProbeAnswer, ProbeError> {
         registration: Arc::new(RegistrationMetrics::default()),
         sip: Arc::new(SipMetrics::default()),
         events: crate::events::EventSender::unheard(),
-        media: crate::media::MediaPorts::none(),
+        media: crate::media::Media::none(),
+        media_events: None,
     };
     let (core, task) = SipCore::start(config, &Settings::default(), publish).await?;
     let local_host = match local_ip {

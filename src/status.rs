@@ -42,6 +42,10 @@ pub struct Shared {
     /// The SIP core, once started (for run-time switches such as
     /// `sip_trace`).
     pub sip: std::sync::OnceLock<crate::engine::SipCore>,
+    /// Reads the media legs' totals, once the shards run.
+    pub media: std::sync::OnceLock<crate::media::MediaReader>,
+    /// Where `play` finds its WAV files (`media.prompt_dir`).
+    pub prompt_dir: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl Shared {
@@ -70,12 +74,19 @@ impl Shared {
             redis: tokio::sync::watch::Sender::new(ChannelStatus::default()),
             redis_enabled: std::sync::atomic::AtomicBool::new(false),
             sip: std::sync::OnceLock::new(),
+            media: std::sync::OnceLock::new(),
+            prompt_dir: std::sync::OnceLock::new(),
         }
     }
 
     fn redis_on(&self) -> bool {
         self.redis_enabled
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records the media shards' reader.
+    pub fn set_media(&self, media: crate::media::MediaReader) {
+        let _ = self.media.set(media);
     }
 
     /// Records the SIP core's handle.

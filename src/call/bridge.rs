@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use super::table::{CallError, Calls};
-use super::{CallDirection, CallId, CallState, EndCause, Ended};
+use super::{CallDirection, CallId, CallState, EndCause, Ended, MediaOp};
 use crate::sip::endpoint::Endpoint;
 
 impl Calls {
@@ -40,6 +40,7 @@ impl Calls {
                 c.bridge = Some(other);
             }
         }
+        self.media_ops.push(MediaOp::Connect { a, b });
         self.bridge_progress(now, ep, a);
         self.bridge_progress(now, ep, b);
         Ok(())

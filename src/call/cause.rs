@@ -47,6 +47,12 @@ pub enum EndCause {
     DaemonRestart,
     /// The call could not be placed (refused before its INVITE left).
     NotPlaced,
+    /// No RTP came from the peer for the media inactivity timeout.
+    MediaTimeout,
+    /// Every media port of the range was in use.
+    MediaPortsExhausted,
+    /// The call's media port could not be bound.
+    MediaError,
     /// Any other final response.
     Failed,
 }
@@ -75,6 +81,9 @@ impl EndCause {
             Self::Shutdown => "shutdown",
             Self::DaemonRestart => "daemon_restart",
             Self::NotPlaced => "not_placed",
+            Self::MediaTimeout => "media_timeout",
+            Self::MediaPortsExhausted => "media_ports_exhausted",
+            Self::MediaError => "media_error",
             Self::Failed => "failed",
         }
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::table::{Call, CallError, Calls, Deadline};
-use super::{CallDirection, CallId, CallState, EndCause, Ended, Inbound, InboundAction};
+use super::{CallDirection, CallId, CallState, EndCause, Ended, Inbound, InboundAction, MediaOp};
 use crate::sdp::{self, Direction, NegotiateError};
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::{Endpoint, Reply};
@@ -130,12 +130,17 @@ impl Calls {
             self.finish(now, ep, id, Ended::local(EndCause::Incompatible, Some(422)));
             return false;
         }
-        let media = match self.local_media(Direction::SendRecv) {
+        let media = match self.local_media(now, Direction::SendRecv) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(call = %id, error = %e, "no media port for an inbound call");
                 self.respond_final(now, ep, id, 503, "Service Unavailable");
-                self.finish(now, ep, id, Ended::local(EndCause::Congestion, Some(503)));
+                self.finish(
+                    now,
+                    ep,
+                    id,
+                    Ended::local(EndCause::MediaPortsExhausted, Some(503)),
+                );
                 return false;
             }
         };
@@ -144,6 +149,11 @@ impl Calls {
             return false;
         };
         c.media_port = Some(media.port);
+        self.media_ops.push(MediaOp::Open {
+            call: id,
+            name: c.name.clone(),
+            port: media.port,
+        });
         let offer = c.request.as_ref().and_then(Self::sdp_of);
         match offer {
             None => {
@@ -369,6 +379,7 @@ impl Calls {
                         (c.local_sdp.as_ref(), Self::sdp_of(request))
                 {
                     c.negotiated = sdp::accept_answer(offer, &answer).ok();
+                    self.media_negotiated(id);
                 }
             }
             return;

@@ -1,20 +1,57 @@
-//! Media ports for calls, from the configured RTP range.
+//! Media ports for calls, from the configured RTP range, and what the call
+//! table asks of the media layer.
 //!
-//! This is the allocator interface the media layer fills in: today it hands
-//! out and takes back port numbers (even ones, RTP/RTCP pairs); nothing is
-//! bound to them yet, so media sent to a call is not received (the media
-//! relay issue binds and relays).
+//! The table hands out even ports (RTP, with RTCP on the next one) and says
+//! what to do with them as [`MediaOp`]s: the SIP core carries them to the
+//! media shards, which bind the ports and relay.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// A change to the set of ports in use, for the media layer to bind or
-/// release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PortChange {
-    /// A call took this port.
-    Open(u16),
-    /// The call ended.
-    Close(u16),
+use super::CallId;
+use crate::sdp::Negotiated;
+
+/// What the call table asks of the media layer, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaOp {
+    /// A call took `port`: bind it.
+    Open {
+        /// The call.
+        call: CallId,
+        /// Its name.
+        name: Arc<str>,
+        /// The even RTP port.
+        port: u16,
+    },
+    /// The call's media was negotiated (or renegotiated).
+    Negotiated {
+        /// The call.
+        call: CallId,
+        /// The outcome.
+        media: Negotiated,
+        /// We may send to the peer (answered, or early media we give).
+        sending: bool,
+        /// The call is answered: the peer's silence counts against it.
+        answered: bool,
+    },
+    /// Relay between two calls (a bridge).
+    Connect {
+        /// One call.
+        a: CallId,
+        /// The other.
+        b: CallId,
+    },
+    /// Stop relaying for the call.
+    Disconnect {
+        /// The call.
+        call: CallId,
+    },
+    /// The call ended: close its port.
+    Close {
+        /// The call.
+        call: CallId,
+    },
 }
 
 /// The range has no free port left.
@@ -30,18 +67,22 @@ pub enum MediaError {
     },
 }
 
-/// Even ports of a range, handed out round-robin so a port just released
-/// is not reused at once (late packets of the old call).
+/// Even ports of a range, handed out round-robin; a port given back drains
+/// for a while (late packets of the old call) before it is used again.
 #[derive(Debug, Clone)]
 pub struct PortPool {
     start: u16,
     end: u16,
     next: u16,
     used: BTreeSet<u16>,
-    changes: Vec<PortChange>,
+    draining: VecDeque<(Instant, u16)>,
+    drain: Duration,
 }
 
 impl PortPool {
+    /// How long a port given back drains unless told otherwise.
+    pub const DRAIN: Duration = Duration::from_secs(2);
+
     /// The even ports of `start..=end` (with their odd RTCP neighbours).
     pub fn new(start: u16, end: u16) -> Self {
         let start = start.saturating_add(start % 2);
@@ -50,17 +91,36 @@ impl PortPool {
             end,
             next: start,
             used: BTreeSet::new(),
-            changes: Vec::new(),
+            draining: VecDeque::new(),
+            drain: Self::DRAIN,
         }
     }
 
-    /// Pairs in use.
+    /// The same pool with ports draining for `drain` after release.
+    pub fn with_drain(mut self, drain: Duration) -> Self {
+        self.drain = drain;
+        self
+    }
+
+    /// Pairs held by calls (draining ones not counted).
     pub fn in_use(&self) -> usize {
-        self.used.len()
+        self.used.len().saturating_sub(self.draining.len())
+    }
+
+    /// Pairs given back and still draining.
+    pub fn draining(&self) -> usize {
+        self.draining.len()
     }
 
     /// A free even port.
-    pub fn allocate(&mut self) -> Result<u16, MediaError> {
+    pub fn allocate(&mut self, now: Instant) -> Result<u16, MediaError> {
+        while let Some(&(until, port)) = self.draining.front() {
+            if until > now {
+                break;
+            }
+            self.draining.pop_front();
+            self.used.remove(&port);
+        }
         let pairs = usize::from(self.end.saturating_sub(self.start) / 2) + 1;
         for _ in 0..pairs {
             let port = self.next;
@@ -69,7 +129,6 @@ impl PortPool {
                 _ => self.start,
             };
             if port < self.end && self.used.insert(port) {
-                self.changes.push(PortChange::Open(port));
                 return Ok(port);
             }
         }
@@ -79,16 +138,11 @@ impl PortPool {
         })
     }
 
-    /// Gives `port` back.
-    pub fn release(&mut self, port: u16) {
-        if self.used.remove(&port) {
-            self.changes.push(PortChange::Close(port));
+    /// Gives `port` back; it drains before it is handed out again.
+    pub fn release(&mut self, now: Instant, port: u16) {
+        if self.used.contains(&port) {
+            self.draining.push_back((now + self.drain, port));
         }
-    }
-
-    /// The ports taken and given back since the last call, in order.
-    pub fn take_changes(&mut self) -> std::vec::Drain<'_, PortChange> {
-        self.changes.drain(..)
     }
 }
 
@@ -97,15 +151,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_are_even_unique_and_come_back() {
+    fn ports_are_even_unique_and_come_back_after_draining() {
+        let t0 = Instant::now();
         let mut pool = PortPool::new(10001, 10008);
-        let a = pool.allocate().unwrap();
-        let b = pool.allocate().unwrap();
-        let c = pool.allocate().unwrap();
+        let a = pool.allocate(t0).unwrap();
+        let b = pool.allocate(t0).unwrap();
+        let c = pool.allocate(t0).unwrap();
         assert_eq!((a, b, c), (10002, 10004, 10006));
-        assert!(pool.allocate().is_err(), "10008 has no RTCP port in range");
-        pool.release(b);
-        assert_eq!(pool.allocate(), Ok(10004));
+        assert!(
+            pool.allocate(t0).is_err(),
+            "10008 has no RTCP port in range"
+        );
+        pool.release(t0, b);
+        assert_eq!((pool.in_use(), pool.draining()), (2, 1));
+        let early = t0 + PortPool::DRAIN - Duration::from_millis(1);
+        assert!(
+            matches!(pool.allocate(early), Err(MediaError::Exhausted { .. })),
+            "a draining port is not reused"
+        );
+        assert_eq!(pool.allocate(t0 + PortPool::DRAIN), Ok(10004));
         assert_eq!(pool.in_use(), 3);
+        assert_eq!(pool.draining(), 0);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::table::{Call, CallError, Calls, Deadline};
-use super::{CallDirection, CallId, CallState, EndCause, Ended, Originate};
+use super::{CallDirection, CallId, CallState, EndCause, Ended, MediaOp, Originate};
 use crate::sdp::{self, Direction};
 use crate::sip::auth::{self, Attempt, Challenge};
 use crate::sip::dialog::Dialog;
@@ -33,7 +33,7 @@ impl Calls {
         }
         self.admit_outbound(now, origin.account.as_deref(), origin.name.as_deref())?;
         let id = self.admit()?;
-        let media = self.local_media(Direction::SendRecv)?;
+        let media = self.local_media(now, Direction::SendRecv)?;
         let sdp_origin = self.origin();
         let offer = sdp::offer(&media, sdp_origin);
         let host = origin.next_hop.addr.ip().to_string();
@@ -64,6 +64,13 @@ impl Calls {
             )
         };
         self.insert(call);
+        if let Some(c) = self.calls.get(&id) {
+            self.media_ops.push(MediaOp::Open {
+                call: id,
+                name: c.name.clone(),
+                port: media.port,
+            });
+        }
         self.record_current(now, id);
         self.send_invite(now, ep, id, None)?;
         Ok(id)

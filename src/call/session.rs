@@ -304,6 +304,7 @@ impl Calls {
                     c.session = uac_session;
                 }
                 self.arm_answered(id);
+                self.media_negotiated(id);
             }
             491 => {
                 // Glare (RFC 3261 §14.1): try again after a random wait,
@@ -470,5 +471,6 @@ impl Calls {
             c.session = timer;
         }
         self.arm_answered(id);
+        self.media_negotiated(id);
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::media::{MediaError, PortPool};
+use super::media::{MediaError, MediaOp, PortPool};
 use super::{
     CallConfig, CallDirection, CallEvent, CallId, CallNote, CallState, EndCause, Ended, Originate,
     Side,
@@ -196,6 +196,8 @@ pub(super) struct Call {
     pub(super) local_sdp: Option<SessionDescription>,
     pub(super) negotiated: Option<Negotiated>,
     pub(super) media_port: Option<u16>,
+    /// The port of an external media endpoint's leg.
+    pub(super) endpoint_port: Option<u16>,
     pub(super) contact_user: String,
     /// Inbound: where the INVITE came from.
     pub(super) source: Option<Target>,
@@ -263,6 +265,7 @@ impl Call {
             local_sdp: None,
             negotiated: None,
             media_port: None,
+            endpoint_port: None,
             contact_user: String::new(),
             source: None,
             request: None,
@@ -345,6 +348,8 @@ pub struct Calls {
     account_limits: HashMap<String, AccountLimit>,
     /// What calls reported besides transitions.
     pub(super) notes: Vec<CallNote>,
+    /// What the media layer is asked to do, in order.
+    pub(super) media_ops: Vec<MediaOp>,
 }
 
 impl Calls {
@@ -370,6 +375,7 @@ impl Calls {
             names: HashMap::new(),
             account_limits: HashMap::new(),
             notes: Vec::new(),
+            media_ops: Vec::new(),
         }
     }
 
@@ -491,9 +497,100 @@ impl Calls {
         self.calls.get(&call).map(|c| c.state)
     }
 
-    /// Media ports taken and given back since the last call, in order.
-    pub fn take_port_changes(&mut self) -> std::vec::Drain<'_, super::PortChange> {
-        self.ports.take_changes()
+    /// What the media layer was asked to do since the last call, in order.
+    pub fn take_media_ops(&mut self) -> std::vec::Drain<'_, MediaOp> {
+        self.media_ops.drain(..)
+    }
+
+    /// What was negotiated for `id`.
+    pub fn negotiated(&self, id: CallId) -> Option<Negotiated> {
+        self.calls.get(&id).and_then(|c| c.negotiated)
+    }
+
+    /// The address SDP advertises for media.
+    pub fn media_address(&self) -> std::net::IpAddr {
+        self.config.media_address
+    }
+
+    /// A port for an external media endpoint of `id` (one per call).
+    pub fn endpoint_port(&mut self, now: Instant, id: CallId) -> Result<u16, CallError> {
+        let c = self.calls.get(&id).ok_or(CallError::Unknown(id))?;
+        if c.endpoint_port.is_some() || c.bridge.is_some() {
+            return Err(CallError::WrongState {
+                call: id,
+                state: c.state,
+                action: "attach a media endpoint (it has one, or is bridged)",
+            });
+        }
+        let port = self.ports.allocate(now)?;
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.endpoint_port = Some(port);
+        }
+        Ok(port)
+    }
+
+    /// Fails unless `id` is answered.
+    pub fn check_answered(&self, id: CallId, action: &'static str) -> Result<(), CallError> {
+        let c = self.calls.get(&id).ok_or(CallError::Unknown(id))?;
+        if matches!(c.state, CallState::Answered | CallState::Bridged) {
+            Ok(())
+        } else {
+            Err(CallError::WrongState {
+                call: id,
+                state: c.state,
+                action,
+            })
+        }
+    }
+
+    /// Asks the media layer to use what was negotiated for `id`.
+    pub(super) fn media_negotiated(&mut self, id: CallId) {
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
+        let Some(media) = c.negotiated else {
+            return;
+        };
+        if c.media_port.is_none() {
+            return;
+        }
+        let answered = matches!(c.state, CallState::Answered | CallState::Bridged);
+        let sending =
+            answered || (c.state == CallState::EarlyMedia && c.direction == CallDirection::Inbound);
+        self.media_ops.push(MediaOp::Negotiated {
+            call: id,
+            media,
+            sending,
+            answered,
+        });
+    }
+
+    /// Ends `id` with `cause` (BYE, CANCEL or a final response as its state
+    /// needs): the media layer's verdicts (`media_timeout`, `media_error`).
+    pub fn end_with(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        id: CallId,
+        cause: EndCause,
+    ) -> Result<(), CallError> {
+        let c = self.calls.get_mut(&id).ok_or(CallError::Unknown(id))?;
+        if c.pending_end.is_none() {
+            c.pending_end = Some(Ended::local(cause, None));
+        }
+        match (c.direction, c.state) {
+            (CallDirection::Inbound, s)
+                if !matches!(
+                    s,
+                    CallState::Answered | CallState::Bridged | CallState::Ending
+                ) =>
+            {
+                self.respond_final(now, ep, id, 500, "Server Internal Error");
+                self.finish(now, ep, id, Ended::local(cause, Some(500)));
+                Ok(())
+            }
+            _ => self.hangup(now, ep, id),
+        }
     }
 
     /// The transitions since the last call, in order.
@@ -646,6 +743,12 @@ impl Calls {
         let mut event = event(c, now, code, None);
         event.other = other;
         self.events.push(event);
+        if matches!(
+            state,
+            CallState::EarlyMedia | CallState::Answered | CallState::Bridged
+        ) {
+            self.media_negotiated(id);
+        }
         if state == CallState::Answered {
             self.note_media(id);
         }
@@ -689,8 +792,12 @@ impl Calls {
         if let Some(d) = &c.dialog {
             ep.unbind_dialog(&d.key());
         }
+        if let Some(port) = c.endpoint_port.take() {
+            self.ports.release(now, port);
+        }
         if let Some(port) = c.media_port.take() {
-            self.ports.release(port);
+            self.ports.release(now, port);
+            self.media_ops.push(MediaOp::Close { call: id });
         }
         if let Some(key) = c.inbound_key.take() {
             self.inbound_keys.remove(&key);
@@ -972,8 +1079,12 @@ impl Calls {
     }
 
     /// A local media description for a new call: a port from the pool.
-    pub(super) fn local_media(&mut self, direction: Direction) -> Result<LocalMedia, MediaError> {
-        let port = self.ports.allocate()?;
+    pub(super) fn local_media(
+        &mut self,
+        now: Instant,
+        direction: Direction,
+    ) -> Result<LocalMedia, MediaError> {
+        let port = self.ports.allocate(now)?;
         Ok(self.media_at(port, direction))
     }
 

@@ -398,8 +398,24 @@ impl AccountSettings {
 pub struct MediaSettings {
     /// UDP ports used for RTP (and RTCP).
     pub rtp_port_range: PortRange,
-    /// A call with no RTP received for this long is ended, seconds.
+    /// An answered call with no RTP received from its peer for this long
+    /// ends with `media_timeout`, seconds; 0 turns it off. Not applied while
+    /// the peer holds (sendonly, inactive).
     pub inactivity_timeout_secs: u32,
+    /// Media shard threads; 0 for one per core.
+    pub shards: usize,
+    /// Latch a peer's RTP from any address, not only its signalled IP.
+    pub latch_any_address: bool,
+    /// Silence is sent to a peer after this long with nothing relayed to
+    /// it, milliseconds.
+    pub fill_after_ms: u32,
+    /// A peer that stops sending for this long is reported (`call.media`),
+    /// milliseconds.
+    pub quiet_report_ms: u32,
+    /// A port given back is not reused for this long, milliseconds.
+    pub port_drain_ms: u32,
+    /// Where the `play` command's WAV files are; `play` names a file in it.
+    pub prompt_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for MediaSettings {
@@ -410,6 +426,12 @@ impl Default for MediaSettings {
                 end: 20000,
             },
             inactivity_timeout_secs: 30,
+            shards: 0,
+            latch_any_address: false,
+            fill_after_ms: 100,
+            quiet_report_ms: 2000,
+            port_drain_ms: 2000,
+            prompt_dir: None,
         }
     }
 }

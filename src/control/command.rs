@@ -219,8 +219,58 @@ pub struct OriginateArgs {
     /// Dial even when the destination was dialed within the window.
     #[serde(default)]
     pub force: bool,
-    /// Media endpoint (not supported before the media relay).
-    pub media: Option<Value>,
+    /// An external media endpoint to relay the call's audio with.
+    pub media: Option<MediaArgs>,
+}
+
+/// An external media endpoint for a call's audio (`originate`, `answer`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaArgs {
+    /// `rtp`: plain RTP to and from `host:port`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The endpoint's IP address.
+    pub host: std::net::IpAddr,
+    /// Its RTP port.
+    pub port: u16,
+    /// `PCMU` (default) or `PCMA`.
+    pub codec: Option<String>,
+}
+
+/// What `play` plays: a WAV file from the prompt directory, a tone, or
+/// nothing (`stop`).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlayArgs {
+    /// The call.
+    pub call_id: String,
+    /// A file name in `media.prompt_dir`.
+    pub file: Option<String>,
+    /// A tone.
+    pub tone: Option<ToneArgs>,
+    /// Play the file again and again.
+    #[serde(default, rename = "loop")]
+    pub loops: bool,
+    /// Stop what plays.
+    #[serde(default)]
+    pub stop: bool,
+}
+
+/// A tone for `play`.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToneArgs {
+    /// One or two frequencies, Hz.
+    pub freqs: Vec<f32>,
+    /// How long, milliseconds.
+    pub duration_ms: u64,
+    /// Cadence: tone on, milliseconds (default: continuous).
+    pub on_ms: Option<u32>,
+    /// Cadence: silence, milliseconds.
+    pub off_ms: Option<u32>,
+    /// Level, dBm0 (default -13).
+    pub level_dbm0: Option<f32>,
 }
 
 /// What a command asks for.
@@ -265,7 +315,11 @@ pub enum CommandKind {
     Answer {
         /// The call.
         call_id: String,
+        /// An external media endpoint to relay its audio with.
+        media: Option<MediaArgs>,
     },
+    /// Play a prompt or tone to a call.
+    Play(Box<PlayArgs>),
     /// Reject a ringing inbound call.
     Reject {
         /// The call.
@@ -315,6 +369,7 @@ impl CommandKind {
             CommandKind::Originate(_) => "originate",
             CommandKind::Hangup { .. } => "hangup",
             CommandKind::Answer { .. } => "answer",
+            CommandKind::Play(_) => "play",
             CommandKind::Reject { .. } => "reject",
             CommandKind::Bridge { .. } => "bridge",
             CommandKind::Dtmf { .. } => "dtmf",
@@ -345,6 +400,7 @@ impl CommandKind {
             CommandKind::CallStatus { .. } => Scope::Any,
             CommandKind::Hangup { .. }
             | CommandKind::Answer { .. }
+            | CommandKind::Play(_)
             | CommandKind::Reject { .. }
             | CommandKind::Bridge { .. }
             | CommandKind::Dtmf { .. }
@@ -367,7 +423,7 @@ impl CommandKind {
     pub fn call_id(&self) -> Option<&str> {
         match self {
             CommandKind::Hangup { call_id }
-            | CommandKind::Answer { call_id }
+            | CommandKind::Answer { call_id, .. }
             | CommandKind::Reject { call_id, .. }
             | CommandKind::Bridge { call_id, .. }
             | CommandKind::Dtmf { call_id, .. }
@@ -432,6 +488,13 @@ struct RejectArgs {
 struct BridgeArgs {
     call_id: String,
     other_call_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerArgs {
+    call_id: String,
+    media: Option<MediaArgs>,
 }
 
 #[derive(Deserialize)]
@@ -601,12 +664,22 @@ fn kind_of(kind: &str, args: Value) -> Result<CommandKind, Problem> {
             check_originate(&o)?;
             CommandKind::Originate(Box::new(o))
         }
-        "hangup" | "answer" | "call_status" => {
+        "answer" => {
+            let a: AnswerArgs = typed(args, "args")?;
+            check_call(&a.call_id, "args.call_id")?;
+            if let Some(m) = &a.media {
+                check_media(m)?;
+            }
+            CommandKind::Answer {
+                call_id: a.call_id,
+                media: a.media,
+            }
+        }
+        "hangup" | "call_status" => {
             let call_id = typed::<CallArgs>(args, "args")?.call_id;
             check_call(&call_id, "args.call_id")?;
             match kind {
                 "hangup" => CommandKind::Hangup { call_id },
-                "answer" => CommandKind::Answer { call_id },
                 _ => CommandKind::CallStatus { call_id },
             }
         }
@@ -657,10 +730,10 @@ fn kind_of(kind: &str, args: Value) -> Result<CommandKind, Problem> {
             }
         }
         "play" => {
-            return Err((
-                ErrorCode::NotImplemented,
-                "play is not implemented yet (it comes with the media relay)".into(),
-            ));
+            let a: PlayArgs = typed(args, "args")?;
+            check_call(&a.call_id, "args.call_id")?;
+            check_play(&a)?;
+            CommandKind::Play(Box::new(a))
         }
         t => {
             return Err((
@@ -669,6 +742,60 @@ fn kind_of(kind: &str, args: Value) -> Result<CommandKind, Problem> {
             ));
         }
     })
+}
+
+fn check_media(m: &MediaArgs) -> Result<(), Problem> {
+    if m.kind != "rtp" {
+        return Err((
+            ErrorCode::NotSupported,
+            format!("args.media.type: {:?} is not supported; \"rtp\" is", m.kind),
+        ));
+    }
+    if m.port == 0 || m.host.is_unspecified() {
+        return Err((
+            ErrorCode::BadField,
+            "args.media: host must be an address and port not 0".into(),
+        ));
+    }
+    match m.codec.as_deref() {
+        None => Ok(()),
+        Some(c) if c.eq_ignore_ascii_case("pcmu") || c.eq_ignore_ascii_case("pcma") => Ok(()),
+        Some(_) => Err((ErrorCode::BadField, "args.media.codec: PCMU or PCMA".into())),
+    }
+}
+
+fn check_play(a: &PlayArgs) -> Result<(), Problem> {
+    let bad = |m: &str| Err((ErrorCode::BadField, m.to_owned()));
+    let given = usize::from(a.file.is_some()) + usize::from(a.tone.is_some()) + usize::from(a.stop);
+    if given != 1 {
+        return bad("args: exactly one of file, tone or stop");
+    }
+    if let Some(file) = &a.file {
+        let ok = !file.is_empty()
+            && file.len() <= 128
+            && !file.starts_with('.')
+            && file
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return bad("args.file: a file name (A-Z a-z 0-9 . _ -) in the prompt directory");
+        }
+    }
+    if let Some(t) = &a.tone {
+        if t.freqs.is_empty()
+            || t.freqs.len() > 2
+            || t.freqs.iter().any(|f| !(20.0..=4000.0).contains(f))
+        {
+            return bad("args.tone.freqs: one or two frequencies of 20 to 4000 Hz");
+        }
+        if !(1..=3_600_000).contains(&t.duration_ms) {
+            return bad("args.tone.duration_ms: 1 to 3600000");
+        }
+        if t.level_dbm0.is_some_and(|l| !(-60.0..=3.0).contains(&l)) {
+            return bad("args.tone.level_dbm0: -60 to 3");
+        }
+    }
+    Ok(())
 }
 
 fn check_account(account: &str) -> Result<(), Problem> {
@@ -694,6 +821,12 @@ fn check_call(call_id: &str, field: &str) -> Result<(), Problem> {
 fn check_originate(o: &OriginateArgs) -> Result<(), Problem> {
     let bad = |m: &str| Err((ErrorCode::BadField, m.to_owned()));
     check_account(&o.account)?;
+    if let Some(m) = &o.media {
+        check_media(m)?;
+        if o.bridge_to.is_some() {
+            return bad("args: media and bridge_to exclude each other");
+        }
+    }
     let to_ok = !o.to.is_empty()
         && o.to.len() <= 256
         && !o

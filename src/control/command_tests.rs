@@ -249,8 +249,23 @@ fn malformed_commands_get_their_error_codes() {
         ),
         (
             r#"{"v":1,"id":"a","type":"play","args":{"call_id":"c"}}"#,
-            ErrorCode::NotImplemented,
-            "play is not implemented yet",
+            ErrorCode::BadField,
+            "exactly one of file, tone or stop",
+        ),
+        (
+            r#"{"v":1,"id":"a","type":"play","args":{"call_id":"c","file":"../etc/passwd"}}"#,
+            ErrorCode::BadField,
+            "a file name",
+        ),
+        (
+            r#"{"v":1,"id":"a","type":"play","args":{"call_id":"c","tone":{"freqs":[5],"duration_ms":10}}}"#,
+            ErrorCode::BadField,
+            "20 to 4000 Hz",
+        ),
+        (
+            r#"{"v":1,"id":"a","type":"answer","args":{"call_id":"c","media":{"type":"rtp","host":"0.0.0.0","port":4000}}}"#,
+            ErrorCode::BadField,
+            "host must be an address",
         ),
         (big.as_str(), ErrorCode::TooLarge, "the limit is 65536"),
     ];

@@ -56,7 +56,9 @@ pub fn call_table(
             name_prefix: name_prefix.to_owned(),
             ..call_config(settings, media_address)
         },
-        PortPool::new(range.start, range.end),
+        PortPool::new(range.start, range.end).with_drain(Duration::from_millis(u64::from(
+            settings.media.port_drain_ms,
+        ))),
         usize::try_from(settings.limits.max_concurrent_calls).unwrap_or(usize::MAX),
         Box::new(crate::sip::ids::OsEntropy::new()),
     );
@@ -98,6 +100,8 @@ pub struct PlaceCall {
     pub name: Option<String>,
     /// A live call to bridge the new one with.
     pub bridge_to: Option<String>,
+    /// An external RTP endpoint to relay the call's audio with.
+    pub endpoint: Option<super::RtpEndpoint>,
 }
 
 /// A call placed.
@@ -107,10 +111,12 @@ pub struct Placed {
     pub id: CallId,
     /// Its name.
     pub name: Arc<str>,
+    /// Where an external RTP endpoint must send its audio.
+    pub endpoint: Option<super::Attached>,
 }
 
 /// What to do with a live call found by name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum CallAction {
     /// Hang up.
     Hangup,
@@ -124,6 +130,10 @@ pub enum CallAction {
     Hold(bool),
     /// Send DTMF digits.
     Dtmf(String),
+    /// Relay the call's audio with an external RTP endpoint.
+    Attach(super::RtpEndpoint),
+    /// Play a prompt or tone to the call's peer; `None` stops it.
+    Play(Option<Box<crate::media::player::Source>>),
 }
 
 /// Why a call could not be placed.
@@ -168,8 +178,8 @@ pub enum CallCommand {
         name: String,
         /// What to do.
         action: CallAction,
-        /// Done, or why not.
-        reply: oneshot::Sender<Result<(), CallError>>,
+        /// Done (with an attached endpoint's address), or why not.
+        reply: oneshot::Sender<Result<Option<super::Attached>, CallError>>,
     },
     /// Hang a call up.
     Hangup(CallId, oneshot::Sender<Result<(), CallError>>),
@@ -227,6 +237,7 @@ impl super::Core {
                 events,
             } => {
                 let bridge_to = place.bridge_to.clone();
+                let endpoint = place.endpoint;
                 let result = self.place(now, *place, direct);
                 if let Err(e) = &result {
                     self.publish.sip.call_refused(refusal(e));
@@ -235,15 +246,26 @@ impl super::Core {
                     if let Some(other) = bridge_to {
                         self.bridge_new(now, id, &other)?;
                     }
-                    Ok(id)
+                    let attached = match endpoint {
+                        Some(e) => match self.attach_endpoint(id, e) {
+                            Ok(a) => Some(a),
+                            Err(err) => {
+                                let _ = self.calls.hangup(now, &mut self.ep, id);
+                                return Err(err.into());
+                            }
+                        },
+                        None => None,
+                    };
+                    Ok((id, attached))
                 });
-                let placed = result.map(|id| {
+                let placed = result.map(|(id, endpoint)| {
                     if let Some(events) = events {
                         self.watchers.insert(id, events);
                     }
                     Placed {
                         id,
                         name: self.calls.name_of(id).unwrap_or_else(|| Arc::from("")),
+                        endpoint,
                     }
                 });
                 let _ = reply.send(placed);
@@ -295,7 +317,12 @@ impl super::Core {
         joined
     }
 
-    fn act(&mut self, now: Instant, name: &str, action: CallAction) -> Result<(), CallError> {
+    fn act(
+        &mut self,
+        now: Instant,
+        name: &str,
+        action: CallAction,
+    ) -> Result<Option<super::Attached>, CallError> {
         let id = self
             .calls
             .find(name)
@@ -310,8 +337,15 @@ impl super::Core {
                 self.calls.bridge(now, ep, id, b)
             }
             CallAction::Hold(on) => self.calls.hold(now, ep, id, on),
-            CallAction::Dtmf(digits) => self.calls.send_dtmf(now, ep, id, &digits),
+            CallAction::Dtmf(digits) => self.dtmf(now, id, &digits),
+            CallAction::Attach(endpoint) => return self.attach_endpoint(id, endpoint).map(Some),
+            CallAction::Play(source) => {
+                self.calls.check_answered(id, "play")?;
+                self.publish.media.play(id.0, source.map(|s| *s));
+                Ok(())
+            }
         }
+        .map(|()| None)
     }
 
     fn place(
@@ -401,9 +435,7 @@ impl super::Core {
     /// Publishes the call table's transitions and notes and counts the
     /// ended calls.
     pub(super) fn publish_calls(&mut self) {
-        for change in self.calls.take_port_changes() {
-            self.publish.media.send(change);
-        }
+        self.apply_media_ops();
         for event in self.calls.take_events() {
             if let Some(ended) = &event.ended {
                 self.publish.sip.call_ended(ended.cause.label());
@@ -433,7 +465,7 @@ fn refusal(e: &PlaceError) -> &'static str {
         PlaceError::Call(CallError::RateLimited(_) | CallError::AccountRateLimited { .. }) => {
             "rate_limited"
         }
-        PlaceError::Call(CallError::Media(_)) => "no_media_port",
+        PlaceError::Call(CallError::Media(_)) => "media_ports_exhausted",
         PlaceError::Call(CallError::NameInUse(_)) => "name_in_use",
         PlaceError::Account(_) => "account",
         PlaceError::Resolve(_) => "resolve",

@@ -15,6 +15,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 mod calls;
+mod media;
+pub use media::{Attached, RtpEndpoint};
 
 pub use calls::{CallAction, CallCommand, PlaceCall, PlaceError, Placed, direct_target};
 
@@ -134,8 +136,10 @@ pub struct Publish {
     pub sip: Arc<SipMetrics>,
     /// State transitions, for the control channel to publish.
     pub events: EventSender,
-    /// Where the media ports of calls are bound.
-    pub media: crate::media::MediaPorts,
+    /// The media shards that bind calls' ports and relay their RTP.
+    pub media: crate::media::Media,
+    /// The shards' reports.
+    pub media_events: Option<mpsc::Receiver<crate::media::MediaEvent>>,
 }
 
 enum Command {
@@ -364,7 +368,11 @@ impl SipCore {
     }
 
     /// Acts on the live call named `name`; `None` when the core stopped.
-    pub async fn act(&self, name: &str, action: CallAction) -> Option<Result<(), CallError>> {
+    pub async fn act(
+        &self,
+        name: &str,
+        action: CallAction,
+    ) -> Option<Result<Option<Attached>, CallError>> {
         let (reply, rx) = oneshot::channel();
         let command = Command::Call(CallCommand::ByName {
             name: name.to_owned(),
@@ -528,6 +536,16 @@ struct Core {
     inbound_reject_code: u16,
 }
 
+/// The next media report, or never when media does not run.
+async fn next_media(
+    rx: &mut Option<mpsc::Receiver<crate::media::MediaEvent>>,
+) -> Option<crate::media::MediaEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Core {
     async fn run(
         mut self,
@@ -540,6 +558,7 @@ impl Core {
         self.accounts.start_all(started);
         self.settle(started);
         let fault_at = panic_after.map(|d| tokio::time::Instant::from_std(started + d));
+        let mut media_events = self.publish.media_events.take();
         loop {
             let deadline = [
                 self.ep.poll_timeout(),
@@ -574,6 +593,16 @@ impl Core {
                     }
                     None => return,
                 },
+                Some(event) = next_media(&mut media_events) => {
+                    let now = Instant::now();
+                    self.on_media(now, event);
+                    for _ in 1..BATCH {
+                        match media_events.as_mut().map(mpsc::Receiver::try_recv) {
+                            Some(Ok(event)) => self.on_media(now, event),
+                            _ => break,
+                        }
+                    }
+                }
                 Some((account, attempt, result)) = dns.recv() => {
                     self.accounts_touched = true;
                     self.accounts.resolved(Instant::now(), &mut self.ep, account, attempt, result);

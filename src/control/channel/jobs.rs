@@ -6,10 +6,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::call::CallError;
-use crate::control::command::{CommandError, CommandKind, ErrorCode};
+use crate::control::command::{CommandError, CommandKind, ErrorCode, MediaArgs, PlayArgs};
 use crate::control::machine::Job;
+use crate::engine::RtpEndpoint;
 use crate::engine::{CallAction, PlaceCall, PlaceError, SipCore};
 use crate::lifecycle::Phase;
+use crate::media::player::{Clip, Source, Tone};
+use crate::sdp::Codec;
 use crate::status::Shared;
 
 pub(super) fn failure(kind: &CommandKind, code: ErrorCode, message: &str) -> CommandError {
@@ -85,9 +88,14 @@ pub(super) async fn execute(
                 max_duration: o.max_duration_secs.map(Duration::from_secs),
                 name: Some(call_id.clone()),
                 bridge_to: o.bridge_to.clone(),
+                endpoint: o.media.as_ref().map(rtp_endpoint),
             };
             match sip.place(place).await {
-                Ok(placed) => Ok(json!({"call_id": &*placed.name})),
+                Ok(placed) => Ok(match placed.endpoint {
+                    Some(a) => json!({"call_id": &*placed.name, "media": {
+                        "host": a.local.ip().to_string(), "port": a.local.port()}}),
+                    None => json!({"call_id": &*placed.name}),
+                }),
                 Err(e) => Err(place_error(kind, e)),
             }
         }
@@ -99,11 +107,42 @@ pub(super) async fn execute(
             ErrorCode::Internal,
             "call_status is answered from the record".into(),
         )),
+        CommandKind::Play(p) => {
+            let source = play_source(p, shared).map_err(|m| fail(ErrorCode::BadField, m))?;
+            match sip.act(&p.call_id, CallAction::Play(source)).await {
+                Some(Ok(_)) => Ok(json!({"call_id": p.call_id, "playing": !p.stop})),
+                Some(Err(e)) => Err(call_error(kind, e)),
+                None => Err(fail(
+                    ErrorCode::Unavailable,
+                    "the SIP core is not running".into(),
+                )),
+            }
+        }
         CommandKind::Hangup { call_id }
-        | CommandKind::Answer { call_id }
+        | CommandKind::Answer { call_id, .. }
         | CommandKind::Reject { call_id, .. }
         | CommandKind::Bridge { call_id, .. }
         | CommandKind::Dtmf { call_id, .. } => {
+            let mut result = json!({"call_id": call_id});
+            if let CommandKind::Answer { media: Some(m), .. } = kind {
+                match sip.act(call_id, CallAction::Attach(rtp_endpoint(m))).await {
+                    Some(Ok(attached)) => {
+                        if let (Some(a), Value::Object(map)) = (attached, &mut result) {
+                            map.insert(
+                                "media".into(),
+                                json!({"host": a.local.ip().to_string(), "port": a.local.port()}),
+                            );
+                        }
+                    }
+                    Some(Err(e)) => return Err(call_error(kind, e)),
+                    None => {
+                        return Err(fail(
+                            ErrorCode::Unavailable,
+                            "the SIP core is not running".into(),
+                        ));
+                    }
+                }
+            }
             let action = match kind {
                 CommandKind::Hangup { .. } => CallAction::Hangup,
                 CommandKind::Answer { .. } => CallAction::Answer,
@@ -114,7 +153,6 @@ pub(super) async fn execute(
                 CommandKind::Dtmf { digits, .. } => CallAction::Dtmf(digits.clone()),
                 _ => CallAction::Hangup,
             };
-            let mut result = json!({"call_id": call_id});
             match kind {
                 CommandKind::Bridge { other_call_id, .. } => {
                     if let Value::Object(m) = &mut result {
@@ -129,7 +167,7 @@ pub(super) async fn execute(
                 _ => {}
             }
             match sip.act(call_id, action).await {
-                Some(Ok(())) => Ok(result),
+                Some(Ok(_)) => Ok(result),
                 Some(Err(e)) => Err(call_error(kind, e)),
                 None => Err(fail(
                     ErrorCode::Unavailable,
@@ -138,6 +176,50 @@ pub(super) async fn execute(
             }
         }
     }
+}
+
+/// The endpoint a command's `media` names.
+fn rtp_endpoint(m: &MediaArgs) -> RtpEndpoint {
+    let codec = match m.codec.as_deref() {
+        Some(c) if c.eq_ignore_ascii_case("pcma") => Codec::Pcma,
+        _ => Codec::Pcmu,
+    };
+    RtpEndpoint {
+        address: std::net::SocketAddr::new(m.host, m.port),
+        codec,
+    }
+}
+
+/// What a `play` command plays: `None` stops; a tone; or a WAV file from
+/// the prompt directory.
+fn play_source(p: &PlayArgs, shared: &Shared) -> Result<Option<Box<Source>>, String> {
+    if p.stop {
+        return Ok(None);
+    }
+    if let Some(t) = &p.tone {
+        let on = t.on_ms.unwrap_or(0);
+        let (on, off) = if on == 0 {
+            (u32::try_from(t.duration_ms).unwrap_or(u32::MAX), 0)
+        } else {
+            (on, t.off_ms.unwrap_or(0))
+        };
+        let tone = Tone::new(
+            &t.freqs,
+            t.level_dbm0.unwrap_or(-13.0),
+            on,
+            off,
+            Some(t.duration_ms),
+        );
+        return Ok(Some(Box::new(Source::tone(tone))));
+    }
+    let name = p.file.as_deref().unwrap_or_default();
+    let dir = shared
+        .prompt_dir
+        .get()
+        .ok_or("args.file: no media.prompt_dir is configured")?;
+    let bytes = std::fs::read(dir.join(name)).map_err(|e| format!("args.file {name:?}: {e}"))?;
+    let clip = Clip::from_wav(&bytes).map_err(|e| format!("args.file {name:?}: {e}"))?;
+    Ok(Some(Box::new(Source::clip(clip, p.loops))))
 }
 
 pub(super) fn call_error(kind: &CommandKind, e: CallError) -> CommandError {

@@ -108,6 +108,48 @@ impl Machine {
                     json!({"call_id": &*n.name, "codec": codec, "local_port": local_port, "remote": remote}),
                 ),
             },
+            CoreEvent::Media(m) => self.media_event(at, m),
+        }
+    }
+
+    /// A media shard's report: `call.dtmf` for a telephone-event digit,
+    /// `call.media` for the rest; a leg's closing totals also go into the
+    /// call's record (field `media`, or `media_endpoint`).
+    fn media_event(&mut self, at: u64, m: crate::media::MediaEvent) {
+        use crate::media::MediaEventKind;
+        let leg = if m.leg & crate::media::ENDPOINT_BIT != 0 {
+            "endpoint"
+        } else {
+            "call"
+        };
+        match m.kind {
+            MediaEventKind::Dtmf { digit, duration_ms } => self.event(
+                at,
+                "call.dtmf",
+                json!({"call_id": &*m.name, "digit": digit.to_string(), "duration_ms": duration_ms, "via": "rtp"}),
+            ),
+            MediaEventKind::Closed { stats } => {
+                let totals = serde_json::to_value(&stats).unwrap_or_default();
+                let field = if leg == "endpoint" { "media_endpoint" } else { "media" };
+                self.write_record(&m.name, vec![(field, totals.to_string())], Stage::Update);
+                self.event(
+                    at,
+                    "call.media",
+                    json!({"call_id": &*m.name, "leg": leg, "report": "totals", "totals": totals}),
+                );
+            }
+            kind => {
+                let mut fields = json!({"call_id": &*m.name, "leg": leg});
+                if let (Some(map), Ok(serde_json::Value::Object(extra))) =
+                    (fields.as_object_mut(), serde_json::to_value(&kind))
+                {
+                    for (k, v) in extra {
+                        let k = if k == "kind" { "report".to_owned() } else { k };
+                        map.insert(k, v);
+                    }
+                }
+                self.event(at, "call.media", fields);
+            }
         }
     }
 

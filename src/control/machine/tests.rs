@@ -1586,23 +1586,32 @@ fn originate_whose_job_fails_closes_its_record_and_frees_the_destination() {
 }
 
 #[test]
-fn originate_with_media_is_not_supported_and_leaves_nothing_behind() {
+fn originate_with_a_bad_or_unsupported_media_endpoint_leaves_nothing_behind() {
     let mut r = Fake::new();
     let mut a = machine_a();
-    a.receive(
-        r.now,
-        Source::Instance,
-        &originate(
-            "o1",
-            "acc-a",
-            "sip:1@pbx",
-            json!({"media": {"rtp": "10.0.0.1:4000"}}),
+    for (id, media, code) in [
+        ("o1", json!({"rtp": "10.0.0.1:4000"}), "bad_field"),
+        (
+            "o2",
+            json!({"type": "websocket", "host": "10.0.0.1", "port": 4000}),
+            "not_supported",
         ),
-        None,
-    );
-    assert!(settle(&mut a, &mut r).is_empty());
-    assert_eq!(error_code(&r.result("o1").1), "not_supported");
-    assert!(r.hash("dialer:call:o1").is_empty());
+        (
+            "o3",
+            json!({"type": "rtp", "host": "10.0.0.1", "port": 4000, "codec": "opus"}),
+            "bad_field",
+        ),
+    ] {
+        a.receive(
+            r.now,
+            Source::Instance,
+            &originate(id, "acc-a", "sip:1@pbx", json!({ "media": media })),
+            None,
+        );
+        assert!(settle(&mut a, &mut r).is_empty());
+        assert_eq!(error_code(&r.result(id).1), code, "{id}");
+        assert!(r.hash(&format!("dialer:call:{id}")).is_empty());
+    }
     assert!(r.string("dialer:dest:sip:1@pbx").is_none());
 }
 

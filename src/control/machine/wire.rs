@@ -66,7 +66,13 @@ pub(super) fn envelope(command: &Command) -> Value {
                         "max_duration_secs",
                         o.max_duration_secs.map_or(Value::Null, Value::from),
                     ),
-                    ("media", o.media.clone().unwrap_or(Value::Null)),
+                    (
+                        "media",
+                        o.media
+                            .as_ref()
+                            .and_then(|m| serde_json::to_value(m).ok())
+                            .unwrap_or(Value::Null),
+                    ),
                 ] {
                     if !v.is_null() {
                         m.insert(k.into(), v);
@@ -78,11 +84,16 @@ pub(super) fn envelope(command: &Command) -> Value {
             }
             a
         }
+        CommandKind::Answer {
+            call_id,
+            media: Some(media),
+        } => json!({"call_id": call_id, "media": media}),
         CommandKind::Hangup { call_id }
-        | CommandKind::Answer { call_id }
+        | CommandKind::Answer { call_id, .. }
         | CommandKind::CallStatus { call_id } => {
             json!({"call_id": call_id})
         }
+        CommandKind::Play(p) => serde_json::to_value(p).unwrap_or_default(),
         CommandKind::Reject { call_id, code } => json!({"call_id": call_id, "code": code}),
         CommandKind::Bridge {
             call_id,

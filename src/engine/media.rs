@@ -1,0 +1,165 @@
+//! The SIP core's side of media: the call table's requests carried to the
+//! media shards, and the shards' reports turned into call actions (a
+//! `media_timeout` ends the call) and events.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Core;
+use crate::call::{CallError, CallId, EndCause, MediaOp};
+use crate::media::{AudioCodec, ENDPOINT_BIT, LegSpec, MediaEvent, MediaEventKind};
+use crate::sdp::{Codec, LocalMedia, Negotiated};
+
+/// Duration of each DTMF digit sent as telephone-events.
+pub const DTMF_DIGIT: Duration = Duration::from_millis(160);
+
+/// An external RTP endpoint a call's audio is relayed to (an AI agent that
+/// speaks RTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpEndpoint {
+    /// Where it receives RTP (and sends from).
+    pub address: SocketAddr,
+    /// Its codec: PCMU or PCMA.
+    pub codec: Codec,
+}
+
+/// What a media endpoint attached to a call was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attached {
+    /// Where the endpoint must send its RTP.
+    pub local: SocketAddr,
+}
+
+/// What the relay needs of a negotiated stream.
+pub fn leg_spec(n: &Negotiated, sending: bool, answered: bool) -> LegSpec {
+    let codec = match n.codec {
+        Codec::Pcmu => AudioCodec::Pcmu,
+        Codec::Pcma => AudioCodec::Pcma,
+        _ => AudioCodec::Other,
+    };
+    LegSpec {
+        remote: n.remote,
+        rtcp: Some(SocketAddr::new(
+            n.remote.ip(),
+            n.remote.port().saturating_add(1),
+        )),
+        codec,
+        payload_type: n.payload_type,
+        dtmf_payload_type: n.dtmf_payload_type,
+        local_dtmf_payload_type: n.dtmf_payload_type.map(|_| LocalMedia::DEFAULT_DTMF_PT),
+        ptime_ms: n.ptime_ms.unwrap_or(20),
+        peer_sends: n.remote_direction.sends() && n.local_direction.receives(),
+        peer_receives: sending && n.remote_direction.receives() && n.local_direction.sends(),
+        watched: answered,
+    }
+}
+
+/// The spec of an external RTP endpoint.
+pub fn endpoint_spec(e: &RtpEndpoint) -> LegSpec {
+    let (codec, payload_type) = match e.codec {
+        Codec::Pcma => (AudioCodec::Pcma, 8),
+        _ => (AudioCodec::Pcmu, 0),
+    };
+    LegSpec {
+        remote: e.address,
+        rtcp: None,
+        codec,
+        payload_type,
+        dtmf_payload_type: None,
+        local_dtmf_payload_type: None,
+        ptime_ms: 20,
+        peer_sends: true,
+        peer_receives: true,
+        watched: false,
+    }
+}
+
+impl Core {
+    /// Carries the call table's media requests to the shards.
+    pub(super) fn apply_media_ops(&mut self) {
+        let ops: Vec<MediaOp> = self.calls.take_media_ops().collect();
+        for op in ops {
+            let media = &mut self.publish.media;
+            match op {
+                MediaOp::Open { call, name, port } => media.open(call.0, name, port, None),
+                MediaOp::Negotiated {
+                    call,
+                    media: n,
+                    sending,
+                    answered,
+                } => media.spec(call.0, leg_spec(&n, sending, answered)),
+                MediaOp::Connect { a, b } => media.connect(a.0, b.0),
+                MediaOp::Disconnect { call } => media.disconnect(call.0),
+                MediaOp::Close { call } => {
+                    media.close(call.0);
+                    media.close(call.0 | ENDPOINT_BIT);
+                }
+            }
+        }
+    }
+
+    /// A report from a media shard.
+    pub(super) fn on_media(&mut self, now: Instant, event: MediaEvent) {
+        let call = CallId(event.leg & !ENDPOINT_BIT);
+        let endpoint = event.leg & ENDPOINT_BIT != 0;
+        match &event.kind {
+            MediaEventKind::Timeout if !endpoint => {
+                tracing::info!(call = %call, name = %event.name, "no RTP from the peer; the call ends");
+                let _ = self
+                    .calls
+                    .end_with(now, &mut self.ep, call, EndCause::MediaTimeout);
+            }
+            MediaEventKind::BindFailed { port } => {
+                tracing::warn!(call = %call, port, "media port not bound; the call ends");
+                let _ = self
+                    .calls
+                    .end_with(now, &mut self.ep, call, EndCause::MediaError);
+            }
+            _ => {}
+        }
+        self.publish
+            .events
+            .emit(crate::events::CoreEvent::Media(event));
+    }
+
+    /// Attaches an external RTP endpoint to `call`: a leg of its own,
+    /// relayed with the call's leg.
+    pub(super) fn attach_endpoint(
+        &mut self,
+        call: CallId,
+        endpoint: RtpEndpoint,
+    ) -> Result<Attached, CallError> {
+        let name: Arc<str> = self.calls.name_of(call).ok_or(CallError::Unknown(call))?;
+        let port = self.calls.endpoint_port(Instant::now(), call)?;
+        let leg = call.0 | ENDPOINT_BIT;
+        let media = &mut self.publish.media;
+        media.open(leg, name, port, Some(call.0));
+        media.spec(leg, endpoint_spec(&endpoint));
+        media.connect(call.0, leg);
+        Ok(Attached {
+            local: SocketAddr::new(self.calls.media_address(), port),
+        })
+    }
+
+    /// Sends DTMF: as telephone-events when the call negotiated them and
+    /// media runs, else as SIP INFO.
+    pub(super) fn dtmf(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        digits: &str,
+    ) -> Result<(), CallError> {
+        let rtp = self.publish.media.is_running()
+            && self
+                .calls
+                .negotiated(call)
+                .is_some_and(|n| n.dtmf_payload_type.is_some());
+        if !rtp {
+            return self.calls.send_dtmf(now, &mut self.ep, call, digits);
+        }
+        self.calls.check_answered(call, "send DTMF")?;
+        self.publish.media.dtmf(call.0, digits, DTMF_DIGIT);
+        Ok(())
+    }
+}

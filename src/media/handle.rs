@@ -1,0 +1,229 @@
+//! The SIP core's handle on the media shards: which shard holds each leg,
+//! and the commands to it. Owned by the SIP core task alone.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::leg::{LegId, LegSpec, LegStats};
+use super::player::Source;
+use super::relay::{MediaEvent, RelayConfig};
+use super::shard::{self, ShardCommand, ShardCounters, ShardSender};
+
+/// How the media shards run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaConfig {
+    /// The address RTP sockets bind.
+    pub bind: IpAddr,
+    /// Shard threads; one per core when 0.
+    pub shards: usize,
+    /// The relay's timing and latching.
+    pub relay: RelayConfig,
+    /// Reports the SIP core can fall behind by before they are dropped.
+    pub event_depth: usize,
+}
+
+/// The shards and where each leg lives.
+#[derive(Debug)]
+pub struct Media {
+    shards: Vec<ShardSender>,
+    placement: HashMap<LegId, usize>,
+    next: usize,
+    bind: IpAddr,
+}
+
+/// Reads the legs' totals from every shard (for `/status`).
+#[derive(Debug, Clone, Default)]
+pub struct MediaReader {
+    shards: Vec<ShardSender>,
+}
+
+impl MediaReader {
+    /// The totals of every leg, from each shard that answers within `wait`.
+    pub async fn stats(&self, wait: Duration) -> Vec<LegStats> {
+        let mut replies = Vec::with_capacity(self.shards.len());
+        for shard in &self.shards {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if shard.send(ShardCommand::Stats { reply: tx }) {
+                replies.push(rx);
+            }
+        }
+        let mut all = Vec::new();
+        for rx in replies {
+            if let Ok(Ok(mut stats)) = tokio::time::timeout(wait, rx).await {
+                all.append(&mut stats);
+            }
+        }
+        all
+    }
+}
+
+impl Media {
+    /// A handle with no shards: every command is ignored (tools such as
+    /// `dialerd call --no-media`, tests of the SIP core alone).
+    pub fn none() -> Media {
+        Media {
+            shards: Vec::new(),
+            placement: HashMap::new(),
+            next: 0,
+            bind: IpAddr::from([127, 0, 0, 1]),
+        }
+    }
+
+    /// Starts the shard threads; reports arrive on the returned receiver.
+    pub fn start(
+        config: &MediaConfig,
+        counters: ShardCounters,
+        seed: u64,
+    ) -> std::io::Result<(
+        Media,
+        tokio::sync::mpsc::Receiver<MediaEvent>,
+        Vec<std::thread::JoinHandle<()>>,
+    )> {
+        let count = match config.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(config.event_depth.max(1));
+        let mut shards = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        for index in 0..count {
+            let seed = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let (sender, thread) =
+                shard::spawn(index, config.relay, seed, tx.clone(), counters.clone())?;
+            shards.push(sender);
+            threads.push(thread);
+        }
+        Ok((
+            Media {
+                shards,
+                placement: HashMap::new(),
+                next: 0,
+                bind: config.bind,
+            },
+            rx,
+            threads,
+        ))
+    }
+
+    /// Whether shards run (else every command is ignored).
+    pub fn is_running(&self) -> bool {
+        !self.shards.is_empty()
+    }
+
+    /// A reader of the legs' totals.
+    pub fn reader(&self) -> MediaReader {
+        MediaReader {
+            shards: self.shards.clone(),
+        }
+    }
+
+    /// Legs placed on shards.
+    pub fn legs(&self) -> usize {
+        self.placement.len()
+    }
+
+    fn send(&self, leg: LegId, command: ShardCommand) {
+        if let Some(shard) = self.placement.get(&leg).and_then(|s| self.shards.get(*s)) {
+            shard.send(command);
+        }
+    }
+
+    /// Binds `port` for `leg`, on the shard of `near` if given (the other
+    /// leg of a bridge), else on the next shard in turn.
+    pub fn open(&mut self, leg: LegId, name: Arc<str>, port: u16, near: Option<LegId>) {
+        if self.shards.is_empty() {
+            return;
+        }
+        let index = match near.and_then(|n| self.placement.get(&n)) {
+            Some(i) => *i,
+            None => {
+                self.next = (self.next + 1) % self.shards.len();
+                self.next
+            }
+        };
+        self.placement.insert(leg, index);
+        if let Some(shard) = self.shards.get(index) {
+            shard.send(ShardCommand::Open {
+                leg,
+                name,
+                ip: self.bind,
+                port,
+            });
+        }
+    }
+
+    /// What was negotiated for `leg`.
+    pub fn spec(&self, leg: LegId, spec: LegSpec) {
+        self.send(leg, ShardCommand::Spec { leg, spec });
+    }
+
+    /// Relays between `a` and `b`; `b` moves to `a`'s shard if elsewhere.
+    pub fn connect(&mut self, a: LegId, b: LegId) {
+        let (Some(sa), Some(sb)) = (
+            self.placement.get(&a).copied(),
+            self.placement.get(&b).copied(),
+        ) else {
+            return;
+        };
+        if sa == sb {
+            self.send(a, ShardCommand::Connect { a, b });
+            return;
+        }
+        let Some(to) = self.shards.get(sa).cloned() else {
+            return;
+        };
+        self.send(
+            b,
+            ShardCommand::Detach {
+                leg: b,
+                to,
+                connect: a,
+            },
+        );
+        self.placement.insert(b, sa);
+    }
+
+    /// Stops relaying for `leg`.
+    pub fn disconnect(&self, leg: LegId) {
+        self.send(leg, ShardCommand::Disconnect { leg });
+    }
+
+    /// Plays `source` toward `leg`'s peer; `None` stops it.
+    pub fn play(&self, leg: LegId, source: Option<Source>) {
+        self.send(
+            leg,
+            ShardCommand::Play {
+                leg,
+                source: source.map(Box::new),
+            },
+        );
+    }
+
+    /// Sends `digits` as telephone-events toward `leg`'s peer.
+    pub fn dtmf(&self, leg: LegId, digits: &str, duration: Duration) {
+        self.send(
+            leg,
+            ShardCommand::Dtmf {
+                leg,
+                digits: digits.to_owned(),
+                duration,
+            },
+        );
+    }
+
+    /// Closes `leg`; its totals are reported.
+    pub fn close(&mut self, leg: LegId) {
+        self.send(leg, ShardCommand::Close { leg });
+        self.placement.remove(&leg);
+    }
+}
+
+impl Drop for Media {
+    fn drop(&mut self) {
+        for shard in &self.shards {
+            shard.send(ShardCommand::Stop);
+        }
+    }
+}
