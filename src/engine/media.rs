@@ -40,10 +40,8 @@ pub fn leg_spec(n: &Negotiated, sending: bool, answered: bool) -> LegSpec {
     };
     LegSpec {
         remote: n.remote,
-        rtcp: Some(SocketAddr::new(
-            n.remote.ip(),
-            n.remote.port().saturating_add(1),
-        )),
+        rtcp: (!n.rtcp_mux)
+            .then(|| SocketAddr::new(n.remote.ip(), n.remote.port().saturating_add(1))),
         codec,
         payload_type: n.payload_type,
         dtmf_payload_type: n.dtmf_payload_type,

@@ -229,6 +229,8 @@ pub(super) struct Leg {
     /// The slot of the leg this one relays to and from.
     pub peer: Option<usize>,
     pub started: Instant,
+    /// Silence counts from here: the answer, or the end of a hold.
+    pub watch_from: Instant,
     pub latched: Option<SocketAddr>,
     pub rtcp_latched: Option<SocketAddr>,
     pub in_ssrc: Option<u32>,
@@ -264,6 +266,7 @@ impl Leg {
             spec: None,
             peer: None,
             started: now,
+            watch_from: now,
             latched: None,
             rtcp_latched: None,
             in_ssrc: None,
@@ -316,9 +319,17 @@ impl Leg {
         self.source.is_some() || self.dtmf.is_some()
     }
 
-    /// When the peer last sent, or when it could have started.
+    /// When the peer last sent, or when it could have started: silence
+    /// before the answer or during a hold does not count.
     pub fn rx_reference(&self) -> Instant {
-        self.last_rx.unwrap_or(self.started)
+        self.last_rx
+            .map_or(self.watch_from, |at| at.max(self.watch_from))
+    }
+
+    /// Whether the peer's silence is a fault to report: it should send,
+    /// and we are in a call with it (answered, or an endpoint).
+    pub fn expects_media(&self) -> bool {
+        self.spec.is_some_and(|s| s.peer_sends && s.peer_receives)
     }
 
     /// The leg's totals at `now`.

@@ -302,6 +302,14 @@ impl Relay {
             leg.latched = None;
             leg.rtcp_latched = None;
         }
+        let watching = |s: &LegSpec| s.peer_sends && s.peer_receives;
+        if !leg.spec.as_ref().is_some_and(watching)
+            || leg.spec.map(|s| s.watched) != Some(spec.watched)
+        {
+            // Answered, unheld or newly watched: silence counts from now.
+            leg.watch_from = now;
+            leg.quiet_reported = false;
+        }
         if !spec.peer_sends {
             leg.quiet_reported = false;
         }
@@ -643,7 +651,7 @@ impl Relay {
             report = Some(MediaEventKind::Timeout);
         }
         if report.is_none()
-            && spec.peer_sends
+            && leg.expects_media()
             && !leg.quiet_reported
             && silent >= config.quiet_after
         {
@@ -765,7 +773,7 @@ impl Relay {
         };
         if let Some(spec) = leg.spec {
             let reference = leg.rx_reference();
-            if spec.peer_sends && !leg.quiet_reported {
+            if leg.expects_media() && !leg.quiet_reported {
                 earliest(reference + config.quiet_after);
             }
             if spec.peer_sends

@@ -432,3 +432,38 @@ fn closing_a_leg_reports_its_totals_and_unlinks_the_peer() {
     assert_eq!(net.relay.stats(net.at(120), A).unwrap().rx_packets, 6);
     assert_eq!(net.relay.len(), 1);
 }
+
+#[test]
+fn silence_before_the_answer_does_not_count_toward_the_timeout() {
+    let config = RelayConfig {
+        inactivity: Some(Duration::from_secs(30)),
+        ..RelayConfig::default()
+    };
+    let t0 = Instant::now();
+    let mut relay = Relay::new(config, 1);
+    relay.insert(t0, A, Arc::from("call-a"), 30000);
+    // Rings for 40 s, then is answered.
+    let answered = t0 + Duration::from_secs(40);
+    relay
+        .set_spec(answered, A, spec("127.0.0.1:4000", AudioCodec::Pcmu))
+        .unwrap();
+    let mut buf = vec![0u8; 1500];
+    let mut timeout_at = None;
+    while let Some(at) = relay.poll_timeout() {
+        if at > t0 + Duration::from_secs(100) {
+            break;
+        }
+        while relay.poll_transmit(at, &mut buf).is_some() {}
+        while let Some(e) = relay.poll_event() {
+            if e.kind == MediaEventKind::Timeout {
+                timeout_at.get_or_insert(at);
+            }
+        }
+    }
+    let at = timeout_at.expect("the silent answered leg times out");
+    assert!(
+        at >= answered + Duration::from_secs(30) && at < answered + Duration::from_secs(31),
+        "timed out {:?} after the answer",
+        at - answered
+    );
+}

@@ -206,6 +206,14 @@ impl Media {
         attribute_value(&self.attributes, name)
     }
 
+    /// Whether an attribute called `name` (any case) is present, with a
+    /// value or as a flag.
+    pub fn has_attribute(&self, name: &str) -> bool {
+        self.attributes
+            .iter()
+            .any(|a| a.name.eq_ignore_ascii_case(name))
+    }
+
     /// The media-level direction attribute, if any (see [`SessionDescription::media_direction`]).
     pub fn direction(&self) -> Option<Direction> {
         direction_in(&self.attributes)

@@ -82,6 +82,8 @@ pub struct Negotiated {
     pub remote_direction: Direction,
     /// Index of the audio stream among the `m=` sections.
     pub stream_index: usize,
+    /// RTCP shares the RTP port (RFC 5761: offered and answered).
+    pub rtcp_mux: bool,
 }
 
 /// Why an offer/answer exchange produced no audio stream.
@@ -163,6 +165,12 @@ pub fn answer(
         add_codec(&mut audio, *codec, *pt);
     }
     finish_audio(&mut audio, local.ptime_ms, local_direction);
+    // RFC 5761: an offered rtcp-mux is accepted (RTCP is told apart from
+    // RTP by its packet type); we do not offer it ourselves.
+    let rtcp_mux = offered.has_attribute("rtcp-mux");
+    if rtcp_mux {
+        audio.attributes.push(Attribute::flag("rtcp-mux"));
+    }
     let media = offer
         .media
         .iter()
@@ -195,6 +203,7 @@ pub fn answer(
         local_direction,
         remote_direction,
         stream_index: index,
+        rtcp_mux,
     };
     Ok((sdp, negotiated))
 }
@@ -259,6 +268,7 @@ pub fn accept_answer(
         local_direction,
         remote_direction,
         stream_index: index,
+        rtcp_mux: ours.has_attribute("rtcp-mux") && theirs.has_attribute("rtcp-mux"),
     })
 }
 

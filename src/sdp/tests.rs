@@ -327,6 +327,7 @@ fn asterisk_offer() {
             local_direction: Direction::SendRecv,
             remote_direction: Direction::SendRecv,
             stream_index: 0,
+            rtcp_mux: false,
         }
     );
 }
@@ -1012,4 +1013,27 @@ fn no_panic_on_truncated_and_mangled_inputs() {
             }
         }
     }
+}
+
+#[test]
+fn an_offered_rtcp_mux_is_answered_and_negotiated() {
+    let offer = parse("v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp-mux\r\n").unwrap();
+    let local = LocalMedia::new("10.0.0.2".parse().unwrap(), 5000, vec![Codec::Pcmu]);
+    let (answer, n) = super::answer(
+        &offer,
+        &local,
+        Origin::new("dialerd", 1, 1, "10.0.0.2".parse().unwrap()),
+    )
+    .unwrap();
+    assert!(n.rtcp_mux);
+    assert!(answer.media[0].has_attribute("rtcp-mux"));
+    let plain = parse("v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n").unwrap();
+    let (answer, n) = super::answer(
+        &plain,
+        &local,
+        Origin::new("dialerd", 1, 1, "10.0.0.2".parse().unwrap()),
+    )
+    .unwrap();
+    assert!(!n.rtcp_mux);
+    assert!(!answer.media[0].has_attribute("rtcp-mux"));
 }

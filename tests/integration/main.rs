@@ -13,6 +13,7 @@ mod control;
 mod daemon;
 mod flood;
 mod kamailio;
+mod media;
 mod peers;
 mod registration;
 mod rfc4475;
