@@ -69,6 +69,14 @@ struct CallArgs {
     /// Seconds to ring before cancelling (default: calls.ring_timeout_secs).
     #[arg(long)]
     ring_timeout_secs: Option<u64>,
+    /// Play this WAV file (8 kHz mono: 16-bit PCM, mu-law or A-law) to the
+    /// callee once answered; the call's RTP is relayed from a port of
+    /// media.rtp_port_range.
+    #[arg(long, conflicts_with = "tone")]
+    play: Option<PathBuf>,
+    /// Play a tone of this frequency (Hz) to the callee once answered.
+    #[arg(long)]
+    tone: Option<f32>,
 }
 
 /// Arguments of `dialerd ctl`.
@@ -378,6 +386,11 @@ fn call(args: &CallArgs, log_format: Option<LogFormat>) -> ExitCode {
         headers,
         hold: std::time::Duration::from_secs(args.hold_secs),
         ring_timeout: args.ring_timeout_secs.map(std::time::Duration::from_secs),
+        play: match (&args.play, args.tone) {
+            (Some(file), _) => Some(dialerd::oneshot_call::Play::File(file.clone())),
+            (None, Some(hz)) => Some(dialerd::oneshot_call::Play::Tone(hz)),
+            (None, None) => None,
+        },
     };
     let runtime = match small_runtime() {
         Ok(rt) => rt,

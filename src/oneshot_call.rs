@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::call::{CallState, EndCause, Side};
 use crate::config::Settings;
-use crate::engine::{CoreConfig, PlaceCall, PlaceError, Publish, SipCore};
+use crate::engine::{CallAction, CoreConfig, PlaceCall, PlaceError, Publish, SipCore};
+use crate::media::player::{Clip, Source, Tone};
 use crate::metrics::{RegistrationMetrics, SipMetrics};
 
 /// How long a named account may take to register before the call.
@@ -34,6 +35,17 @@ pub struct CallOptions {
     pub hold: Duration,
     /// How long to ring (default from the configuration).
     pub ring_timeout: Option<Duration>,
+    /// What to play to the callee once answered; media runs only then.
+    pub play: Option<Play>,
+}
+
+/// What `dialerd call` plays.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Play {
+    /// A WAV file.
+    File(std::path::PathBuf),
+    /// A tone of this frequency, Hz.
+    Tone(f32),
 }
 
 /// The outcome, printed as JSON.
@@ -55,6 +67,10 @@ pub struct Outcome {
     pub answered_ms: Option<u64>,
     /// Milliseconds from the INVITE to the end.
     pub total_ms: u64,
+    /// The call's RTP totals just before our hangup (with `--play` or
+    /// `--tone`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub media: Vec<crate::media::LegStats>,
 }
 
 /// Why the call could not be made.
@@ -116,13 +132,41 @@ pub async fn call(settings: &Settings, opts: &CallOptions) -> Result<Outcome, Ca
         .map_err(|e| CallCliError::Start(e.to_string()))?;
     let status = tokio::sync::watch::channel(Vec::new()).0;
     let mut accounts = status.subscribe();
+    let source = match &opts.play {
+        Some(play) => Some(source_of(play)?),
+        None => None,
+    };
+    let (media, media_events) = match source {
+        None => (crate::media::Media::none(), None),
+        Some(_) => {
+            let bind = settings
+                .sip
+                .udp_listen
+                .first()
+                .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+            let config = crate::media::MediaConfig {
+                bind,
+                shards: 1,
+                relay: crate::media::RelayConfig::default(),
+                event_depth: 1024,
+            };
+            let (media, events, _threads) = crate::media::Media::start(
+                &config,
+                crate::media::ShardCounters::default(),
+                crate::sip::ids::random_u64(),
+            )
+            .map_err(|e| CallCliError::Start(format!("media: {e}")))?;
+            (media, Some(events))
+        }
+    };
+    let reader = media.reader();
     let publish = Publish {
         status,
         registration: Arc::new(RegistrationMetrics::default()),
         sip: Arc::new(SipMetrics::default()),
         events: crate::events::EventSender::unheard(),
-        media: crate::media::Media::none(),
-        media_events: None,
+        media,
+        media_events,
     };
     let (core, task) = SipCore::start(config, &settings, publish)
         .await
@@ -131,7 +175,7 @@ pub async fn call(settings: &Settings, opts: &CallOptions) -> Result<Outcome, Ca
         if let Some(name) = &opts.account {
             wait_registered(&mut accounts, name).await?;
         }
-        place(&core, opts).await
+        place(&core, opts, source, &reader).await
     }
     .await;
     if opts.account.is_some() {
@@ -167,7 +211,33 @@ async fn wait_registered(
     }
 }
 
-async fn place(core: &SipCore, opts: &CallOptions) -> Result<Outcome, CallCliError> {
+/// The player source for `play`.
+fn source_of(play: &Play) -> Result<Box<Source>, CallCliError> {
+    match play {
+        Play::Tone(hz) => Ok(Box::new(Source::tone(Tone::new(
+            &[*hz],
+            -13.0,
+            u32::MAX,
+            0,
+            None,
+        )))),
+        Play::File(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| CallCliError::Start(format!("--play {}: {e}", path.display())))?;
+            let clip = Clip::from_wav(&bytes)
+                .map_err(|e| CallCliError::Start(format!("--play {}: {e}", path.display())))?;
+            Ok(Box::new(Source::clip(clip, true)))
+        }
+    }
+}
+
+async fn place(
+    core: &SipCore,
+    opts: &CallOptions,
+    mut source: Option<Box<Source>>,
+    reader: &crate::media::MediaReader,
+) -> Result<Outcome, CallCliError> {
+    let mut media = Vec::new();
     let started = Instant::now();
     let ms =
         |at: Instant| u64::try_from(at.duration_since(started).as_millis()).unwrap_or(u64::MAX);
@@ -192,6 +262,7 @@ async fn place(core: &SipCore, opts: &CallOptions) -> Result<Outcome, CallCliErr
                 Ok(e) => e,
                 Err(_) => {
                     hangup_at = None;
+                    media = reader.stats(Duration::from_secs(1)).await;
                     if let Err(e) = core.hangup(id).await {
                         tracing::debug!(error = %e, "hangup");
                     }
@@ -210,6 +281,13 @@ async fn place(core: &SipCore, opts: &CallOptions) -> Result<Outcome, CallCliErr
             }
             CallState::Answered => {
                 answered_ms = Some(ms(now));
+                if let Some(source) = source.take() {
+                    match core.act(&event.name, CallAction::Play(Some(source))).await {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => tracing::warn!(error = %e, "nothing played"),
+                        None => return Err(CallCliError::Lost),
+                    }
+                }
                 hangup_at = Some(tokio::time::Instant::now() + opts.hold);
             }
             CallState::Ended => {
@@ -223,6 +301,7 @@ async fn place(core: &SipCore, opts: &CallOptions) -> Result<Outcome, CallCliErr
                     ringing_ms,
                     answered_ms,
                     total_ms: ms(now),
+                    media,
                 });
             }
             _ => {}
