@@ -429,6 +429,7 @@ impl CommandKind {
             | CommandKind::Dtmf { call_id, .. }
             | CommandKind::Transfer { call_id, .. }
             | CommandKind::CallStatus { call_id } => Some(call_id),
+            CommandKind::Play(p) => Some(&p.call_id),
             _ => None,
         }
     }
