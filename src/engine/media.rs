@@ -130,6 +130,9 @@ impl Core {
     ) -> Result<Attached, CallError> {
         let name: Arc<str> = self.calls.name_of(call).ok_or(CallError::Unknown(call))?;
         let port = self.calls.endpoint_port(Instant::now(), call)?;
+        // The call's own leg must be placed first (its Open may still be
+        // queued from this turn).
+        self.apply_media_ops();
         let leg = call.0 | ENDPOINT_BIT;
         let media = &mut self.publish.media;
         media.open(leg, name, port, Some(call.0));

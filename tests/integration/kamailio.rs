@@ -606,3 +606,213 @@ fn dialerd_calls_a_phone_registered_with_kamailio_answering_the_proxy_challenge(
         .unwrap_or_else(|| panic!("no relay logged: {:?}", kamailio.script_log()));
     assert!(!relayed.is_empty());
 }
+
+/// A pcap (Ethernet, IPv4, UDP) of `packets` 20 ms RTP packets, PCMU
+/// payload type 0, carrying a 1 kHz tone at about -10 dBm0: what SIPp's
+/// `play_pcap_audio` sends.
+fn tone_pcap(packets: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Global header: magic, version 2.4, zone, sigfigs, snaplen, Ethernet.
+    for word in [0xa1b2_c3d4u32] {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&0i32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&65535u32.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    for n in 0..packets {
+        let mut rtp = vec![0x80, 0x00];
+        rtp.extend_from_slice(&n.to_be_bytes());
+        rtp.extend_from_slice(&(u32::from(n) * 160).to_be_bytes());
+        rtp.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        for i in 0..160u32 {
+            let t = f64::from(u32::from(n) * 160 + i) / 8000.0;
+            let sample = (t * 1000.0 * std::f64::consts::TAU).sin() * 8000.0;
+            rtp.push(ulaw(sample as i16));
+        }
+        let udp_len = 8 + rtp.len();
+        let ip_len = 20 + udp_len;
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&[0x45, 0x00]);
+        frame.extend_from_slice(&(ip_len as u16).to_be_bytes());
+        frame.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+        frame.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+        frame.extend_from_slice(&4000u16.to_be_bytes());
+        frame.extend_from_slice(&4002u16.to_be_bytes());
+        frame.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        frame.extend_from_slice(&[0, 0]);
+        frame.extend_from_slice(&rtp);
+        let usecs = u32::from(n) * 20_000;
+        out.extend_from_slice(&(usecs / 1_000_000).to_le_bytes());
+        out.extend_from_slice(&(usecs % 1_000_000).to_le_bytes());
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&frame);
+    }
+    out
+}
+
+/// G.711 µ-law of a 16-bit sample (the test's own encoder).
+fn ulaw(sample: i16) -> u8 {
+    let sign = if sample < 0 { 0x80 } else { 0 };
+    let magnitude = (i32::from(sample).abs().min(32635) + 0x84) as u32;
+    let exponent = (0..8)
+        .rev()
+        .find(|e| magnitude & (0x80 << e) != 0)
+        .unwrap_or(0);
+    let mantissa = (magnitude >> (exponent + 3)) & 0x0F;
+    !(sign | (exponent << 4) as u8 | mantissa as u8)
+}
+
+/// G.711 A-law to a 16-bit sample (the test's own decoder).
+fn alaw_decode(byte: u8) -> i16 {
+    let a = byte ^ 0x55;
+    let exponent = (a >> 4) & 0x07;
+    let mantissa = i32::from(a & 0x0F);
+    let magnitude = if exponent == 0 {
+        (mantissa << 4) + 8
+    } else {
+        ((mantissa << 4) + 0x108) << (exponent - 1)
+    };
+    (if a & 0x80 != 0 { magnitude } else { -magnitude }) as i16
+}
+
+#[test]
+fn an_outbound_call_through_kamailio_delivers_the_phones_tone_to_an_external_rtp_endpoint() {
+    if !kamailio_available() {
+        return;
+    }
+    use crate::support::redis::{RedisServer, Resp};
+    let kamailio = Kamailio::start();
+    let dir = Scratch::new("kamailio-media");
+    let pcap = dir.path().join("tone.pcap");
+    std::fs::write(&pcap, tone_pcap(150)).unwrap();
+    // The phone of the calls test, playing the tone once the call is up.
+    let answer = std::fs::read_to_string(scenario("kamailio_phone_answer.xml")).unwrap();
+    let playing = answer.replace(
+        "<recv request=\"ACK\"/>",
+        &format!(
+            "<recv request=\"ACK\"/>\n  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>",
+            pcap.display()
+        ),
+    );
+    assert_ne!(answer, playing, "the phone scenario has its ACK step");
+    let phone_scenario = dir.write("phone_tone.xml", &playing);
+    let phone = Sipp::server(&phone_scenario)
+        .timeout(Duration::from_secs(40))
+        .spawn();
+    let registered = Sipp::client(
+        &scenario("kamailio_phone_register.xml"),
+        kamailio.sip_addr(),
+    )
+    .key("phone_port", &phone.local_addr().port().to_string())
+    .args(&["-au", PHONE_USER, "-ap", PHONE_PASSWORD])
+    .timeout(Duration::from_secs(10))
+    .spawn()
+    .wait();
+    assert_eq!(registered.exit_code, Some(0), "{}", registered.errors);
+
+    let redis = RedisServer::start(&[]);
+    let config = dir.write(
+        "dialerd.toml",
+        &format!(
+            "[instance]\nid = \"k\"\n[redis]\nenabled = true\nurl = \"{}\"\n\
+             [[accounts]]\nname = \"{ACCOUNT}\"\nregistrar = \"{}\"\n\
+             username = \"{DIALER_USER}\"\npassword = \"{DIALER_PASSWORD}\"\ntransport = \"tls\"\n\
+             tls_ca_file = {:?}\n",
+            redis.url(),
+            kamailio.registrar_uri(),
+            kamailio.ca_file().to_str().unwrap()
+        ),
+    );
+    let dialerd = Daemon::start(
+        &["--config", config.to_str().unwrap(), "--profile", "local"],
+        &[
+            ("DIALERD__REDIS__ENABLED", "true"),
+            ("DIALERD__REDIS__URL", &redis.url()),
+            ("DIALERD__INSTANCE__ID", "k"),
+        ],
+    );
+    wait_state(&dialerd, "registered", Duration::from_secs(15));
+
+    // The agent: a plain RTP receiver that wants A-law.
+    let agent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    agent
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut replies = redis.client().unwrap();
+    assert!(matches!(
+        replies.command(&["SUBSCRIBE", "dialer:reply:km"]).unwrap(),
+        Resp::Array(Some(_))
+    ));
+    replies
+        .set_read_timeout(Duration::from_millis(200))
+        .unwrap();
+    let originate = serde_json::json!({
+        "v": 1, "id": "km-1", "type": "originate", "reply_to": "dialer:reply:km",
+        "args": {
+            "account": ACCOUNT, "to": format!("sip:{PHONE_USER}@{}", kamailio.sip_addr()),
+            "max_duration_secs": 6,
+            "media": {"type": "rtp", "host": "127.0.0.1", "port": agent.local_addr().unwrap().port(), "codec": "PCMA"},
+        },
+    });
+    let mut publisher = redis.client().unwrap();
+    publisher
+        .command(&["PUBLISH", "dialer:k:cmd", &originate.to_string()])
+        .unwrap();
+    let result = wait_for(Duration::from_secs(15), || match replies.read() {
+        Ok(Resp::Array(Some(parts))) if parts.len() == 3 => {
+            serde_json::from_str::<serde_json::Value>(&parts[2].text()?).ok()
+        }
+        _ => None,
+    })
+    .unwrap_or_else(|| panic!("no originate result\n{}", dialerd.log()));
+    assert_eq!(result["ok"], true, "{result}");
+    let port = result["result"]["media"]["port"].as_u64().unwrap_or(0);
+    assert!(port > 0, "the result names the endpoint's port: {result}");
+
+    // What reaches the agent: A-law RTP whose frames carry the 1 kHz tone.
+    let mut buf = [0u8; 1500];
+    let mut packets = 0;
+    let mut tone_frames = 0;
+    let mut seen = Vec::new();
+    let end = std::time::Instant::now() + Duration::from_secs(12);
+    while std::time::Instant::now() < end {
+        let Ok((len, from)) = agent.recv_from(&mut buf) else {
+            continue;
+        };
+        assert_eq!(from.port() as u64, port, "sent from the endpoint's port");
+        if len != 172 || buf[1] & 0x7f != 8 {
+            continue;
+        }
+        packets += 1;
+        let samples: Vec<i16> = buf[12..len].iter().map(|b| alaw_decode(*b)).collect();
+        let crossings = samples
+            .windows(2)
+            .filter(|w| (w[0] < 0) != (w[1] < 0))
+            .count();
+        let loud = samples
+            .iter()
+            .map(|s| i32::from(*s).abs())
+            .max()
+            .unwrap_or(0);
+        if (38..=42).contains(&crossings) && loud > 4000 {
+            tone_frames += 1;
+        }
+        if packets % 25 == 0 {
+            seen.push((crossings, loud));
+        }
+    }
+    let phone = phone.wait();
+    assert!(
+        tone_frames >= 100,
+        "{tone_frames} of {packets} A-law packets carried the 1 kHz tone (zero crossings, peak of some: {seen:?})\nphone: {} {}\n{}",
+        phone.errors,
+        phone.messages.len(),
+        dialerd.log()
+    );
+    assert_eq!(phone.exit_code, Some(0), "{}", phone.errors);
+}

@@ -341,15 +341,6 @@ impl Machine {
         };
         self.running.insert(p.command.id.clone(), token);
         if let CommandKind::Originate(o) = &p.command.kind {
-            if o.media.is_some() {
-                let e = error_of(
-                    &p.command,
-                    ErrorCode::NotSupported,
-                    "args.media: media endpoints come with the media relay",
-                );
-                self.finish(now_ms, token, Err(e));
-                return;
-            }
             let call_id = o.call_id.clone().unwrap_or_else(|| p.command.id.clone());
             p.call_id = Some(call_id.clone());
             if self.cfg.destination_window_ms > 0 && !o.force {
