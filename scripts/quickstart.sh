@@ -24,17 +24,19 @@ trap cleanup EXIT
 setsid redis-server --port 6390 --bind 127.0.0.1 --save "" --appendonly no \
   --dir "$run_dir" --logfile "$run_dir/redis.log" &
 peers+=($!)
+# -rtp_echo: the PBX's phone sends back the RTP it gets (media port 26000).
 setsid sipp -sf tests/sipp/quickstart_pbx.xml -key expires 60 -deadcall_wait 0 -i 127.0.0.1 -p 5070 -nostdin \
-  >"$run_dir/sipp.log" 2>&1 &
+  -mi 127.0.0.1 -mp 26000 -rtp_echo >"$run_dir/sipp.log" 2>&1 &
 peers+=($!)
 
 cat >&2 <<TXT
 quickstart: redis-server on 127.0.0.1:6390; a SIPp PBX on 127.0.0.1:5070 (udp, digest auth) that registers
 quickstart: account local-1001 and answers calls; dialerd listens on 127.0.0.1:5060 and answers calls to 1001.
 In another terminal:
-  # place a call through the PBX (registers, INVITE with digest, 2 s of talk, BYE); prints the outcome as JSON
+  # place a call through the PBX (registers, INVITE with digest, 2 s of a 440 Hz tone echoed back, BYE);
+  # prints the outcome and the call's RTP totals as JSON
   target/debug/dialerd call --config scripts/quickstart.toml --profile local --account local-1001 \\
-    sip:service@127.0.0.1:5070 --hold-secs 2
+    sip:service@127.0.0.1:5070 --hold-secs 2 --tone 440
   # take a call: SIPp calls dialerd, dialerd answers, SIPp hangs up
   sipp -sf tests/sipp/uac_call.xml -key callee 1001 -m 1 -nostdin -p 5090 127.0.0.1:5060 >/dev/null \\
     && curl -s 127.0.0.1:8080/metrics | grep calls_ended

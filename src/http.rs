@@ -313,6 +313,13 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     if let Some((live, _)) = call_table(&shared, 0, 0).await {
         shared.metrics.sip.set_calls(&live.by_state);
     }
+    if let Some(reader) = shared.media.get() {
+        let legs = reader.stats(CALL_TABLE_WAIT).await.len();
+        shared
+            .metrics
+            .media_legs
+            .set(i64::try_from(legs).unwrap_or(i64::MAX));
+    }
     shared
         .metrics
         .heartbeat_age

@@ -152,6 +152,12 @@ enum CtlAction {
         /// Dial even if the destination was dialed within the window.
         #[arg(long)]
         force: bool,
+        /// Relay the call's audio with this external RTP endpoint, HOST:PORT.
+        #[arg(long)]
+        media: Option<std::net::SocketAddr>,
+        /// The endpoint's codec: PCMU or PCMA.
+        #[arg(long, requires = "media", default_value = "PCMU")]
+        media_codec: String,
     },
     /// Hang a call up.
     Hangup {
@@ -162,6 +168,32 @@ enum CtlAction {
     Answer {
         /// Call id.
         call_id: String,
+        /// Relay the call's audio with this external RTP endpoint, HOST:PORT.
+        #[arg(long)]
+        media: Option<std::net::SocketAddr>,
+        /// The endpoint's codec: PCMU or PCMA.
+        #[arg(long, requires = "media", default_value = "PCMU")]
+        media_codec: String,
+    },
+    /// Play a prompt or a tone to a call's peer, or stop it.
+    Play {
+        /// Call id.
+        call_id: String,
+        /// A WAV file name in the instance's media.prompt_dir.
+        #[arg(long, conflicts_with_all = ["tone", "stop"])]
+        file: Option<String>,
+        /// Repeat the file.
+        #[arg(long = "loop", requires = "file")]
+        loops: bool,
+        /// A tone: one or two frequencies, Hz (repeat the option).
+        #[arg(long, conflicts_with = "stop")]
+        tone: Vec<f32>,
+        /// The tone's length, milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        duration_ms: u64,
+        /// Stop what plays.
+        #[arg(long)]
+        stop: bool,
     },
     /// Reject a ringing inbound call.
     Reject {
@@ -178,7 +210,7 @@ enum CtlAction {
         /// The other call id.
         other_call_id: String,
     },
-    /// Send DTMF digits in a call (SIP INFO).
+    /// Send DTMF digits in a call (RFC 4733 telephone-events when negotiated, else SIP INFO).
     Dtmf {
         /// Call id.
         call_id: String,
@@ -230,6 +262,8 @@ impl CtlAction {
                 max_duration_secs,
                 bridge_to,
                 force,
+                media,
+                media_codec,
             } => {
                 let mut h = serde_json::Map::new();
                 for header in headers {
@@ -250,6 +284,7 @@ impl CtlAction {
                     ("ring_timeout_secs", ring_timeout_secs.map(|v| json!(v))),
                     ("max_duration_secs", max_duration_secs.map(|v| json!(v))),
                     ("bridge_to", bridge_to.as_ref().map(|v| json!(v))),
+                    ("media", media.map(|m| media_args(m, media_codec))),
                 ] {
                     if let Some(v) = v {
                         args.insert(k.into(), v);
@@ -258,7 +293,35 @@ impl CtlAction {
                 ("originate", serde_json::Value::Object(args))
             }
             CtlAction::Hangup { call_id } => ("hangup", json!({ "call_id": call_id })),
-            CtlAction::Answer { call_id } => ("answer", json!({ "call_id": call_id })),
+            CtlAction::Answer {
+                call_id,
+                media,
+                media_codec,
+            } => match media {
+                Some(m) => (
+                    "answer",
+                    json!({ "call_id": call_id, "media": media_args(*m, media_codec) }),
+                ),
+                None => ("answer", json!({ "call_id": call_id })),
+            },
+            CtlAction::Play {
+                call_id,
+                file,
+                loops,
+                tone,
+                duration_ms,
+                stop,
+            } => {
+                let args = match (file, tone.is_empty(), stop) {
+                    (Some(f), _, _) => json!({ "call_id": call_id, "file": f, "loop": loops }),
+                    (None, false, _) => json!({
+                        "call_id": call_id,
+                        "tone": { "freqs": tone, "duration_ms": duration_ms },
+                    }),
+                    _ => json!({ "call_id": call_id, "stop": true }),
+                };
+                ("play", args)
+            }
             CtlAction::Reject { call_id, code } => {
                 ("reject", json!({ "call_id": call_id, "code": code }))
             }
@@ -279,6 +342,16 @@ impl CtlAction {
             CtlAction::Events { .. } => return Err("events is not a command".into()),
         })
     }
+}
+
+/// The `media` argument of `originate` and `answer`.
+fn media_args(endpoint: std::net::SocketAddr, codec: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "rtp",
+        "host": endpoint.ip().to_string(),
+        "port": endpoint.port(),
+        "codec": codec,
+    })
 }
 
 /// Arguments of `dialerd probe`.

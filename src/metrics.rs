@@ -275,6 +275,8 @@ pub struct Metrics {
     pub core_events_dropped: Counter,
     /// The media shards' counters.
     pub media: crate::media::ShardCounters,
+    /// Live media legs; set at scrape.
+    pub media_legs: Gauge,
 }
 
 impl Metrics {
@@ -336,6 +338,7 @@ impl Metrics {
             core_events_dropped.clone(),
         );
         let media = crate::media::ShardCounters::default();
+        let media_legs = Gauge::default();
         registry.register(
             "media_packets_received",
             "RTP and RTCP datagrams received on calls' media ports",
@@ -366,8 +369,34 @@ impl Metrics {
             "Media reports dropped because the SIP core's queue was full",
             media.events_dropped.clone(),
         );
+        registry.register(
+            "media_packets_lost",
+            "RTP packets lost on their way to dialerd (RFC 3550), summed over ended legs",
+            media.lost.clone(),
+        );
+        registry.register(
+            "media_packets_generated",
+            "RTP packets dialerd generated (silence fill, prompts, DTMF), summed over ended legs",
+            media.generated.clone(),
+        );
+        registry.register(
+            "media_jitter_ms",
+            "Interarrival jitter of each ended leg that received RTP (RFC 3550 A.8), milliseconds",
+            media.jitter_ms.clone(),
+        );
+        registry.register(
+            "media_timeouts",
+            "Legs whose peer sent no RTP for media.inactivity_timeout_secs",
+            media.timeouts.clone(),
+        );
+        registry.register(
+            "media_legs",
+            "Media legs live in the shards (set at scrape from the shards' tables)",
+            media_legs.clone(),
+        );
         Self {
             media,
+            media_legs,
             core_events_dropped,
             redis_connected,
             redis_reconnects,

@@ -96,6 +96,16 @@ impl PortPool {
         }
     }
 
+    /// The same pool handing out ports from the pair `seed` picks (so two
+    /// processes sharing a range, or a restarted one, do not start on the
+    /// same port).
+    pub fn starting_at(mut self, seed: u64) -> Self {
+        let pairs = u64::from(self.end.saturating_sub(self.start) / 2) + 1;
+        let offset = u16::try_from(seed % pairs).unwrap_or(0);
+        self.next = self.start.saturating_add(offset.saturating_mul(2));
+        self
+    }
+
     /// The same pool with ports draining for `drain` after release.
     pub fn with_drain(mut self, drain: Duration) -> Self {
         self.drain = drain;
@@ -172,5 +182,14 @@ mod tests {
         assert_eq!(pool.allocate(t0 + PortPool::DRAIN), Ok(10004));
         assert_eq!(pool.in_use(), 3);
         assert_eq!(pool.draining(), 0);
+    }
+
+    #[test]
+    fn a_pool_can_start_anywhere_in_its_range_and_wraps() {
+        let t0 = Instant::now();
+        let mut pool = PortPool::new(10000, 10007).starting_at(2);
+        let ports: Vec<u16> = (0..4).map(|_| pool.allocate(t0).unwrap()).collect();
+        assert_eq!(ports, [10004, 10006, 10000, 10002]);
+        assert!(pool.allocate(t0).is_err());
     }
 }

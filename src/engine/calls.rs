@@ -56,9 +56,11 @@ pub fn call_table(
             name_prefix: name_prefix.to_owned(),
             ..call_config(settings, media_address)
         },
-        PortPool::new(range.start, range.end).with_drain(Duration::from_millis(u64::from(
-            settings.media.port_drain_ms,
-        ))),
+        PortPool::new(range.start, range.end)
+            .with_drain(Duration::from_millis(u64::from(
+                settings.media.port_drain_ms,
+            )))
+            .starting_at(crate::sip::ids::random_u64()),
         usize::try_from(settings.limits.max_concurrent_calls).unwrap_or(usize::MAX),
         Box::new(crate::sip::ids::OsEntropy::new()),
     );

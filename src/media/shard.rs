@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::leg::{LegId, LegSpec, LegStats};
 use super::player::Source;
@@ -35,7 +36,7 @@ const ORPHAN_LIFETIME: Duration = Duration::from_secs(2);
 const ORPHAN_LIMIT: usize = 1024;
 
 /// What the shards count (shared by all of them).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ShardCounters {
     /// Datagrams received.
     pub received: Counter,
@@ -49,6 +50,31 @@ pub struct ShardCounters {
     pub commands_dropped: Counter,
     /// Reports dropped because the SIP core's queue was full.
     pub events_dropped: Counter,
+    /// RTP packets lost on the way in, summed over closed legs.
+    pub lost: Counter,
+    /// Packets generated (silence, prompts, DTMF), summed over closed legs.
+    pub generated: Counter,
+    /// Each closed leg's interarrival jitter, milliseconds.
+    pub jitter_ms: Histogram,
+    /// Legs that ended their call for lack of RTP.
+    pub timeouts: Counter,
+}
+
+impl Default for ShardCounters {
+    fn default() -> Self {
+        Self {
+            received: Counter::default(),
+            sent: Counter::default(),
+            send_failed: Counter::default(),
+            bind_failed: Counter::default(),
+            commands_dropped: Counter::default(),
+            events_dropped: Counter::default(),
+            lost: Counter::default(),
+            generated: Counter::default(),
+            jitter_ms: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
+            timeouts: Counter::default(),
+        }
+    }
 }
 
 /// A command to a shard.
@@ -299,6 +325,19 @@ impl Shard {
 
     fn flush_events(&mut self) {
         while let Some(event) = self.relay.poll_event() {
+            match &event.kind {
+                MediaEventKind::Closed { stats } => {
+                    self.counters.lost.inc_by(stats.rx_lost);
+                    self.counters.generated.inc_by(stats.generated_packets);
+                    if stats.rx_packets > 0 {
+                        self.counters.jitter_ms.observe(stats.jitter_ms);
+                    }
+                }
+                MediaEventKind::Timeout => {
+                    self.counters.timeouts.inc();
+                }
+                _ => {}
+            }
             match self.events.try_send(event) {
                 Ok(()) => {}
                 Err(tokio::sync::mpsc::error::TrySendError::Full(event)) => {

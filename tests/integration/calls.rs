@@ -419,7 +419,7 @@ fn a_ringing_calls_media_port_is_bound_and_counts_what_arrives() {
             &[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1],
             ("127.0.0.1", port as u16),
         );
-        metric(&d, "dialerd_media_packets_discarded_total").filter(|n| *n >= 1.0)
+        metric(&d, "dialerd_media_packets_received_total").filter(|n| *n >= 1.0)
     });
     assert!(counted.is_some(), "{}", d.log());
 }

@@ -396,7 +396,7 @@ fn malformed_commands_each_get_their_error_and_the_daemon_stays_healthy() {
         ),
         (
             r#"{"v":1,"id":"m15","type":"play","args":{"call_id":"c"}}"#,
-            "not_implemented",
+            "bad_field",
         ),
     ];
     let mut c = redis.client().unwrap();
