@@ -67,9 +67,17 @@ pub enum MediaError {
     },
 }
 
+/// Takes a port for real before it is advertised in SDP (the media layer
+/// binds its sockets), injected like the RNG so the pool stays sans-IO.
+pub trait PortClaim: Send + std::fmt::Debug {
+    /// Whether `port` (RTP) and `port + 1` (RTCP) could be taken.
+    fn claim(&mut self, port: u16) -> bool;
+}
+
 /// Even ports of a range, handed out round-robin; a port given back drains
-/// for a while (late packets of the old call) before it is used again.
-#[derive(Debug, Clone)]
+/// for a while (late packets of the old call) before it is used again; a
+/// port another process holds is skipped.
+#[derive(Debug)]
 pub struct PortPool {
     start: u16,
     end: u16,
@@ -77,6 +85,8 @@ pub struct PortPool {
     used: BTreeSet<u16>,
     draining: VecDeque<(Instant, u16)>,
     drain: Duration,
+    claim: Option<Box<dyn PortClaim>>,
+    claims_failed: u64,
 }
 
 impl PortPool {
@@ -93,6 +103,8 @@ impl PortPool {
             used: BTreeSet::new(),
             draining: VecDeque::new(),
             drain: Self::DRAIN,
+            claim: None,
+            claims_failed: 0,
         }
     }
 
@@ -104,6 +116,23 @@ impl PortPool {
         let offset = u16::try_from(seed % pairs).unwrap_or(0);
         self.next = self.start.saturating_add(offset.saturating_mul(2));
         self
+    }
+
+    /// The same pool taking each port with `claim` before handing it out.
+    pub fn with_claim(mut self, claim: Box<dyn PortClaim>) -> Self {
+        self.claim = Some(claim);
+        self
+    }
+
+    /// Takes each port with `claim` from now on.
+    pub fn set_claim(&mut self, claim: Box<dyn PortClaim>) {
+        self.claim = Some(claim);
+    }
+
+    /// Ports skipped because they could not be taken (another process
+    /// holds them).
+    pub fn claims_failed(&self) -> u64 {
+        self.claims_failed
     }
 
     /// The same pool with ports draining for `drain` after release.
@@ -138,9 +167,15 @@ impl PortPool {
                 Some(n) if n < self.end => n,
                 _ => self.start,
             };
-            if port < self.end && self.used.insert(port) {
-                return Ok(port);
+            if port >= self.end || self.used.contains(&port) {
+                continue;
             }
+            if self.claim.as_mut().is_some_and(|c| !c.claim(port)) {
+                self.claims_failed += 1;
+                continue;
+            }
+            self.used.insert(port);
+            return Ok(port);
         }
         Err(MediaError::Exhausted {
             start: self.start,
@@ -191,5 +226,24 @@ mod tests {
         let ports: Vec<u16> = (0..4).map(|_| pool.allocate(t0).unwrap()).collect();
         assert_eq!(ports, [10004, 10006, 10000, 10002]);
         assert!(pool.allocate(t0).is_err());
+    }
+
+    #[derive(Debug)]
+    struct Taken(Vec<u16>);
+
+    impl PortClaim for Taken {
+        fn claim(&mut self, port: u16) -> bool {
+            !self.0.contains(&port)
+        }
+    }
+
+    #[test]
+    fn a_port_another_process_holds_is_skipped() {
+        let t0 = Instant::now();
+        let mut pool = PortPool::new(10000, 10007).with_claim(Box::new(Taken(vec![10000, 10004])));
+        assert_eq!(pool.allocate(t0), Ok(10002));
+        assert_eq!(pool.allocate(t0), Ok(10006));
+        assert!(pool.allocate(t0).is_err());
+        assert_eq!(pool.claims_failed(), 4);
     }
 }

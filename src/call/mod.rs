@@ -27,7 +27,7 @@ use serde::Serialize;
 
 pub use cause::{EndCause, Ended, Side};
 pub use dtmf::{MAX_DIGITS, is_digit};
-pub use media::{MediaError, MediaOp, PortPool};
+pub use media::{MediaError, MediaOp, PortClaim, PortPool};
 pub use table::{AccountLimit, CallError, CallSummary, Calls, Live};
 
 use crate::sdp::Codec;

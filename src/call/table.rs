@@ -497,6 +497,16 @@ impl Calls {
         self.calls.get(&call).map(|c| c.state)
     }
 
+    /// Takes each media port with `claim` before it is advertised.
+    pub fn set_port_claim(&mut self, claim: Box<dyn super::PortClaim>) {
+        self.ports.set_claim(claim);
+    }
+
+    /// Media ports skipped because another process holds them.
+    pub fn ports_skipped(&self) -> u64 {
+        self.ports.claims_failed()
+    }
+
     /// What the media layer was asked to do since the last call, in order.
     pub fn take_media_ops(&mut self) -> std::vec::Drain<'_, MediaOp> {
         self.media_ops.drain(..)

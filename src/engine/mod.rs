@@ -229,7 +229,10 @@ impl SipCore {
                     .find(|ip| !ip.is_unspecified())
             })
             .unwrap_or(contact_ip);
-        let calls = calls::call_table(settings, media_ip, &config.call_name_prefix);
+        let mut calls = calls::call_table(settings, media_ip, &config.call_name_prefix);
+        if let Some(claim) = publish.media.port_claim() {
+            calls.set_port_claim(claim);
+        }
         let locals = Arc::new(driver.locals());
         let (commands, rx) = mpsc::channel(COMMAND_DEPTH);
         let (dns_tx, dns_rx) = mpsc::channel(64);

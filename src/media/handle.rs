@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::leg::{LegId, LegSpec, LegStats};
 use super::player::Source;
 use super::relay::{MediaEvent, RelayConfig};
-use super::shard::{self, ShardCommand, ShardCounters, ShardSender};
+use super::shard::{self, ShardCommand, ShardCounters, ShardSender, Sockets};
+use crate::call::PortClaim;
 
 /// How the media shards run.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +32,43 @@ pub struct Media {
     placement: HashMap<LegId, usize>,
     next: usize,
     bind: IpAddr,
+    reserve: PortReserve,
+}
+
+/// Binds a port's sockets when the call table claims it, before the port
+/// is advertised; they wait here until the leg opens on a shard. Only the
+/// SIP core task uses it (the lock is never contended).
+#[derive(Debug, Clone)]
+pub struct PortReserve {
+    bind: IpAddr,
+    held: Arc<Mutex<HashMap<u16, Sockets>>>,
+}
+
+impl PortReserve {
+    fn take(&self, port: u16) -> Option<Sockets> {
+        self.held.lock().ok()?.remove(&port)
+    }
+}
+
+impl PortClaim for PortReserve {
+    fn claim(&mut self, port: u16) -> bool {
+        let Ok(mut held) = self.held.lock() else {
+            return false;
+        };
+        if held.contains_key(&port) {
+            return true;
+        }
+        match shard::bind(self.bind, port) {
+            Ok(sockets) => {
+                held.insert(port, sockets);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(port, error = %e, "media port taken elsewhere; skipped");
+                false
+            }
+        }
+    }
 }
 
 /// Reads the legs' totals from every shard (for `/status`).
@@ -63,12 +101,24 @@ impl Media {
     /// A handle with no shards: every command is ignored (tools such as
     /// `dialerd call --no-media`, tests of the SIP core alone).
     pub fn none() -> Media {
+        let bind = IpAddr::from([127, 0, 0, 1]);
         Media {
             shards: Vec::new(),
             placement: HashMap::new(),
             next: 0,
-            bind: IpAddr::from([127, 0, 0, 1]),
+            bind,
+            reserve: PortReserve {
+                bind,
+                held: Arc::default(),
+            },
         }
+    }
+
+    /// What the call table claims ports with (binding them now), when
+    /// shards run.
+    pub fn port_claim(&self) -> Option<Box<dyn PortClaim>> {
+        self.is_running()
+            .then(|| Box::new(self.reserve.clone()) as Box<dyn PortClaim>)
     }
 
     /// Starts the shard threads; reports arrive on the returned receiver.
@@ -101,6 +151,10 @@ impl Media {
                 placement: HashMap::new(),
                 next: 0,
                 bind: config.bind,
+                reserve: PortReserve {
+                    bind: config.bind,
+                    held: Arc::default(),
+                },
             },
             rx,
             threads,
@@ -150,6 +204,7 @@ impl Media {
                 name,
                 ip: self.bind,
                 port,
+                sockets: self.reserve.take(port),
             });
         }
     }

@@ -119,6 +119,8 @@ pub struct LegStats {
     pub dropped_packets: u64,
     /// RTCP packets relayed from this leg.
     pub rtcp_packets: u64,
+    /// Packets toward the peer the socket refused (not counted as sent).
+    pub send_failed: u64,
     /// Milliseconds since the last packet from the peer; `None` if none came.
     pub last_rx_age_ms: Option<u64>,
     /// Where the peer's RTP really comes from.
@@ -254,6 +256,7 @@ pub(super) struct Leg {
     pub generated: u64,
     pub dropped: u64,
     pub rtcp_packets: u64,
+    pub send_failed: u64,
 }
 
 impl Leg {
@@ -286,6 +289,7 @@ impl Leg {
             generated: 0,
             dropped: 0,
             rtcp_packets: 0,
+            send_failed: 0,
         }
     }
 
@@ -348,6 +352,7 @@ impl Leg {
             generated_packets: self.generated,
             dropped_packets: self.dropped,
             rtcp_packets: self.rtcp_packets,
+            send_failed: self.send_failed,
             last_rx_age_ms: self.last_rx.map(|at| {
                 u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX)
             }),

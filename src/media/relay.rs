@@ -418,6 +418,16 @@ impl Relay {
         self.events.pop_front()
     }
 
+    /// The caller could not send `len` bytes from the leg in `slot`: they
+    /// do not count as sent.
+    pub fn send_failed(&mut self, slot: usize, len: usize) {
+        if let Some(l) = self.leg_mut(slot) {
+            l.tx_packets = l.tx_packets.saturating_sub(1);
+            l.tx_bytes = l.tx_bytes.saturating_sub(len as u64);
+            l.send_failed += 1;
+        }
+    }
+
     /// Reports `kind` for the leg in `slot` (the caller's bind failure).
     pub fn report(&mut self, slot: usize, kind: MediaEventKind) {
         if let Some(l) = self.leg(slot) {
@@ -471,6 +481,16 @@ impl Relay {
         // takes over only with a new SSRC after a pause.
         let latched_now = match leg.latched {
             Some(addr) if addr == from => false,
+            // Source port 0 cannot be answered: such packets (crafted or
+            // replayed ones) are taken from the signalled IP without
+            // latching, and our packets keep going to the signalled port.
+            _ if from.port() == 0 => {
+                if !config.latch_any && from.ip() != spec.remote.ip() {
+                    leg.dropped += 1;
+                    return None;
+                }
+                false
+            }
             latched => {
                 let allowed = config.latch_any || from.ip() == spec.remote.ip();
                 let paused = leg

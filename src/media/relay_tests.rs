@@ -467,3 +467,26 @@ fn silence_before_the_answer_does_not_count_toward_the_timeout() {
         at - answered
     );
 }
+
+#[test]
+fn a_source_port_of_zero_is_taken_but_never_latched() {
+    let mut net = Net::new(
+        RelayConfig::default(),
+        spec("127.0.0.1:4000", AudioCodec::Pcmu),
+        spec("127.0.0.2:5000", AudioCodec::Pcmu),
+    );
+    assert!(
+        net.send(0, net.sa, "127.0.0.1:0", 0, 1, 0, &[0xFF; 160])
+            .is_some()
+    );
+    assert!(
+        net.send(20, net.sa, "127.0.0.9:0", 0, 2, 160, &[0xFF; 160])
+            .is_none()
+    );
+    let (t, _) = net
+        .send(30, net.sb, "127.0.0.2:5000", 0, 1, 0, &[0xFF; 160])
+        .unwrap();
+    assert_eq!(t.to, addr("127.0.0.1:4000"), "still the signalled port");
+    let stats = net.relay.stats(net.at(30), A).unwrap();
+    assert_eq!((stats.rx_packets, stats.latched), (1, None));
+}

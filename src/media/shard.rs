@@ -80,7 +80,8 @@ impl Default for ShardCounters {
 /// A command to a shard.
 #[derive(Debug)]
 pub enum ShardCommand {
-    /// Bind `port` (and `port + 1` for RTCP) on `ip` for a new leg.
+    /// A new leg on `port` (and `port + 1` for RTCP): its sockets, bound
+    /// when the port was claimed, or bound here on `ip`.
     Open {
         /// The leg.
         leg: LegId,
@@ -90,6 +91,8 @@ pub enum ShardCommand {
         ip: IpAddr,
         /// The even RTP port.
         port: u16,
+        /// Its sockets, if already bound.
+        sockets: Option<Sockets>,
     },
     /// What was negotiated for a leg.
     Spec {
@@ -310,7 +313,7 @@ impl Shard {
         }
     }
 
-    fn send(&self, t: super::relay::Transmit, buf: &[u8]) {
+    fn send(&mut self, t: super::relay::Transmit, buf: &[u8]) {
         let Some(socket) = self.socket(t.slot, t.channel) else {
             return;
         };
@@ -318,9 +321,16 @@ impl Shard {
             return;
         };
         match socket.send_to(bytes, t.to) {
-            Ok(_) => self.counters.sent.inc(),
-            Err(_) => self.counters.send_failed.inc(),
-        };
+            Ok(_) => {
+                self.counters.sent.inc();
+            }
+            Err(_) => {
+                self.counters.send_failed.inc();
+                if t.channel == Channel::Rtp && !super::rtp::is_rtcp(bytes) {
+                    self.relay.send_failed(t.slot, t.len);
+                }
+            }
+        }
     }
 
     fn flush_events(&mut self) {
@@ -367,8 +377,9 @@ impl Shard {
                 name,
                 ip,
                 port,
+                sockets,
             } => {
-                self.open(now, leg, name, ip, port);
+                self.open(now, leg, name, ip, port, sockets);
                 Ok(())
             }
             ShardCommand::Spec { leg, spec } => {
@@ -449,9 +460,21 @@ impl Shard {
         }
     }
 
-    fn open(&mut self, now: Instant, leg: LegId, name: Arc<str>, ip: IpAddr, port: u16) {
+    fn open(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        name: Arc<str>,
+        ip: IpAddr,
+        port: u16,
+        sockets: Option<Sockets>,
+    ) {
         let slot = self.relay.insert(now, leg, name, port);
-        match bind(ip, port) {
+        let bound = match sockets {
+            Some(s) => Ok(s),
+            None => bind(ip, port),
+        };
+        match bound {
             Ok(sockets) => self.register(slot, sockets),
             Err(e) => {
                 self.counters.bind_failed.inc();
@@ -545,7 +568,7 @@ fn command_leg(command: &ShardCommand) -> Option<LegId> {
 }
 
 /// Binds a leg's RTP port and the RTCP port after it.
-fn bind(ip: IpAddr, port: u16) -> std::io::Result<Sockets> {
+pub fn bind(ip: IpAddr, port: u16) -> std::io::Result<Sockets> {
     let rtp = UdpSocket::bind(SocketAddr::new(ip, port))?;
     let rtcp = match port.checked_add(1) {
         Some(p) => Some(UdpSocket::bind(SocketAddr::new(ip, p))?),
