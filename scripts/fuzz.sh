@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bounded fuzzing of the SIP parser, of bytes into the transaction layer and
 # into the endpoint, of the SDP parser and offer/answer, and of control
-# commands into the control core, with
+# commands into the control core, and of datagrams, timers and commands into
+# the media relay, with
 # cargo-fuzz (libFuzzer). FUZZ_SECONDS per target (default 60). Installs
 # cargo-fuzz if missing. Uses no sanitizer, so it runs on stable Rust; panics,
 # hangs (-timeout) and memory blow-ups (-rss_limit_mb) are failures.
@@ -19,7 +20,7 @@ fi
 cargo metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null
 
 # Seed corpora from the RFC 4475 vectors and the benchmark messages.
-for target in parse_message transaction endpoint sdp control; do
+for target in parse_message transaction endpoint sdp control relay; do
   mkdir -p "fuzz/corpus/$target"
 done
 cp tests/data/rfc4475/*.dat benches/data/*.sip fuzz/corpus/parse_message/
@@ -27,8 +28,9 @@ cp fuzz/seeds/transaction/*.bin fuzz/corpus/transaction/
 cp fuzz/seeds/transaction/*.bin fuzz/corpus/endpoint/
 cp fuzz/seeds/sdp/* fuzz/corpus/sdp/
 cp fuzz/seeds/control/* fuzz/corpus/control/
+cp fuzz/seeds/relay/* fuzz/corpus/relay/
 
-for target in parse_message transaction endpoint sdp control; do
+for target in parse_message transaction endpoint sdp control relay; do
   echo "fuzz: $target for ${seconds}s" >&2
   log="fuzz/$target.log"
   status=0

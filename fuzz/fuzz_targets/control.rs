@@ -60,7 +60,12 @@ fuzz_target!(|data: &[u8]| {
                 0 => Reply::Nil,
                 1 => Reply::Text("OK".into()),
                 2 => Reply::Int(i64::from(pick(i + 1) % 2)),
-                3 => Reply::List(vec!["instance".into(), "b".into(), "state".into(), "ended".into()]),
+                3 => Reply::List(vec![
+                    "instance".into(),
+                    "b".into(),
+                    "state".into(),
+                    "ended".into(),
+                ]),
                 _ => Reply::Text(String::from_utf8_lossy(data).into_owned()),
             };
             m.on_reply(3_000, op, reply);

@@ -761,6 +761,9 @@ impl Relay {
             // The next relayed packet starts a talkspurt.
             leg.out.marker = true;
         }
+        // Toward a peer that holds us nothing goes out (generation still
+        // advances, so a prompt or DTMF is not delayed by the hold).
+        let written = written.filter(|_| spec.peer_receives);
         let transmit = written.map(|len| {
             leg.tx_packets += 1;
             leg.tx_bytes += len as u64;
@@ -774,9 +777,6 @@ impl Relay {
         });
         if let Some(kind) = done {
             self.event(slot, kind);
-        }
-        if !spec.peer_receives {
-            return None;
         }
         transmit
     }
