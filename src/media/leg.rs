@@ -21,14 +21,17 @@ pub type LegId = u64;
 pub const ENDPOINT_BIT: LegId = 1 << 62;
 
 /// The audio codec a leg negotiated, as far as the relay cares.
+/// Written as SDP names them (`PCMU`, `PCMA`), `other` for the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
 pub enum AudioCodec {
     /// G.711 µ-law.
+    #[serde(rename = "PCMU")]
     Pcmu,
     /// G.711 A-law.
+    #[serde(rename = "PCMA")]
     Pcma,
     /// Anything else: relayed as it is, never transcoded or generated.
+    #[serde(rename = "other")]
     Other,
 }
 
