@@ -122,7 +122,7 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         .udp_listen
         .first()
         .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    let (media, media_events, _media_threads) = crate::media::Media::start(
+    let (media, media_events, media_threads) = crate::media::Media::start(
         &media_config(&settings.media, media_ip),
         shared.metrics.media.clone(),
         crate::sip::ids::random_u64(),
@@ -192,6 +192,10 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         }
         ended = &mut sip_task => Some(("sip_core", describe_end(ended))),
         ended = wait_opt(&mut control_task) => Some(("control_channel", describe_end(ended))),
+        index = shard_ended(&media_threads) => Some((
+            "media_shards",
+            format!("media shard {index} stopped (see the log for its panic)"),
+        )),
     };
     if let Some((task, cause)) = failure {
         shared.readiness.set(task, false, format!("ended: {cause}"));
@@ -254,6 +258,20 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
 }
 
 /// The control core's settings, from `[redis]`, `[calls]` and the accounts.
+/// Resolves when a media shard thread has ended (they run until the
+/// daemon stops), with its index; checked once a second.
+async fn shard_ended(threads: &[std::thread::JoinHandle<()>]) -> usize {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Some(index) = threads
+            .iter()
+            .position(std::thread::JoinHandle::is_finished)
+        {
+            return index;
+        }
+    }
+}
+
 /// The media shards' settings, from `[media]`.
 fn media_config(
     m: &crate::config::MediaSettings,
