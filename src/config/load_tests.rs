@@ -278,3 +278,26 @@ fn a_later_layer_switches_the_public_address_source() {
         "instance.public_address.var: required when source is env"
     );
 }
+
+#[test]
+fn media_settings_out_of_range_are_named() {
+    let dir = Scratch::new("media-settings");
+    let file = dir.write(
+        "c.toml",
+        "[media]\nfill_after_ms = 5\nquiet_report_ms = 10\nshards = 5000\nprompt_dir = \"/nonexistent/prompts\"\n",
+    );
+    let problems = load(&sources(&dir, Some(file), None, &[]))
+        .unwrap_err()
+        .problems();
+    for expected in [
+        "media.fill_after_ms: must be 20 to 10000",
+        "media.quiet_report_ms: must be 100 to 600000",
+        "media.shards: must be 0 (one per core) to 1024",
+        "media.prompt_dir: /nonexistent/prompts is not a directory",
+    ] {
+        assert!(
+            problems.contains(&expected.to_owned()),
+            "{expected}: {problems:?}"
+        );
+    }
+}

@@ -399,7 +399,7 @@ pub struct MediaSettings {
     /// UDP ports used for RTP (and RTCP).
     pub rtp_port_range: PortRange,
     /// An answered call with no RTP received from its peer for this long
-    /// ends with `media_timeout`, seconds; 0 turns it off. Not applied while
+    /// ends with `media_timeout`, seconds (at least 1). Not applied while
     /// the peer holds (sendonly, inactive).
     pub inactivity_timeout_secs: u32,
     /// Media shard threads; 0 for one per core.

@@ -301,6 +301,30 @@ fn check_media(s: &Settings, p: &mut Vec<Problem>) {
             "must be at least 1",
         ));
     }
+    let m = &s.media;
+    for (key, value, min, max) in [
+        ("media.fill_after_ms", m.fill_after_ms, 20, 10_000),
+        ("media.quiet_report_ms", m.quiet_report_ms, 100, 600_000),
+        ("media.port_drain_ms", m.port_drain_ms, 0, 600_000),
+    ] {
+        if !(min..=max).contains(&value) {
+            p.push(Problem::new(key, format!("must be {min} to {max}")));
+        }
+    }
+    if m.shards > 1024 {
+        p.push(Problem::new(
+            "media.shards",
+            "must be 0 (one per core) to 1024",
+        ));
+    }
+    if let Some(dir) = &m.prompt_dir
+        && !dir.is_dir()
+    {
+        p.push(Problem::new(
+            "media.prompt_dir",
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
 }
 
 fn check_redis(s: &Settings, p: &mut Vec<Problem>) {
