@@ -82,9 +82,8 @@ wait_line() {
 # The settings dialerd runs with in every part: no Redis, warnings only, no
 # call limit below the load (limits.calls_per_second limits outbound calls),
 # media ports for rate x hold calls (10000..65000: 27,500 pairs), and calls
-# without RTP never ended for it (the calls here carry no media;
-# media.inactivity_timeout_secs is not enforced yet, this keeps the bench
-# valid once it is).
+# without RTP never ended for it (the calls here carry no media, so
+# media_timeout must not end them; dialerd still sends silence to the UAS).
 dialerd_env() {
   export DIALERD__REDIS__ENABLED=false DIALERD__LOG__LEVEL=warn \
     DIALERD__LIMITS__MAX_CONCURRENT_CALLS=100000 DIALERD__LIMITS__CALLS_PER_SECOND=1000000 \
@@ -220,7 +219,7 @@ if len(sys.argv) > 18:
         out = {}
         for line in open(path):
             for metric in ("dialerd_calls_ended_total", "dialerd_sip_dropped_total",
-                           "dialerd_media_bind_failed_total", "dialerd_media_changes_dropped_total"):
+                           "dialerd_media_bind_failed_total", "dialerd_media_commands_dropped_total"):
                 if line.startswith(metric + "{") or line.startswith(metric + " "):
                     key, value = line.rsplit(" ", 1)
                     out[key] = float(value)

@@ -290,6 +290,7 @@ fn media_config(
             latch_any: m.latch_any_address,
         },
         event_depth: 16384,
+        batch_wait: std::time::Duration::from_micros(u64::from(m.batch_wait_us)),
     }
 }
 

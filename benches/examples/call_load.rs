@@ -3,7 +3,8 @@
 //!
 //! It starts a `dialerd::engine::SipCore` the way `dialerd run` does (the
 //! settings come from `--profile local` and the `DIALERD__*` environment;
-//! calls' media ports are bound by dialerd's media sink), then places `RATE`
+//! calls' media ports are bound by dialerd's media shards, which send
+//! silence toward the callee as they do for a quiet call), then places `RATE`
 //! calls a second for `SECS` seconds to `URI`, hangs each up `HOLD_MS`
 //! after its answer, waits for every call to end (bounded) and prints one
 //! line `RESULT {json}` with the outcomes.
@@ -32,7 +33,7 @@ use dialerd::call::{CallState, EndCause, Side};
 use dialerd::config::{Settings, Sources};
 use dialerd::engine::{CoreConfig, PlaceCall, Publish, SipCore};
 use dialerd::events::EventSender;
-use dialerd::media::SinkCounters;
+use dialerd::media::{Media, MediaConfig, RelayConfig, ShardCounters};
 use dialerd::metrics::{RegistrationMetrics, SipMetrics};
 use tokio::time::Instant;
 
@@ -133,21 +134,33 @@ async fn load(settings: Settings, uri: String, rate: u64, secs: u64, hold: Durat
     let config = CoreConfig::from_settings(&settings, settings.instance.public_address.address)
         .expect("a core configuration");
     let sip = Arc::new(SipMetrics::default());
-    // Media ports are bound (and what arrives counted) as `dialerd run`
-    // does: on the first UDP listener's address.
+    // Media runs as in `dialerd run`: shards binding ports on the first UDP
+    // listener's address.
     let media_ip = settings
         .sip
         .udp_listen
         .first()
         .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    let media_counters = SinkCounters::default();
-    let (media, _media_task) = dialerd::media::spawn_sink(media_ip, media_counters.clone());
+    let media_counters = ShardCounters::default();
+    let media_config = MediaConfig {
+        bind: media_ip,
+        shards: settings.media.shards,
+        relay: RelayConfig {
+            inactivity: None,
+            ..RelayConfig::default()
+        },
+        event_depth: 16384,
+        batch_wait: Duration::from_micros(u64::from(settings.media.batch_wait_us)),
+    };
+    let (media, media_events, _threads) =
+        Media::start(&media_config, media_counters.clone(), 1).expect("media shards start");
     let publish = Publish {
         status: tokio::sync::watch::channel(Vec::new()).0,
         registration: Arc::new(RegistrationMetrics::default()),
         sip: sip.clone(),
         events: EventSender::unheard(),
         media,
+        media_events: Some(media_events),
     };
     let (core, task) = SipCore::start(config, &settings, publish)
         .await
@@ -239,9 +252,9 @@ async fn load(settings: Settings, uri: String, rate: u64, secs: u64, hold: Durat
         media_counters.bind_failed.clone(),
     );
     registry.register(
-        "dialerd_media_changes_dropped",
+        "dialerd_media_commands_dropped",
         "",
-        media_counters.changes_dropped.clone(),
+        media_counters.commands_dropped.clone(),
     );
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &registry).is_ok() {

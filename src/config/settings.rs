@@ -416,6 +416,10 @@ pub struct MediaSettings {
     pub port_drain_ms: u32,
     /// Where the `play` command's WAV files are; `play` names a file in it.
     pub prompt_dir: Option<std::path::PathBuf>,
+    /// While packets flow, a media shard sleeps this long between polls and
+    /// reads what gathered in one go, instead of waking for every packet;
+    /// microseconds, 0 to wake per packet (least latency, most CPU).
+    pub batch_wait_us: u32,
 }
 
 impl Default for MediaSettings {
@@ -432,6 +436,7 @@ impl Default for MediaSettings {
             quiet_report_ms: 2000,
             port_drain_ms: 2000,
             prompt_dir: None,
+            batch_wait_us: 100,
         }
     }
 }

@@ -306,6 +306,7 @@ fn check_media(s: &Settings, p: &mut Vec<Problem>) {
         ("media.fill_after_ms", m.fill_after_ms, 20, 10_000),
         ("media.quiet_report_ms", m.quiet_report_ms, 100, 600_000),
         ("media.port_drain_ms", m.port_drain_ms, 0, 600_000),
+        ("media.batch_wait_us", m.batch_wait_us, 0, 5_000),
     ] {
         if !(min..=max).contains(&value) {
             p.push(Problem::new(key, format!("must be {min} to {max}")));

@@ -23,6 +23,9 @@ pub struct MediaConfig {
     pub relay: RelayConfig,
     /// Reports the SIP core can fall behind by before they are dropped.
     pub event_depth: usize,
+    /// While packets flow, a shard sleeps this long between polls to read
+    /// them in batches instead of waking for each; zero wakes per packet.
+    pub batch_wait: Duration,
 }
 
 /// The shards and where each leg lives.
@@ -140,8 +143,14 @@ impl Media {
         let mut threads = Vec::with_capacity(count);
         for index in 0..count {
             let seed = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let (sender, thread) =
-                shard::spawn(index, config.relay, seed, tx.clone(), counters.clone())?;
+            let (sender, thread) = shard::spawn(
+                index,
+                config.relay,
+                config.batch_wait,
+                seed,
+                tx.clone(),
+                counters.clone(),
+            )?;
             shards.push(sender);
             threads.push(thread);
         }

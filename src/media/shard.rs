@@ -199,6 +199,7 @@ impl ShardSender {
 pub fn spawn(
     index: usize,
     config: RelayConfig,
+    batch_wait: Duration,
     seed: u64,
     events: tokio::sync::mpsc::Sender<MediaEvent>,
     counters: ShardCounters,
@@ -214,6 +215,7 @@ pub fn spawn(
         events,
         counters: counters.clone(),
         orphans: VecDeque::new(),
+        batch_wait,
     };
     let thread = std::thread::Builder::new()
         .name(format!("media-{index}"))
@@ -236,6 +238,7 @@ struct Shard {
     events: tokio::sync::mpsc::Sender<MediaEvent>,
     counters: ShardCounters,
     orphans: VecDeque<(Instant, ShardCommand)>,
+    batch_wait: Duration,
 }
 
 fn token(slot: usize, channel: Channel) -> Token {
@@ -246,11 +249,19 @@ impl Shard {
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut buf = vec![0u8; BUFFER];
+        let mut flowing = false;
         loop {
-            let timeout = self
-                .relay
-                .poll_timeout()
-                .map(|at| at.saturating_duration_since(Instant::now()));
+            let timeout = if flowing {
+                // Packets are flowing: let a batch gather instead of waking
+                // for each packet (a wake-up costs far more than a read),
+                // then take what is there without sleeping in the poll.
+                std::thread::sleep(self.batch_wait);
+                Some(Duration::ZERO)
+            } else {
+                self.relay
+                    .poll_timeout()
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != ErrorKind::Interrupted
             {
@@ -258,6 +269,7 @@ impl Shard {
                 return;
             }
             let now = Instant::now();
+            flowing = !self.batch_wait.is_zero() && !events.is_empty();
             for event in events.iter() {
                 if event.token() == WAKER {
                     if !self.commands(now) {
