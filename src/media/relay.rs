@@ -211,9 +211,14 @@ impl Relay {
         }
         let r = self.random();
         let out = Outbound::new(r as u32, (r >> 32) as u16, (r >> 40) as u32);
-        let mut leg = Leg::new(id, name, port, now, out);
+        self.place(now, Leg::new(id, name, port, now, out))
+    }
+
+    /// Puts `leg` in a free slot with a new generation and schedules it.
+    fn place(&mut self, now: Instant, mut leg: Leg) -> usize {
         self.generations = self.generations.wrapping_add(1);
         leg.generation = self.generations;
+        let id = leg.id;
         let slot = match self.free.pop() {
             Some(slot) => {
                 if let Some(entry) = self.legs.get_mut(slot) {
@@ -268,29 +273,12 @@ impl Relay {
 
     /// Takes in a leg another shard detached; returns its slot here.
     pub fn attach(&mut self, now: Instant, leg: DetachedLeg) -> usize {
-        let mut leg = *leg.0;
+        let leg = *leg.0;
         if let Some(old) = self.slot(leg.id) {
             self.remove(now, leg.id);
             tracing::warn!(leg = leg.id, slot = old, "media leg attached twice");
         }
-        self.generations = self.generations.wrapping_add(1);
-        leg.generation = self.generations;
-        let id = leg.id;
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                if let Some(entry) = self.legs.get_mut(slot) {
-                    *entry = Some(leg);
-                }
-                slot
-            }
-            None => {
-                self.legs.push(Some(leg));
-                self.legs.len() - 1
-            }
-        };
-        self.by_id.insert(id, slot);
-        self.schedule(slot, now);
-        slot
+        self.place(now, leg)
     }
 
     /// Sets or changes what was negotiated for `leg` (answer, re-INVITE).

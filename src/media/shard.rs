@@ -3,7 +3,9 @@
 //!
 //! Each wake-up takes the time once, drains every ready socket until it
 //! would block, hands each datagram to the relay and sends what it returns
-//! from the peer leg's socket, then runs the relay's deadlines. The buffer
+//! from the peer leg's socket, then runs the relay's deadlines. While packets
+//! flow it sleeps `batch_wait` between polls, so that one poll finds many
+//! ready sockets (a wake-up per packet costs more than the packet). The buffer
 //! is the shard's own; the packet path allocates nothing and takes no lock.
 //! Commands come from the SIP core over a bounded channel with a waker;
 //! reports go back over a bounded channel; a full one is a counted drop.

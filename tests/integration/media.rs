@@ -415,6 +415,49 @@ fn pcap_udp_packets(path: &Path) -> usize {
 }
 
 /// The PBX's callee got the BYE of the bridged call.
+/// An inbound call from a SIPp caller (`media_uac_hold.xml`, offering `codec`
+/// as payload type `pt`, its media port a test [`Collector`]) that dialerd
+/// auto-answers; returned once `call.answered` was seen.
+struct Answered {
+    redis: RedisServer,
+    pbx: SippRun,
+    dir: Scratch,
+    d: Daemon,
+    events: Events,
+    peer: Collector,
+    uac: SippRun,
+    call: String,
+}
+
+impl Answered {
+    fn start(tag: &str, extra: &str, rtp_base: u16, pt: &str, codec: &str) -> Self {
+        let redis = RedisServer::start(&[]);
+        let pbx = pbx();
+        let dir = Scratch::new(tag);
+        let (d, sip) = dialerd(&redis, &pbx, "answer", extra, rtp_base, &dir);
+        let mut events = Events::new(&redis);
+        let peer = Collector::bind();
+        let uac = caller("media_uac_hold.xml", sip, peer.port())
+            .key("pt", pt)
+            .key("codec", codec)
+            .spawn();
+        let call = next_created(&mut events, &uac, &d);
+        events.until(Duration::from_secs(10), |e| {
+            e["type"] == "call.answered" && e["call_id"] == call.as_str()
+        });
+        Self {
+            redis,
+            pbx,
+            dir,
+            d,
+            events,
+            peer,
+            uac,
+            call,
+        }
+    }
+}
+
 fn assert_callee_hung_up(pbx: SippRun) {
     let seen = crate::support::sipp::logged(&pbx.stop().messages);
     assert!(
@@ -678,20 +721,16 @@ fn media_telephone_events_from_the_caller_are_published_once_per_digit() {
 
 #[test]
 fn media_the_dtmf_command_sends_telephone_events_to_the_peer() {
-    let redis = RedisServer::start(&[]);
-    let pbx = pbx();
-    let dir = Scratch::new("media-dtmf-out");
-    let (d, sip) = dialerd(&redis, &pbx, "answer", "", 22600, &dir);
-    let mut events = Events::new(&redis);
-    let peer = Collector::bind();
-    let uac = caller("media_uac_hold.xml", sip, peer.port())
-        .key("pt", "8")
-        .key("codec", "PCMA")
-        .spawn();
-    let call = next_created(&mut events, &uac, &d);
-    events.until(Duration::from_secs(10), |e| {
-        e["type"] == "call.answered" && e["call_id"] == call.as_str()
-    });
+    let Answered {
+        redis,
+        pbx: _pbx,
+        dir: _dir,
+        d,
+        mut events,
+        peer,
+        uac,
+        call,
+    } = Answered::start("media-dtmf-out", "", 22600, "8", "PCMA");
     command_ok(
         &mut events,
         &redis,
@@ -761,27 +800,22 @@ fn media_the_dtmf_command_sends_telephone_events_to_the_peer() {
 
 #[test]
 fn media_an_answered_call_whose_peer_sends_nothing_ends_with_media_timeout() {
-    let redis = RedisServer::start(&[]);
-    let pbx = pbx();
-    let dir = Scratch::new("media-timeout");
-    let (d, sip) = dialerd(
-        &redis,
-        &pbx,
-        "answer",
+    let Answered {
+        redis: _redis,
+        pbx: _pbx,
+        dir: _dir,
+        d,
+        mut events,
+        peer,
+        uac,
+        call,
+    } = Answered::start(
+        "media-timeout",
         "[media]\ninactivity_timeout_secs = 3\n",
         23000,
-        &dir,
+        "0",
+        "PCMU",
     );
-    let mut events = Events::new(&redis);
-    let peer = Collector::bind();
-    let uac = caller("media_uac_hold.xml", sip, peer.port())
-        .key("pt", "0")
-        .key("codec", "PCMU")
-        .spawn();
-    let call = next_created(&mut events, &uac, &d);
-    events.until(Duration::from_secs(10), |e| {
-        e["type"] == "call.answered" && e["call_id"] == call.as_str()
-    });
     let answered = Instant::now();
     let ended = events.until(Duration::from_secs(3 + 20), |e| {
         e["type"] == "call.ended" && e["call_id"] == call.as_str()
@@ -807,20 +841,16 @@ fn media_an_answered_call_whose_peer_sends_nothing_ends_with_media_timeout() {
 
 #[test]
 fn media_a_one_sided_call_gets_silence_at_the_negotiated_ptime() {
-    let redis = RedisServer::start(&[]);
-    let pbx = pbx();
-    let dir = Scratch::new("media-silence");
-    let (d, sip) = dialerd(&redis, &pbx, "answer", "", 22800, &dir);
-    let mut events = Events::new(&redis);
-    let peer = Collector::bind();
-    let uac = caller("media_uac_hold.xml", sip, peer.port())
-        .key("pt", "8")
-        .key("codec", "PCMA")
-        .spawn();
-    let call = next_created(&mut events, &uac, &d);
-    events.until(Duration::from_secs(10), |e| {
-        e["type"] == "call.answered" && e["call_id"] == call.as_str()
-    });
+    let Answered {
+        redis,
+        pbx: _pbx,
+        dir: _dir,
+        d,
+        mut events,
+        peer,
+        uac,
+        call,
+    } = Answered::start("media-silence", "", 22800, "8", "PCMA");
     std::thread::sleep(Duration::from_millis(3000));
     command_ok(
         &mut events,
