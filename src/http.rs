@@ -262,6 +262,11 @@ async fn status(State(shared): State<Arc<Shared>>, uri: axum::http::Uri) -> Resp
     };
     let calls = match call_table(&shared, offset, limit).await {
         Some((live, page)) => {
+            let mut by_call: std::collections::HashMap<&str, Vec<&crate::media::LegStats>> =
+                std::collections::HashMap::new();
+            for leg in &legs {
+                by_call.entry(&leg.name).or_default().push(leg);
+            }
             let mut items = serde_json::to_value(&page).unwrap_or_default();
             if let Some(items) = items.as_array_mut() {
                 for item in items {
@@ -269,8 +274,7 @@ async fn status(State(shared): State<Arc<Shared>>, uri: axum::http::Uri) -> Resp
                         .get("name")
                         .and_then(serde_json::Value::as_str)
                         .unwrap_or_default();
-                    let media: Vec<&crate::media::LegStats> =
-                        legs.iter().filter(|l| &*l.name == name).collect();
+                    let media = by_call.get(name).cloned().unwrap_or_default();
                     if let Some(map) = item.as_object_mut() {
                         map.insert("media".into(), json!(media));
                     }

@@ -502,11 +502,6 @@ impl Calls {
         self.ports.set_claim(claim);
     }
 
-    /// Media ports skipped because another process holds them.
-    pub fn ports_skipped(&self) -> u64 {
-        self.ports.claims_failed()
-    }
-
     /// What the media layer was asked to do since the last call, in order.
     pub fn take_media_ops(&mut self) -> std::vec::Drain<'_, MediaOp> {
         self.media_ops.drain(..)

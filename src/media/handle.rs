@@ -182,11 +182,6 @@ impl Media {
         }
     }
 
-    /// Legs placed on shards.
-    pub fn legs(&self) -> usize {
-        self.placement.len()
-    }
-
     fn send(&self, leg: LegId, command: ShardCommand) {
         if let Some(shard) = self.placement.get(&leg).and_then(|s| self.shards.get(*s)) {
             shard.send(command);

@@ -435,10 +435,6 @@ impl Relay {
         self.legs.get_mut(slot).and_then(Option::as_mut)
     }
 
-    fn event(&mut self, slot: usize, kind: MediaEventKind) {
-        self.report(slot, kind);
-    }
-
     /// A datagram of `len` bytes in `buf` arrived on `slot`'s `channel`
     /// from `from`. Returns where the rewritten bytes go, if anywhere.
     pub fn handle_datagram(
@@ -512,13 +508,13 @@ impl Relay {
         }
         let peer = leg.peer;
         if latched_now {
-            self.event(slot, MediaEventKind::Latched { address: from });
+            self.report(slot, MediaEventKind::Latched { address: from });
         }
         if recovered {
-            self.event(slot, MediaEventKind::Recovered);
+            self.report(slot, MediaEventKind::Recovered);
         }
         if let Some((digit, units)) = digit {
-            self.event(
+            self.report(
                 slot,
                 MediaEventKind::Dtmf {
                     digit,
@@ -679,7 +675,7 @@ impl Relay {
         }
         let due = leg.gen_next.is_some_and(|at| at <= now);
         if let Some(kind) = report {
-            self.event(slot, kind);
+            self.report(slot, kind);
         }
         if due {
             self.generate(now, slot, buf)
@@ -764,7 +760,7 @@ impl Relay {
             }
         });
         if let Some(kind) = done {
-            self.event(slot, kind);
+            self.report(slot, kind);
         }
         transmit
     }
@@ -865,11 +861,6 @@ impl DetachedLeg {
     /// The leg's id.
     pub fn id(&self) -> LegId {
         self.0.id
-    }
-
-    /// Its RTP port.
-    pub fn port(&self) -> u16 {
-        self.0.port
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::registration::{account, wait_state};
 use crate::support::daemon::Daemon;
+use crate::support::g711::{alaw_decode, ulaw_encode};
 use crate::support::kamailio::{
     DIALER_PASSWORD, DIALER_USER, Kamailio, PHONE_PASSWORD, PHONE_USER, kamailio_available,
 };
@@ -628,7 +629,7 @@ fn tone_pcap(packets: u16) -> Vec<u8> {
         for i in 0..160u32 {
             let t = f64::from(u32::from(n) * 160 + i) / 8000.0;
             let sample = (t * 1000.0 * std::f64::consts::TAU).sin() * 8000.0;
-            rtp.push(ulaw(sample as i16));
+            rtp.push(ulaw_encode(sample as i32));
         }
         let udp_len = 8 + rtp.len();
         let ip_len = 20 + udp_len;
@@ -651,31 +652,6 @@ fn tone_pcap(packets: u16) -> Vec<u8> {
         out.extend_from_slice(&frame);
     }
     out
-}
-
-/// G.711 µ-law of a 16-bit sample (the test's own encoder).
-fn ulaw(sample: i16) -> u8 {
-    let sign = if sample < 0 { 0x80 } else { 0 };
-    let magnitude = (i32::from(sample).abs().min(32635) + 0x84) as u32;
-    let exponent = (0..8)
-        .rev()
-        .find(|e| magnitude & (0x80 << e) != 0)
-        .unwrap_or(0);
-    let mantissa = (magnitude >> (exponent + 3)) & 0x0F;
-    !(sign | (exponent << 4) as u8 | mantissa as u8)
-}
-
-/// G.711 A-law to a 16-bit sample (the test's own decoder).
-fn alaw_decode(byte: u8) -> i16 {
-    let a = byte ^ 0x55;
-    let exponent = (a >> 4) & 0x07;
-    let mantissa = i32::from(a & 0x0F);
-    let magnitude = if exponent == 0 {
-        (mantissa << 4) + 8
-    } else {
-        ((mantissa << 4) + 0x108) << (exponent - 1)
-    };
-    (if a & 0x80 != 0 { magnitude } else { -magnitude }) as i16
 }
 
 #[test]
@@ -787,16 +763,12 @@ fn an_outbound_call_through_kamailio_delivers_the_phones_tone_to_an_external_rtp
             continue;
         }
         packets += 1;
-        let samples: Vec<i16> = buf[12..len].iter().map(|b| alaw_decode(*b)).collect();
+        let samples: Vec<i32> = buf[12..len].iter().map(|b| alaw_decode(*b)).collect();
         let crossings = samples
             .windows(2)
             .filter(|w| (w[0] < 0) != (w[1] < 0))
             .count();
-        let loud = samples
-            .iter()
-            .map(|s| i32::from(*s).abs())
-            .max()
-            .unwrap_or(0);
+        let loud = samples.iter().map(|s| s.abs()).max().unwrap_or(0);
         if (38..=42).contains(&crossings) && loud > 4000 {
             tone_frames += 1;
         }

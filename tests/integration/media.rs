@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::daemon::Daemon;
+use crate::support::g711::{alaw_decode, alaw_encode, ulaw_decode};
 use crate::support::redis::{RedisServer, Resp, RespClient};
 use crate::support::scratch::Scratch;
 use crate::support::sipp::{Sipp, SippRun, scenario};
@@ -325,33 +326,6 @@ fn rtp_packet(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &[u8]
     p.extend_from_slice(&ssrc.to_be_bytes());
     p.extend_from_slice(payload);
     p
-}
-
-/// G.711 A-law to linear (ITU-T G.711, 16-bit scale).
-fn alaw_decode(code: u8) -> i32 {
-    let a = code ^ 0x55;
-    let mut t = i32::from(a & 0x0f) << 4;
-    let seg = i32::from((a & 0x70) >> 4);
-    t = match seg {
-        0 => t + 8,
-        1 => t + 0x108,
-        _ => (t + 0x108) << (seg - 1),
-    };
-    if a & 0x80 != 0 { t } else { -t }
-}
-
-/// G.711 µ-law to linear (ITU-T G.711, 16-bit scale).
-fn ulaw_decode(code: u8) -> i32 {
-    let u = !code;
-    let t = ((i32::from(u & 0x0f) << 3) + 0x84) << ((u & 0x70) >> 4);
-    if u & 0x80 != 0 { 0x84 - t } else { t - 0x84 }
-}
-
-/// The A-law code nearest to `x` (by search: the test's own encoder).
-fn alaw_encode(x: i32) -> u8 {
-    (0..=255u8)
-        .min_by_key(|c| (alaw_decode(*c) - x).abs())
-        .unwrap()
 }
 
 /// The distinct µ-law levels, ascending.

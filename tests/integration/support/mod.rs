@@ -3,6 +3,7 @@
 //! stopped on drop.
 
 pub mod daemon;
+pub mod g711;
 pub mod http;
 pub mod kamailio;
 pub mod live;
