@@ -240,13 +240,23 @@ impl Relay {
     /// slot so the caller closes the sockets.
     pub fn remove(&mut self, now: Instant, id: LegId) -> Option<usize> {
         let slot = self.by_id.remove(&id)?;
-        let leg = self.legs.get_mut(slot)?.take()?;
+        let mut leg = self.legs.get_mut(slot)?.take()?;
         if let Some(peer) = leg.peer
             && let Some(p) = self.leg_mut(peer)
         {
             p.peer = None;
         }
         self.free.push(slot);
+        if let Some((digit, units)) = leg.detector.flush() {
+            self.events.push_back(MediaEvent {
+                leg: id,
+                name: leg.name.clone(),
+                kind: MediaEventKind::Dtmf {
+                    digit,
+                    duration_ms: u32::from(units) / 8,
+                },
+            });
+        }
         self.events.push_back(MediaEvent {
             leg: id,
             name: leg.name.clone(),
@@ -499,13 +509,13 @@ impl Relay {
         leg.last_rx = Some(now);
         let recovered = std::mem::take(&mut leg.quiet_reported);
         let dtmf = spec.is_dtmf(h.payload_type);
-        let mut digit = None;
-        if dtmf {
+        let digit = if dtmf {
             let payload = packet.get(h.payload_start..h.payload_end).unwrap_or(&[]);
-            if let Some(ev) = telephone_event::parse(payload) {
-                digit = leg.detector.on_packet(h.timestamp, ev);
-            }
-        }
+            telephone_event::parse(payload).and_then(|ev| leg.detector.on_packet(h.timestamp, ev))
+        } else {
+            // Audio again: an event whose end packets were all lost is over.
+            leg.detector.flush()
+        };
         let peer = leg.peer;
         if latched_now {
             self.report(slot, MediaEventKind::Latched { address: from });

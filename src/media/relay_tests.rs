@@ -490,3 +490,45 @@ fn a_source_port_of_zero_is_taken_but_never_latched() {
     let stats = net.relay.stats(net.at(30), A).unwrap();
     assert_eq!((stats.rx_packets, stats.latched), (1, None));
 }
+
+#[test]
+fn a_digit_whose_end_packets_were_lost_is_reported_when_audio_resumes_or_the_leg_closes() {
+    let mut net = Net::new(
+        RelayConfig::default(),
+        spec("127.0.0.1:4000", AudioCodec::Pcmu),
+        spec("127.0.0.2:5000", AudioCodec::Pcmu),
+    );
+    let event = |code, duration| {
+        let mut payload = [0u8; 4];
+        telephone_event::write(
+            &mut payload,
+            telephone_event::Event {
+                code,
+                end: false,
+                volume: 10,
+                duration,
+            },
+        )
+        .unwrap();
+        payload
+    };
+    net.send(0, net.sa, "127.0.0.1:4000", 101, 1, 8000, &event(3, 160));
+    net.send(20, net.sa, "127.0.0.1:4000", 101, 2, 8000, &event(3, 320));
+    // No end packet: audio resumes.
+    net.send(40, net.sa, "127.0.0.1:4000", 0, 3, 8640, &[0xFF; 160]);
+    net.send(60, net.sa, "127.0.0.1:4000", 0, 4, 8800, &[0xFF; 160]);
+    let digits = |events: Vec<MediaEventKind>| -> Vec<(char, u32)> {
+        events
+            .into_iter()
+            .filter_map(|e| match e {
+                MediaEventKind::Dtmf { digit, duration_ms } => Some((digit, duration_ms)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(digits(net.events()), vec![('3', 40)]);
+    // Another one, cut off by the leg's close.
+    net.send(80, net.sa, "127.0.0.1:4000", 101, 5, 9000, &event(9, 160));
+    net.relay.remove(net.at(100), A);
+    assert_eq!(digits(net.events()), vec![('9', 20)]);
+}
