@@ -1,8 +1,15 @@
 //! The ops HTTP server: `/healthz`, `/readyz`, `/status`, `/metrics`,
-//! `POST /drain`.
+//! `POST /drain`, `POST /sip-trace`.
+//!
+//! Access: the probes (`/healthz`, `/readyz`) are open to all. Loopback
+//! callers may use everything. Other callers must send
+//! `Authorization: Bearer <http.token>` when a token is configured; without
+//! one, `/status` and `/metrics` are open and the state-changing `POST`s
+//! are refused.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -10,30 +17,180 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::Router;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+use crate::config::Secret;
 use crate::metrics::HttpLabels;
 use crate::status::Shared;
 
-/// Builds the router over the shared state.
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+/// Who may use the endpoints beyond the probes: loopback callers always,
+/// others with the bearer token when one is configured.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// SHA-256 of the token; the token itself is not kept.
+    token_digest: Option<[u8; 32]>,
+}
+
+impl Access {
+    /// Access with `token` (`http.token`) as the bearer token, if any.
+    pub fn new(token: Option<&Secret>) -> Self {
+        Self {
+            token_digest: token.map(|t| digest(t.expose().as_bytes())),
+        }
+    }
+
+    /// Whether a bearer token is configured.
+    pub fn has_token(&self) -> bool {
+        self.token_digest.is_some()
+    }
+
+    /// What a request from `peer` (none when unknown) with these headers
+    /// may do on a read (`/status`, `/metrics`) or a state-changing route.
+    fn verdict(&self, peer: Option<IpAddr>, headers: &HeaderMap, write: bool) -> Verdict {
+        if peer.is_some_and(|ip| ip.to_canonical().is_loopback()) {
+            return Verdict::Allow;
+        }
+        let Some(expected) = &self.token_digest else {
+            return if write {
+                Verdict::LoopbackOnly
+            } else {
+                Verdict::Allow
+            };
+        };
+        match bearer(headers.get(header::AUTHORIZATION)) {
+            None => Verdict::Unauthorized { invalid: false },
+            Some(token) if same_digest(&digest(token), expected) => Verdict::Allow,
+            Some(_) => Verdict::Unauthorized { invalid: true },
+        }
+    }
+}
+
+impl fmt::Debug for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Access")
+            .field("token", &if self.has_token() { "set" } else { "none" })
+            .finish()
+    }
+}
+
+/// The outcome of the access check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Allow,
+    /// No usable bearer token (`invalid`: one was sent but is wrong).
+    Unauthorized {
+        invalid: bool,
+    },
+    /// A state-changing route from elsewhere with no token configured.
+    LoopbackOnly,
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Compares two digests in constant time.
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(value: Option<&HeaderValue>) -> Option<&[u8]> {
+    let value = value?.as_bytes();
+    let scheme = value.get(..7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = value.get(7..)?.trim_ascii();
+    Some(token)
+}
+
+/// Builds the router over the shared state; `access` guards every route
+/// but the probes.
+pub fn router(shared: Arc<Shared>, access: Access) -> Router {
+    let access = Arc::new(access);
+    let probes = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    let reads = Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(access.clone(), guard_read));
+    let writes = Router::new()
         .route("/drain", post(drain))
         .route("/sip-trace", post(sip_trace))
+        .route_layer(middleware::from_fn_with_state(access, guard_write));
+    probes
+        .merge(reads)
+        .merge(writes)
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             count_requests,
         ))
         .with_state(shared)
+}
+
+async fn guard_read(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
+    guard(&access, request, next, false).await
+}
+
+async fn guard_write(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
+    guard(&access, request, next, true).await
+}
+
+/// Runs the request when `access` lets its caller in; otherwise answers
+/// 401 (with `WWW-Authenticate: Bearer`) or 403. Never logs the token.
+async fn guard(access: &Access, request: Request, next: Next, write: bool) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let verdict = access.verdict(peer.map(|p| p.ip()), request.headers(), write);
+    let path = request.uri().path().to_owned();
+    let peer = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+    match verdict {
+        Verdict::Allow => next.run(request).await,
+        Verdict::Unauthorized { invalid } => {
+            if write || invalid {
+                tracing::warn!(%peer, %path, invalid, "refused an HTTP request without a valid bearer token");
+            } else {
+                tracing::debug!(%peer, %path, "refused an HTTP request without a bearer token");
+            }
+            let (challenge, message) = if invalid {
+                (
+                    "Bearer realm=\"dialerd\", error=\"invalid_token\"",
+                    "the bearer token is not valid",
+                )
+            } else {
+                (
+                    "Bearer realm=\"dialerd\"",
+                    "send Authorization: Bearer <http.token> from a non-loopback address",
+                )
+            };
+            let body = json!({"error": "unauthorized", "message": message});
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, challenge)],
+                Json(body),
+            )
+                .into_response()
+        }
+        Verdict::LoopbackOnly => {
+            tracing::warn!(%peer, %path, "refused a state-changing HTTP request from a non-loopback address");
+            let body = json!({
+                "error": "forbidden",
+                "message": format!("POST {path} is accepted from loopback only (no http.token is set)"),
+            });
+            (StatusCode::FORBIDDEN, Json(body)).into_response()
+        }
+    }
 }
 
 /// Most HTTP connections at once; past it, a new connection closes the
@@ -47,13 +204,25 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// in-flight requests (for at most a second). Idle and slow clients cannot
 /// use up the file limit or keep the probes out: connections are capped,
 /// request heads and idle time are bounded, and at the cap the oldest idle
-/// connection gives way to the new one.
+/// connection gives way to the new one. Warns once when the listener is
+/// reachable from other than loopback and no token is set.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
+    access: Access,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(shared);
+    if let Ok(local) = listener.local_addr()
+        && !local.ip().to_canonical().is_loopback()
+        && !access.has_token()
+    {
+        tracing::warn!(
+            bind = %local,
+            "http.bind is not a loopback address and no http.token is set: /status and /metrics \
+             are open to every caller that can reach it (POST /drain and /sip-trace stay loopback-only)"
+        );
+    }
+    let app = router(shared, access);
     let mut slots = Slots::default();
     tokio::pin!(stop);
     loop {
@@ -344,36 +513,18 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// Starts draining: readiness turns false and new work is refused. Only
-/// accepted from loopback, so that a pod's preStop hook can call it but the
-/// network cannot.
-async fn drain(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !peer.ip().is_loopback() {
-        tracing::warn!(%peer, "refused /drain from a non-loopback address");
-        let body =
-            json!({"error": "forbidden", "message": "POST /drain is accepted from loopback only"});
-        return (StatusCode::FORBIDDEN, Json(body)).into_response();
-    }
+/// Starts draining: readiness turns false and new work is refused. Guarded:
+/// a pod's preStop hook (loopback) can call it, the network only with the
+/// token.
+async fn drain(State(shared): State<Arc<Shared>>) -> Response {
     let phase = shared.lifecycle.drain();
     tracing::info!(?phase, "drain requested over HTTP");
     (StatusCode::ACCEPTED, Json(json!({ "phase": phase }))).into_response()
 }
 
-/// Switches SIP message logging (`log.sip_trace`) at run time; loopback
-/// callers only (the log then holds message contents).
-async fn sip_trace(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    uri: axum::http::Uri,
-) -> Response {
-    if !peer.ip().is_loopback() {
-        tracing::warn!(%peer, "refused /sip-trace from a non-loopback address");
-        let body = json!({"error": "forbidden", "message": "POST /sip-trace is accepted from loopback only"});
-        return (StatusCode::FORBIDDEN, Json(body)).into_response();
-    }
+/// Switches SIP message logging (`log.sip_trace`) at run time; guarded
+/// like `drain` (the log then holds message contents).
+async fn sip_trace(State(shared): State<Arc<Shared>>, uri: axum::http::Uri) -> Response {
     let on = match uri.query() {
         Some("on=true") => Some(true),
         Some("on=false") => Some(false),
@@ -392,4 +543,174 @@ async fn sip_trace(
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
     (StatusCode::OK, Json(json!({ "sip_trace": on }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use hyper::service::Service as _;
+
+    use super::*;
+    use crate::lifecycle::Phase;
+
+    const TOKEN: &str = "s3cret-token-0123456789";
+    const OUTSIDE: [u8; 4] = [203, 0, 113, 7];
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared::new("test".into(), None, "local"))
+    }
+
+    /// Sends one request to the router as if it came from `peer`.
+    async fn send(
+        shared: &Arc<Shared>,
+        access: &Access,
+        peer: impl Into<IpAddr>,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let peer = SocketAddr::new(peer.into(), 40000);
+        let app = router(shared.clone(), access.clone()).layer(axum::Extension(ConnectInfo(peer)));
+        let mut request = axum::http::Request::builder().method(method).uri(path);
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let request = request.body(Body::empty()).unwrap();
+        let service = hyper_util::service::TowerToHyperService::new(app);
+        let response = service.call(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, headers, body)
+    }
+
+    #[tokio::test]
+    async fn with_a_token_others_must_send_it() {
+        let shared = shared();
+        let access = Access::new(Some(&Secret::new(TOKEN)));
+        let good = format!("Bearer {TOKEN}");
+        let routes = [
+            ("GET", "/status", StatusCode::OK),
+            ("GET", "/metrics", StatusCode::OK),
+            // No SIP core here: past the guard, sip-trace is unavailable.
+            (
+                "POST",
+                "/sip-trace?on=true",
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            ("POST", "/drain", StatusCode::ACCEPTED),
+        ];
+        for (method, path, allowed) in routes {
+            for auth in [
+                None,
+                Some("Bearer wrong-token-0123456789"),
+                Some("Basic abc"),
+            ] {
+                let (status, headers, body) =
+                    send(&shared, &access, OUTSIDE, method, path, auth).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} {auth:?}");
+                let challenge = headers[header::WWW_AUTHENTICATE].to_str().unwrap();
+                assert!(challenge.starts_with("Bearer"), "{challenge}");
+                assert_eq!(body["error"], "unauthorized", "{body}");
+                assert!(!body.to_string().contains(TOKEN));
+            }
+            assert_eq!(
+                shared.lifecycle.phase(),
+                Phase::Starting,
+                "nothing drained yet"
+            );
+            let (status, ..) = send(&shared, &access, OUTSIDE, method, path, Some(&good)).await;
+            assert_eq!(status, allowed, "{method} {path} with the token");
+            let lower = format!("bearer  {TOKEN}");
+            let (status, ..) = send(&shared, &access, OUTSIDE, method, path, Some(&lower)).await;
+            assert_eq!(
+                status, allowed,
+                "{method} {path}: scheme is case-insensitive"
+            );
+            // Loopback, v4, v6 and v4-mapped, needs no token.
+            for local in [
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                IpAddr::from([0, 0, 0, 0, 0, 0xffff, 0x7f00, 1]),
+            ] {
+                let (status, ..) = send(&shared, &access, local, method, path, None).await;
+                assert_eq!(status, allowed, "{method} {path} from {local}");
+            }
+        }
+        assert_eq!(shared.lifecycle.phase(), Phase::Draining);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_token_is_told_apart_from_a_missing_one() {
+        let shared = shared();
+        let access = Access::new(Some(&Secret::new(TOKEN)));
+        let (_, headers, _) = send(&shared, &access, OUTSIDE, "GET", "/status", None).await;
+        assert_eq!(
+            headers[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"dialerd\""
+        );
+        let wrong = format!("Bearer {TOKEN}x");
+        let (_, headers, body) =
+            send(&shared, &access, OUTSIDE, "GET", "/status", Some(&wrong)).await;
+        assert_eq!(
+            headers[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"dialerd\", error=\"invalid_token\""
+        );
+        assert_eq!(body["message"], "the bearer token is not valid");
+    }
+
+    #[tokio::test]
+    async fn without_a_token_reads_are_open_and_writes_loopback_only() {
+        let shared = shared();
+        let access = Access::default();
+        for path in ["/status", "/metrics"] {
+            let (status, ..) = send(&shared, &access, OUTSIDE, "GET", path, None).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+        }
+        for path in ["/drain", "/sip-trace?on=true"] {
+            let any = Some("Bearer anything-at-all-12345");
+            let (status, _, body) = send(&shared, &access, OUTSIDE, "POST", path, any).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+            assert_eq!(body["error"], "forbidden");
+        }
+        let (status, ..) = send(&shared, &access, [127, 0, 0, 1], "POST", "/drain", None).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+
+    #[tokio::test]
+    async fn probes_are_always_open() {
+        let shared = shared();
+        let access = Access::new(Some(&Secret::new(TOKEN)));
+        for path in ["/healthz", "/readyz"] {
+            let (status, ..) = send(&shared, &access, OUTSIDE, "GET", path, None).await;
+            assert_ne!(status, StatusCode::UNAUTHORIZED, "{path}");
+            assert!(status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE);
+        }
+    }
+
+    #[test]
+    fn the_token_never_shows() {
+        let access = Access::new(Some(&Secret::new(TOKEN)));
+        let shown = format!("{access:?}");
+        assert!(!shown.contains(TOKEN), "{shown}");
+        assert_eq!(shown, "Access { token: \"set\" }");
+        assert_eq!(
+            format!("{:?}", Access::default()),
+            "Access { token: \"none\" }"
+        );
+    }
+
+    #[test]
+    fn digests_compare_equal_only_when_equal() {
+        let a = digest(b"one");
+        let mut b = a;
+        assert!(same_digest(&a, &b));
+        if let Some(last) = b.last_mut() {
+            *last ^= 1;
+        }
+        assert!(!same_digest(&a, &b));
+    }
 }

@@ -107,7 +107,7 @@ fn main() {
     let sources = Sources {
         config_file: None,
         profile: Some("local".into()),
-        profile_dir: "sip-profiles".into(),
+        profile_dirs: vec!["sip-profiles".into()],
         env: std::env::vars().collect(),
     };
     let settings = match dialerd::config::load(&sources) {

@@ -29,28 +29,70 @@ const ENV_LIST_KEYS: [&str; 4] = [
 pub struct Sources {
     /// The main TOML file, if any.
     pub config_file: Option<PathBuf>,
-    /// Name of a profile in `profile_dir`, or a path to a profile file.
+    /// Name of a profile in `profile_dirs`, or a path to a profile file.
     pub profile: Option<String>,
-    /// Directory holding `<name>.toml` profiles.
-    pub profile_dir: PathBuf,
+    /// Directories a profile name is looked up in, in order; the first that
+    /// holds `<name>.toml` wins.
+    pub profile_dirs: Vec<PathBuf>,
     /// The environment to read `DIALERD__*` overrides and `env` sources from.
     pub env: HashMap<String, String>,
 }
 
 impl Sources {
-    /// Sources with the environment of this process.
+    /// Sources with the environment of this process. Without an explicit
+    /// `profile_dir`, profile names are looked up in [`profile_search_dirs`]
+    /// of the config file and this executable.
     pub fn with_process_env(
         config_file: Option<PathBuf>,
         profile: Option<String>,
-        profile_dir: PathBuf,
+        profile_dir: Option<PathBuf>,
     ) -> Self {
+        let profile_dirs = match profile_dir {
+            Some(dir) => vec![dir],
+            None => profile_search_dirs(
+                config_file.as_deref(),
+                std::env::current_exe().ok().as_deref(),
+            ),
+        };
         Self {
             config_file,
             profile,
-            profile_dir,
+            profile_dirs,
             env: std::env::vars().collect(),
         }
     }
+}
+
+/// Where an installed dialerd keeps its sip-profiles.
+pub const INSTALLED_PROFILE_DIR: &str = "/usr/share/dialerd/sip-profiles";
+
+/// The directories a profile name is looked up in when no profile directory
+/// is given, in order: `<config file's directory>/sip-profiles`,
+/// [`INSTALLED_PROFILE_DIR`], `<executable's directory>/../share/dialerd/sip-profiles`,
+/// then `./sip-profiles`. Duplicates are dropped; nothing is read.
+pub fn profile_search_dirs(config_file: Option<&Path>, exe: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = config_file.and_then(Path::parent) {
+        // A bare file name's parent is "": the working directory.
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        dirs.push(dir.join("sip-profiles"));
+    }
+    dirs.push(PathBuf::from(INSTALLED_PROFILE_DIR));
+    if let Some(prefix) = exe.and_then(Path::parent).and_then(Path::parent) {
+        dirs.push(prefix.join("share/dialerd/sip-profiles"));
+    }
+    dirs.push(PathBuf::from("./sip-profiles"));
+    let mut unique: Vec<PathBuf> = Vec::with_capacity(dirs.len());
+    for dir in dirs {
+        if !unique.contains(&dir) {
+            unique.push(dir);
+        }
+    }
+    unique
 }
 
 /// One thing wrong with the configuration, named by its key.
@@ -123,7 +165,7 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
     }
     if let Some(name) = &sources.profile {
         let path =
-            profile_path(&sources.profile_dir, name).map_err(|message| ConfigError::Source {
+            profile_path(&sources.profile_dirs, name).map_err(|message| ConfigError::Source {
                 origin: format!("profile {name:?}"),
                 message,
             })?;
@@ -139,6 +181,7 @@ pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
 
     let mut problems = resolve_accounts(&mut settings, sources);
     problems.extend(resolve_redis_password(&mut settings));
+    problems.extend(resolve_http_token(&mut settings));
     problems.extend(validate(&settings, &sources.env));
     if problems.is_empty() {
         Ok(settings)
@@ -198,9 +241,10 @@ fn schema_problem(err: &serde_path_to_error::Error<config::ConfigError>) -> Conf
     ConfigError::Schema(Problem::new(key, message))
 }
 
-/// Path of a profile: `NAME` means `<dir>/NAME.toml`; a value with a `/` or a
-/// `.toml` ending is taken as a path.
-pub fn profile_path(dir: &Path, name: &str) -> Result<PathBuf, String> {
+/// Path of a profile: `NAME` means `<dir>/NAME.toml` in the first of `dirs`
+/// that holds it; a value with a `/` or a `.toml` ending is taken as a path.
+/// An unknown name's error lists every directory searched.
+pub fn profile_path(dirs: &[PathBuf], name: &str) -> Result<PathBuf, String> {
     if name.contains('/') || name.ends_with(".toml") {
         return Ok(PathBuf::from(name));
     }
@@ -211,16 +255,24 @@ pub fn profile_path(dir: &Path, name: &str) -> Result<PathBuf, String> {
     {
         return Err("a profile name has only letters, digits, '-' and '_'".into());
     }
-    let path = dir.join(format!("{name}.toml"));
-    if !path.is_file() {
-        return Err(format!("no profile file {}", path.display()));
+    let file = format!("{name}.toml");
+    if let Some(path) = dirs.iter().map(|d| d.join(&file)).find(|p| p.is_file()) {
+        return Ok(path);
     }
-    Ok(path)
+    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    Err(format!(
+        "no profile file {file} in {}",
+        if searched.is_empty() {
+            "any directory (none given)".to_owned()
+        } else {
+            searched.join(", ")
+        }
+    ))
 }
 
 /// The `account_defaults` of a profile file.
-fn profile_defaults(dir: &Path, name: &str) -> Result<AccountDefaults, String> {
-    let path = profile_path(dir, name)?;
+fn profile_defaults(dirs: &[PathBuf], name: &str) -> Result<AccountDefaults, String> {
+    let path = profile_path(dirs, name)?;
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let table: toml::Table = text
@@ -242,7 +294,7 @@ fn resolve_accounts(settings: &mut Settings, sources: &Sources) -> Vec<Problem> 
     let global = settings.account_defaults.clone();
     for (i, account) in settings.accounts.iter_mut().enumerate() {
         if let Some(name) = account.profile.clone() {
-            match profile_defaults(&sources.profile_dir, &name) {
+            match profile_defaults(&sources.profile_dirs, &name) {
                 Ok(defaults) => account.inherit(&defaults),
                 Err(e) => problems.push(Problem::new(format!("accounts[{i}].profile"), e)),
             }
@@ -278,19 +330,42 @@ fn resolve_accounts(settings: &mut Settings, sources: &Sources) -> Vec<Problem> 
 
 fn resolve_redis_password(settings: &mut Settings) -> Option<Problem> {
     let redis = &mut settings.redis;
-    let path = redis.password_file.as_ref()?;
-    if redis.password.is_some() {
-        return Some(Problem::new(
-            "redis.password_file",
-            "set either password or password_file, not both",
-        ));
+    secret_from_file(
+        &mut redis.password,
+        redis.password_file.as_deref(),
+        "redis.password_file",
+        "set either password or password_file, not both",
+    )
+}
+
+fn resolve_http_token(settings: &mut Settings) -> Option<Problem> {
+    let http = &mut settings.http;
+    secret_from_file(
+        &mut http.token,
+        http.token_file.as_deref(),
+        "http.token_file",
+        "set either token or token_file, not both",
+    )
+}
+
+/// Fills `value` from `file` when one is given; `key` names the file
+/// setting in a problem, `both` is the problem when both are set.
+fn secret_from_file(
+    value: &mut Option<Secret>,
+    file: Option<&Path>,
+    key: &str,
+    both: &str,
+) -> Option<Problem> {
+    let path = file?;
+    if value.is_some() {
+        return Some(Problem::new(key, both));
     }
     match read_secret_file(path) {
         Ok(secret) => {
-            redis.password = Some(secret);
+            *value = Some(secret);
             None
         }
-        Err(e) => Some(Problem::new("redis.password_file", e)),
+        Err(e) => Some(Problem::new(key, e)),
     }
 }
 

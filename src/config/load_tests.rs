@@ -44,7 +44,7 @@ fn sources(
     Sources {
         config_file: file,
         profile: profile.map(str::to_owned),
-        profile_dir: dir.0.clone(),
+        profile_dirs: vec![dir.0.clone()],
         env: env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -300,4 +300,128 @@ fn media_settings_out_of_range_are_named() {
             "{expected}: {problems:?}"
         );
     }
+}
+
+#[test]
+fn profile_search_order_without_a_profile_dir() {
+    let dirs = profile_search_dirs(
+        Some(Path::new("/etc/dialerd/dialerd.toml")),
+        Some(Path::new("/opt/dialerd/bin/dialerd")),
+    );
+    let expected: Vec<PathBuf> = [
+        "/etc/dialerd/sip-profiles",
+        INSTALLED_PROFILE_DIR,
+        "/opt/dialerd/share/dialerd/sip-profiles",
+        "./sip-profiles",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    assert_eq!(dirs, expected);
+
+    // A bare config file name is in the working directory; an executable in
+    // /usr/bin finds the installed directory; duplicates are dropped.
+    let dirs = profile_search_dirs(
+        Some(Path::new("dialerd.toml")),
+        Some(Path::new("/usr/bin/dialerd")),
+    );
+    assert_eq!(
+        dirs,
+        [
+            PathBuf::from("./sip-profiles"),
+            INSTALLED_PROFILE_DIR.into()
+        ]
+    );
+    assert_eq!(
+        profile_search_dirs(None, None),
+        [
+            PathBuf::from(INSTALLED_PROFILE_DIR),
+            "./sip-profiles".into()
+        ]
+    );
+}
+
+#[test]
+fn the_first_directory_holding_the_profile_wins() {
+    let dir = Scratch::new("search");
+    let (first, second, third) = (dir.0.join("a"), dir.0.join("b"), dir.0.join("c"));
+    for d in [&first, &second, &third] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(second.join("pbx.toml"), "").unwrap();
+    std::fs::write(third.join("pbx.toml"), "").unwrap();
+    std::fs::write(third.join("only-c.toml"), "").unwrap();
+    let dirs = [first.clone(), second.clone(), third.clone()];
+    assert_eq!(profile_path(&dirs, "pbx").unwrap(), second.join("pbx.toml"));
+    assert_eq!(
+        profile_path(&dirs, "only-c").unwrap(),
+        third.join("only-c.toml")
+    );
+    // A directory, not a file, named like a profile does not count.
+    std::fs::create_dir_all(first.join("pbx.toml")).unwrap();
+    assert_eq!(profile_path(&dirs, "pbx").unwrap(), second.join("pbx.toml"));
+
+    let err = profile_path(&dirs, "unknown").unwrap_err();
+    assert!(err.starts_with("no profile file unknown.toml in "), "{err}");
+    for d in &dirs {
+        assert!(err.contains(&d.display().to_string()), "{err}");
+    }
+    // Paths are taken as they are, whatever the directories.
+    assert_eq!(
+        profile_path(&dirs, "x/y.toml").unwrap(),
+        PathBuf::from("x/y.toml")
+    );
+    assert!(profile_path(&dirs, "bad name").is_err());
+}
+
+#[test]
+fn an_account_profile_is_searched_like_the_global_one() {
+    let dir = Scratch::new("acct-search");
+    let (first, second) = (dir.0.join("a"), dir.0.join("b"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    std::fs::write(
+        second.join("pbx.toml"),
+        "[account_defaults]\nexpires_secs = 120\n",
+    )
+    .unwrap();
+    let file = dir.write(
+        "c.toml",
+        "[[accounts]]\nname = \"a\"\nregistrar = \"sip:pbx\"\nusername = \"1\"\nprofile = \"pbx\"\n",
+    );
+    let mut src = sources(&dir, Some(file), None, &[]);
+    src.profile_dirs = vec![first, second];
+    let s = load(&src).unwrap();
+    assert_eq!(s.accounts[0].expires_secs, Some(120));
+}
+
+#[test]
+fn http_token_from_a_file_is_read_at_load_and_never_shown() {
+    let dir = Scratch::new("http-token");
+    let token = dir.write("token", "file-token-0123456789abcdef\n");
+    let file = dir.write(
+        "c.toml",
+        &format!("[http]\ntoken_file = {:?}\n", token.display().to_string()),
+    );
+    let s = load(&sources(&dir, Some(file), None, &[])).unwrap();
+    assert_eq!(
+        s.http.token.as_ref().map(Secret::expose),
+        Some("file-token-0123456789abcdef")
+    );
+    let shown = render_effective(&s).unwrap();
+    assert!(!shown.contains("file-token"), "{shown}");
+    assert!(
+        shown.contains(&format!("token = \"{REDACTED}\"")),
+        "{shown}"
+    );
+
+    let env = [("DIALERD__HTTP__TOKEN", "has space in-it-0123456789")];
+    let msg = one_problem(load(&sources(&dir, None, None, &env)).unwrap_err());
+    assert_eq!(
+        msg,
+        "http.token: the token must be printable ASCII without spaces"
+    );
+    let env = [("DIALERD__HTTP__TOKEN", "short-tok")];
+    let msg = one_problem(load(&sources(&dir, None, None, &env)).unwrap_err());
+    assert!(!msg.contains("short-tok"), "{msg}");
 }

@@ -7,7 +7,10 @@ mod settings;
 mod types;
 mod validate;
 
-pub use load::{ConfigError, ENV_PREFIX, ENV_SEPARATOR, Problem, Sources, load, profile_path};
+pub use load::{
+    ConfigError, ENV_PREFIX, ENV_SEPARATOR, INSTALLED_PROFILE_DIR, Problem, Sources, load,
+    profile_path, profile_search_dirs,
+};
 pub use secret::{REDACTED, Secret};
 pub use settings::*;
 pub use types::{IpNet, IpNetError, LogFormat, PortRange, RedisUrl, Transport, Untrusted};

@@ -41,6 +41,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownSettings,
+    /// Account leases across replicas.
+    pub lease: LeaseSettings,
     /// Registration retry policy.
     pub registration: RegistrationSettings,
     /// Call timeouts, codecs and the default inbound policy.
@@ -507,12 +509,20 @@ impl Default for RedisSettings {
 pub struct HttpSettings {
     /// Listen address of the status server.
     pub bind: SocketAddr,
+    /// Bearer token that callers from other than loopback must send for
+    /// `/status`, `/metrics`, `POST /drain` and `POST /sip-trace` (prefer
+    /// `token_file`). `/healthz` and `/readyz` stay open.
+    pub token: Option<Secret>,
+    /// File holding the bearer token (read at load).
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: None,
+            token_file: None,
         }
     }
 }
@@ -536,11 +546,36 @@ impl Default for LimitSettings {
     }
 }
 
+/// `[lease]`: with several replicas sharing the same accounts, each
+/// account is registered by exactly one of them, the holder of its lease in
+/// Redis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaseSettings {
+    /// Register accounts only under a lease (needs `[redis]`).
+    pub enabled: bool,
+    /// How long a lease lasts without renewal, seconds: a standby replica
+    /// takes an account over within this plus the registration time.
+    pub ttl_secs: u64,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ttl_secs: 15,
+        }
+    }
+}
+
 /// `[shutdown]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownSettings {
-    /// Longest a graceful shutdown may take before it is abandoned, seconds.
+    /// How long calls may go on after a drain starts (POST /drain, the
+    /// `drain` command, SIGTERM) before they are ended with cause
+    /// `shutdown`, seconds; ending them, unregistering and releasing leases
+    /// take at most 20 s more.
     pub deadline_secs: u64,
 }
 

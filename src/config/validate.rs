@@ -25,6 +25,7 @@ pub fn validate(s: &Settings, env: &HashMap<String, String>) -> Vec<Problem> {
     check_accounts(s, &mut p);
     check_media(s, &mut p);
     check_redis(s, &mut p);
+    check_http(s, &mut p);
     check_calls(s, &mut p);
     if s.limits.max_concurrent_calls == 0 {
         p.push(Problem::new(
@@ -58,6 +59,7 @@ pub fn validate(s: &Settings, env: &HashMap<String, String>) -> Vec<Problem> {
             "must be at least 1",
         ));
     }
+    check_lease(s, &mut p);
     if !(1..=3600).contains(&s.shutdown.deadline_secs) {
         p.push(Problem::new(
             "shutdown.deadline_secs",
@@ -65,6 +67,28 @@ pub fn validate(s: &Settings, env: &HashMap<String, String>) -> Vec<Problem> {
         ));
     }
     p
+}
+
+fn check_lease(s: &Settings, p: &mut Vec<Problem>) {
+    let l = &s.lease;
+    if !(3..=300).contains(&l.ttl_secs) {
+        p.push(Problem::new(
+            "lease.ttl_secs",
+            format!("{} is not within 3..=300", l.ttl_secs),
+        ));
+    }
+    if l.enabled && !s.redis.enabled {
+        p.push(Problem::new(
+            "lease.enabled",
+            "account leases live in Redis: set redis.enabled",
+        ));
+    }
+    if l.enabled && s.accounts.is_empty() {
+        p.push(Problem::new(
+            "lease.enabled",
+            "there are no accounts to lease",
+        ));
+    }
 }
 
 fn check_instance(s: &Settings, env: &HashMap<String, String>, p: &mut Vec<Problem>) {
@@ -399,6 +423,34 @@ fn check_redis(s: &Settings, p: &mut Vec<Problem>) {
     }
     if let Some(path) = &r.tls_ca_file {
         check_pem_file("redis.tls_ca_file", path, p);
+    }
+}
+
+/// Shortest bearer token accepted (`http.token`).
+const MIN_HTTP_TOKEN_LEN: usize = 16;
+
+fn check_http(s: &Settings, p: &mut Vec<Problem>) {
+    let Some(token) = &s.http.token else {
+        return;
+    };
+    // The message names the setting, never the token.
+    let key = if s.http.token_file.is_some() {
+        "http.token_file"
+    } else {
+        "http.token"
+    };
+    let value = token.expose();
+    if value.len() < MIN_HTTP_TOKEN_LEN {
+        p.push(Problem::new(
+            key,
+            format!("the token must be at least {MIN_HTTP_TOKEN_LEN} characters"),
+        ));
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        p.push(Problem::new(
+            key,
+            "the token must be printable ASCII without spaces",
+        ));
     }
 }
 

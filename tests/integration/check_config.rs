@@ -1,6 +1,7 @@
 //! `dialerd check-config`: every shipped profile passes; broken
 //! configurations fail and name the key; secrets never appear.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::support::scratch::Scratch;
@@ -19,32 +20,45 @@ fn check_config(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("run dialerd check-config")
 }
 
+/// The profiles shipped in sip-profiles/, exactly.
+const SHIPPED_PROFILES: [&str; 5] = [
+    "asterisk-pjsip",
+    "freeswitch",
+    "generic-trunk",
+    "grandstream-ucm",
+    "local",
+];
+
 #[test]
 fn every_shipped_profile_is_valid() {
+    // Every file is checked, so a new profile is covered without a change
+    // here; the set itself is pinned so that a rename is noticed.
     let mut names: Vec<String> = std::fs::read_dir(repo_root().join("sip-profiles"))
         .expect("read sip-profiles")
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            if path.extension()? != "toml" {
-                return None;
-            }
-            Some(path.file_stem()?.to_string_lossy().into_owned())
+        .map(|e| {
+            let path = e.expect("read sip-profiles entry").path();
+            assert_eq!(
+                path.extension().and_then(|x| x.to_str()),
+                Some("toml"),
+                "only profiles belong in sip-profiles/: {}",
+                path.display()
+            );
+            path.file_stem()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned()
         })
         .collect();
     names.sort();
-    for required in [
-        "asterisk",
-        "freeswitch",
-        "generic-trunk",
-        "grandstream-ucm",
-        "local",
-    ] {
-        assert!(
-            names.iter().any(|n| n == required),
-            "profile {required} missing: {names:?}"
-        );
-    }
+    assert_eq!(names, SHIPPED_PROFILES, "the shipped profiles");
     for name in &names {
+        let contents =
+            std::fs::read_to_string(repo_root().join(format!("sip-profiles/{name}.toml")))
+                .expect("read profile");
+        assert!(
+            contents.starts_with("# "),
+            "profile {name} starts with a comment saying what it is for"
+        );
         let out = check_config(&["--profile", name], &[]);
         assert!(
             out.status.success(),
@@ -64,6 +78,118 @@ fn every_shipped_profile_is_valid() {
 }
 
 #[test]
+fn every_pbx_profile_serves_an_account_with_a_sip_and_a_sips_registrar() {
+    let dir = Scratch::new("cfg-pbx-accounts");
+    for name in SHIPPED_PROFILES {
+        for registrar in ["sip:pbx.example.com", "sips:pbx.example.com:5061"] {
+            let config = dir.write(
+                &format!("{name}.toml"),
+                &format!(
+                    "[[accounts]]\nname = \"a\"\nregistrar = \"{registrar}\"\nusername = \"1001\"\n\
+                     password = \"pw\"\nprofile = \"{name}\"\n"
+                ),
+            );
+            let out = check_config(&["--config", config.to_str().unwrap()], &[]);
+            let stderr = text(&out.stderr);
+            // local pins udp for its SIPp peer: a sips: registrar is refused.
+            if name == "local" && registrar.starts_with("sips:") {
+                assert!(stderr.contains("accounts[0].transport"), "{stderr}");
+            } else {
+                assert!(out.status.success(), "{name} {registrar}: {stderr}");
+            }
+        }
+    }
+}
+
+/// Runs check-config in `cwd` without --profile-dir (nor its variable).
+fn check_config_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(dialerd_bin())
+        .arg("check-config")
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("DIALERD_CONFIG")
+        .env_remove("DIALERD_PROFILE")
+        .env_remove("DIALERD_PROFILE_DIR")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run dialerd check-config")
+}
+
+#[test]
+fn without_a_profile_dir_a_profile_is_found_beside_the_config_file() {
+    let dir = Scratch::new("cfg-beside");
+    std::fs::create_dir_all(dir.path().join("sip-profiles")).unwrap();
+    dir.write(
+        "sip-profiles/local.toml",
+        "[instance]\nid = \"beside-the-config\"\n",
+    );
+    let config = dir.write("dialerd.toml", "[limits]\nmax_concurrent_calls = 3\n");
+    let config = config.to_str().unwrap();
+    let elsewhere = Scratch::new("cfg-cwd");
+
+    let out = check_config_in(
+        elsewhere.path(),
+        &["--config", config, "--profile", "local"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("id = \"beside-the-config\""), "{stdout}");
+    assert!(stdout.contains("max_concurrent_calls = 3"), "{stdout}");
+
+    // An explicit directory (here through the variable) is the only one.
+    let shipped = repo_root().join("sip-profiles");
+    let out = check_config_in(
+        elsewhere.path(),
+        &["--config", config, "--profile", "local"],
+        &[("DIALERD_PROFILE_DIR", shipped.to_str().unwrap())],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("id = \"local\""),
+        "the shipped profile"
+    );
+
+    // An unknown name lists every directory searched, in order.
+    let out = check_config_in(
+        elsewhere.path(),
+        &["--config", config, "--profile", "no-such-pbx"],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let beside = dir.path().join("sip-profiles");
+    let beside = beside.display().to_string();
+    let exe_share = dialerd_bin()
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("share/dialerd/sip-profiles").display().to_string())
+        .unwrap();
+    let expected = format!(
+        "no profile file no-such-pbx.toml in {beside}, /usr/share/dialerd/sip-profiles, {exe_share}, ./sip-profiles"
+    );
+    assert!(stderr.contains(&expected), "{expected:?} in:\n{stderr}");
+}
+
+#[test]
+fn without_a_profile_dir_the_working_directory_is_searched_last() {
+    if Path::new("/usr/share/dialerd/sip-profiles/local.toml").exists() {
+        eprintln!("skipped: an installed local profile would be found first");
+        return;
+    }
+    // A config file with no sip-profiles beside it, run from the repository.
+    let dir = Scratch::new("cfg-cwd-last");
+    let config = dir.write("dialerd.toml", "");
+    let out = check_config_in(
+        &repo_root(),
+        &["--config", config.to_str().unwrap(), "--profile", "local"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("id = \"local\""));
+}
+
+#[test]
 fn example_configuration_is_valid_with_and_without_a_profile() {
     let example = repo_root().join("docs/dialerd.example.toml");
     let example = example.to_str().expect("utf-8 path");
@@ -76,12 +202,20 @@ fn example_configuration_is_valid_with_and_without_a_profile() {
 #[test]
 fn kubernetes_configuration_is_valid() {
     let k8s = repo_root().join("k8s/base/dialerd.toml");
+    // The pod's mounted secret, here a stand-in.
+    let dir = Scratch::new("cfg-k8s");
+    let token = dir.write("http-token", "stand-in-token-0123456789abcdef\n");
     let out = check_config(
         &["--config", k8s.to_str().unwrap()],
-        &[("DIALERD__INSTANCE__ID", "node-1")],
+        &[
+            ("DIALERD__INSTANCE__ID", "node-1"),
+            ("DIALERD__HTTP__TOKEN_FILE", token.to_str().unwrap()),
+        ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("source = \"do_metadata\""));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("source = \"do_metadata\""), "{stdout}");
+    assert!(!stdout.contains("stand-in-token"), "{stdout}");
 }
 
 #[test]
@@ -91,7 +225,8 @@ fn secrets_are_redacted_in_the_effective_configuration() {
     let config = dir.write(
         "c.toml",
         &format!(
-            "[redis]\nurl = \"redis://app:redis-secret-17@127.0.0.1:6379/0\"\npassword = \"acl-secret-9\"\n\
+            "[http]\ntoken = \"http-token-secret-2468\"\n\
+             [redis]\nurl = \"redis://app:redis-secret-17@127.0.0.1:6379/0\"\npassword = \"acl-secret-9\"\n\
              [[accounts]]\nname = \"a\"\nregistrar = \"sip:pbx.example.com\"\nusername = \"1001\"\npassword_file = {:?}\n\
              [[accounts]]\nname = \"b\"\nregistrar = \"sip:pbx.example.com\"\nusername = \"1002\"\npassword = \"inline-secret-3\"\n",
             pw.display().to_string()
@@ -105,9 +240,11 @@ fn secrets_are_redacted_in_the_effective_configuration() {
         "redis-secret-17",
         "acl-secret-9",
         "inline-secret-3",
+        "http-token-secret-2468",
     ] {
         assert!(!stdout.contains(secret), "{secret} leaked:\n{stdout}");
     }
+    assert!(stdout.contains("token = \"<redacted>\""), "{stdout}");
     assert!(
         stdout.contains("url = \"redis://app:%3Credacted%3E@127.0.0.1:6379/0\""),
         "{stdout}"
@@ -246,6 +383,24 @@ const BROKEN: &[Broken] = &[
         expect: "invalid TOML",
     },
     Broken {
+        what: "short HTTP token",
+        file: "[http]\ntoken = \"short-url-secret-5\"\n",
+        env: &[("DIALERD__HTTP__TOKEN", "url-secret-5")],
+        expect: "http.token: the token must be at least 16 characters",
+    },
+    Broken {
+        what: "HTTP token and token file",
+        file: "[http]\ntoken = \"url-secret-5-long-enough\"\ntoken_file = \"/nonexistent/token\"\n",
+        env: &[],
+        expect: "http.token_file: set either token or token_file, not both",
+    },
+    Broken {
+        what: "unreadable HTTP token file",
+        file: "[http]\ntoken_file = \"/nonexistent/token\"\n",
+        env: &[],
+        expect: "http.token_file: cannot read /nonexistent/token:",
+    },
+    Broken {
         what: "T2 below T1",
         file: "[sip]\nt1_ms = 800\nt2_ms = 400\n",
         env: &[],
@@ -346,14 +501,20 @@ fn missing_config_file_is_a_clear_error() {
 }
 
 #[test]
-fn version_prints_the_crate_version() {
+fn version_prints_the_crate_version_and_revision() {
     let out = Command::new(dialerd_bin())
         .arg("version")
         .output()
         .expect("run dialerd version");
     assert!(out.status.success());
-    assert_eq!(
-        text(&out.stdout).trim(),
-        format!("dialerd {}", env!("CARGO_PKG_VERSION"))
+    let printed = text(&out.stdout);
+    let rest = printed
+        .trim()
+        .strip_prefix(&format!("dialerd {} (", env!("CARGO_PKG_VERSION")))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("not `dialerd VERSION (REVISION)`: {printed}"));
+    assert!(
+        rest == "unknown" || rest.chars().all(|c| c.is_ascii_hexdigit()),
+        "a git revision or `unknown`: {rest}"
     );
 }

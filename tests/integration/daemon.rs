@@ -1,11 +1,12 @@
 //! `dialerd run`: the status server over HTTP, drain, signals and exit codes.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
 
 use crate::support::daemon::Daemon;
 use crate::support::http;
+use crate::support::scratch::Scratch;
 
 #[test]
 fn local_profile_serves_health_ready_status_and_metrics() {
@@ -87,26 +88,32 @@ fn local_profile_serves_health_ready_status_and_metrics() {
 }
 
 #[test]
-fn drain_turns_readiness_off_but_stays_healthy() {
-    let d = Daemon::start(&["--profile", "local"], &[]);
+fn drain_turns_readiness_off_and_exits_zero() {
+    let mut d = Daemon::start(&["--profile", "local"], &[]);
     let addr = d.http();
     assert_eq!(http::get(addr, "/readyz").unwrap().status, 200);
-    let drained = http::post(addr, "/drain").unwrap();
-    assert_eq!(drained.status, 202, "{}", drained.body);
-    assert_eq!(drained.json()["phase"], "draining");
-    let ready = http::get(addr, "/readyz").unwrap();
-    assert_eq!(ready.status, 503);
-    assert_eq!(ready.json()["phase"], "draining");
-    assert_eq!(
-        http::get(addr, "/healthz").unwrap().status,
-        200,
-        "draining is not dead"
-    );
     assert_eq!(
         http::get(addr, "/drain").unwrap().status,
         405,
         "drain only by POST"
     );
+    let drained = http::post(addr, "/drain").unwrap();
+    assert_eq!(drained.status, 202, "{}", drained.body);
+    assert_eq!(drained.json()["phase"], "draining");
+    // With no call to wait for, the drain goes straight on to stopping;
+    // until the server closes, readiness is off and health is not.
+    if let Ok(ready) = http::get(addr, "/readyz") {
+        assert_eq!(ready.status, 503);
+        let phase = ready.json()["phase"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(phase == "draining" || phase == "stopping", "{phase}");
+    }
+    let (status, _) = d
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("still running after the drain; log:\n{}", d.log()));
+    assert_eq!(status.code(), Some(0), "log:\n{}", d.log());
 }
 
 #[test]
@@ -259,4 +266,123 @@ fn a_sip_core_that_panics_turns_readiness_false_and_the_process_exits_non_zero()
     );
     let log = d.log();
     assert!(log.contains("a critical task ended"), "{log}");
+}
+
+/// This machine's first non-loopback IPv4 address, if it has one.
+fn non_loopback_ipv4() -> Option<Ipv4Addr> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "-4", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            let ip: Ipv4Addr = words.next()?.split('/').next()?.parse().ok()?;
+            (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+        })
+}
+
+const HTTP_TOKEN: &str = "it-http-token-5d1c0a9e77f3";
+
+#[test]
+fn http_token_guards_status_metrics_and_drain_from_other_addresses() {
+    let dir = Scratch::new("http-token");
+    let token_file = dir.write("token", &format!("{HTTP_TOKEN}\n"));
+    let d = Daemon::start_http_on(
+        Ipv4Addr::UNSPECIFIED.into(),
+        &["--profile", "local"],
+        &[("DIALERD__HTTP__TOKEN_FILE", token_file.to_str().unwrap())],
+    );
+    let local = d.http();
+    // Loopback needs no token.
+    assert_eq!(http::get(local, "/status").unwrap().status, 200);
+    assert_eq!(http::get(local, "/metrics").unwrap().status, 200);
+
+    let Some(ip) = non_loopback_ipv4() else {
+        eprintln!("skipped the non-loopback part: this machine has no non-loopback IPv4 address");
+        return;
+    };
+    let outside = SocketAddr::new(ip.into(), local.port());
+    // The probes stay open.
+    assert_eq!(http::get(outside, "/healthz").unwrap().status, 200);
+    assert_eq!(http::get(outside, "/readyz").unwrap().status, 200);
+
+    let good = format!("Bearer {HTTP_TOKEN}");
+    let wrong = format!("Bearer {HTTP_TOKEN}-not");
+    for (method, path) in [("GET", "/status"), ("GET", "/metrics"), ("POST", "/drain")] {
+        for auth in [None, Some(wrong.as_str())] {
+            let headers: Vec<(&str, &str)> =
+                auth.map(|a| ("Authorization", a)).into_iter().collect();
+            let r = http::request_with(outside, method, path, &headers).unwrap();
+            assert_eq!(r.status, 401, "{method} {path} with {auth:?}: {}", r.body);
+            assert!(
+                r.header("www-authenticate")
+                    .is_some_and(|v| v.starts_with("Bearer")),
+                "{}",
+                r.headers
+            );
+            assert_eq!(r.json()["error"], "unauthorized");
+        }
+    }
+    assert_eq!(
+        http::get(local, "/readyz").unwrap().status,
+        200,
+        "a refused drain drains nothing"
+    );
+    let auth = [("Authorization", good.as_str())];
+    let status = http::request_with(outside, "GET", "/status", &auth).unwrap();
+    assert_eq!(status.status, 200, "{}", status.body);
+    assert_eq!(status.json()["instance"]["id"], "local");
+    let metrics = http::request_with(outside, "GET", "/metrics", &auth).unwrap();
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .body
+            .contains("dialerd_http_requests_total{route=\"/status\",status=\"401\"}"),
+        "{}",
+        metrics.body
+    );
+    let drained = http::request_with(outside, "POST", "/drain", &auth).unwrap();
+    assert_eq!(drained.status, 202, "{}", drained.body);
+    assert_eq!(drained.json()["phase"], "draining");
+
+    let log = d.log();
+    assert!(
+        !log.contains(HTTP_TOKEN),
+        "the token leaked into the log:\n{log}"
+    );
+    assert!(
+        !log.contains("no http.token is set"),
+        "no open-server warning with a token:\n{log}"
+    );
+}
+
+#[test]
+fn without_a_token_a_non_loopback_bind_warns_and_drain_stays_loopback_only() {
+    let d = Daemon::start_http_on(Ipv4Addr::UNSPECIFIED.into(), &["--profile", "local"], &[]);
+    let log = d.log();
+    assert_eq!(
+        log.matches("no http.token is set").count(),
+        1,
+        "one warning at start:\n{log}"
+    );
+    let Some(ip) = non_loopback_ipv4() else {
+        eprintln!("skipped the non-loopback part: this machine has no non-loopback IPv4 address");
+        return;
+    };
+    let outside = SocketAddr::new(ip.into(), d.http().port());
+    assert_eq!(http::get(outside, "/status").unwrap().status, 200);
+    assert_eq!(http::get(outside, "/metrics").unwrap().status, 200);
+    let refused = http::post(outside, "/drain").unwrap();
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "forbidden");
+    assert_eq!(http::post(d.http(), "/drain").unwrap().status, 202);
+}
+
+#[test]
+fn a_loopback_bind_without_a_token_does_not_warn() {
+    let d = Daemon::start(&["--profile", "local"], &[]);
+    assert!(!d.log().contains("no http.token is set"), "{}", d.log());
 }

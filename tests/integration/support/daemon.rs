@@ -1,6 +1,6 @@
 //! The dialerd binary as a child process with its HTTP port on loopback.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,8 +19,20 @@ impl Daemon {
     /// Starts `dialerd run` with `args` (after `run`) and `env`, the HTTP
     /// server on a free port and the repository's sip-profiles. Does not wait.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_http_on(Ipv4Addr::LOCALHOST.into(), args, env)
+    }
+
+    /// Like [`Daemon::spawn`] with the HTTP server bound on `ip` (with
+    /// `0.0.0.0`, [`Daemon::http`] is its loopback address).
+    pub fn spawn_http_on(ip: IpAddr, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = Scratch::new("daemon");
-        let http = SocketAddr::from(([127, 0, 0, 1], ports::free_tcp_port()));
+        let port = ports::free_tcp_port();
+        let bind = SocketAddr::new(ip, port);
+        let http = if ip.is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], port))
+        } else {
+            bind
+        };
         let stderr =
             std::fs::File::create(dir.path().join("stderr.log")).expect("create daemon log");
         let child = Command::new(dialerd_bin())
@@ -29,7 +41,7 @@ impl Daemon {
             .arg("--profile-dir")
             .arg(repo_root().join("sip-profiles"))
             .env_remove("RUST_LOG")
-            .env("DIALERD__HTTP__BIND", http.to_string())
+            .env("DIALERD__HTTP__BIND", bind.to_string())
             .env("DIALERD__REDIS__ENABLED", "false")
             .env(
                 "DIALERD__SIP__UDP_LISTEN",
@@ -52,8 +64,13 @@ impl Daemon {
     /// another process took the free HTTP port in the meantime, tries again
     /// on a new one.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_http_on(Ipv4Addr::LOCALHOST.into(), args, env)
+    }
+
+    /// Like [`Daemon::start`] with the HTTP server bound on `ip`.
+    pub fn start_http_on(ip: IpAddr, args: &[&str], env: &[(&str, &str)]) -> Self {
         for _ in 0..3 {
-            let mut d = Self::spawn(args, env);
+            let mut d = Self::spawn_http_on(ip, args, env);
             let up = wait_for(Duration::from_secs(20), || {
                 if d.has_exited() {
                     return Some(false);
