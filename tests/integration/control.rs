@@ -16,12 +16,12 @@ use crate::support::sipp::{SippRun, SippTransport, logged};
 use crate::support::{dialerd_bin, http, repo_root, text, wait_for};
 
 /// A subscriber on `channel` that collects JSON messages.
-struct Listener {
+pub(crate) struct Listener {
     client: RespClient,
 }
 
 impl Listener {
-    fn new(redis: &RedisServer, channel: &str) -> Self {
+    pub(crate) fn new(redis: &RedisServer, channel: &str) -> Self {
         let mut client = redis.client().unwrap();
         let ack = client.command(&["SUBSCRIBE", channel]).unwrap();
         assert!(matches!(ack, Resp::Array(Some(_))), "{ack:?}");
@@ -29,7 +29,7 @@ impl Listener {
     }
 
     /// The next message as JSON, or `None` after `limit`.
-    fn next(&mut self, limit: Duration) -> Option<Value> {
+    pub(crate) fn next(&mut self, limit: Duration) -> Option<Value> {
         let end = Instant::now() + limit;
         while Instant::now() < end {
             match self.client.read() {
@@ -45,7 +45,11 @@ impl Listener {
     }
 
     /// Messages until one satisfies `done` (inclusive), within `limit`.
-    fn until(&mut self, limit: Duration, mut done: impl FnMut(&Value) -> bool) -> Vec<Value> {
+    pub(crate) fn until(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Value) -> bool,
+    ) -> Vec<Value> {
         let end = Instant::now() + limit;
         let mut seen = Vec::new();
         while let Some(v) = self.next(end.saturating_duration_since(Instant::now())) {
@@ -86,7 +90,7 @@ fn ctl(redis: &RedisServer, args: &[&str]) -> (bool, Value) {
     (out.status.success(), json)
 }
 
-fn numsub(redis: &RedisServer, channel: &str) -> i64 {
+pub(crate) fn numsub(redis: &RedisServer, channel: &str) -> i64 {
     let mut c = redis.client().unwrap();
     match c.command(&["PUBSUB", "NUMSUB", channel]).unwrap() {
         Resp::Array(Some(v)) => match v.get(1) {
@@ -257,13 +261,13 @@ fn a_killed_subscription_and_a_restart_are_recovered_within_five_seconds() {
     );
 }
 
-fn reconnects(d: &Daemon) -> u64 {
+pub(crate) fn reconnects(d: &Daemon) -> u64 {
     http::get(d.http(), "/status").unwrap().json()["redis"]["reconnects"]
         .as_u64()
         .unwrap_or(0)
 }
 
-fn connected(d: &Daemon) -> bool {
+pub(crate) fn connected(d: &Daemon) -> bool {
     http::get(d.http(), "/status").unwrap().json()["redis"]["connected"] == true
 }
 
@@ -291,6 +295,8 @@ fn a_half_open_connection_is_detected_and_events_survive_the_outage() {
     let redis = RedisServer::start(&[]);
     let proxy = FreezingProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], redis.port())));
     let mut events = Listener::new(&redis, "dialer:events");
+    let sip =
+        std::net::SocketAddr::from(([127, 0, 0, 1], crate::support::ports::free_udp_tcp_port()));
     let env = vec![
         ("DIALERD__REDIS__ENABLED".to_owned(), "true".to_owned()),
         (
@@ -302,15 +308,24 @@ fn a_half_open_connection_is_detected_and_events_survive_the_outage() {
             "DIALERD__REDIS__RESPONSE_TIMEOUT_SECS".to_owned(),
             "1".to_owned(),
         ),
+        ("DIALERD__CALLS__INBOUND".to_owned(), "answer".to_owned()),
+        ("DIALERD__SIP__UDP_LISTEN".to_owned(), sip.to_string()),
     ];
-    let d = Daemon::start(&["--profile", "local"], &env_refs(&env));
+    let _d = Daemon::start(&["--profile", "local"], &env_refs(&env));
     let before = events.until(Duration::from_secs(5), |e| e["type"] == "channel.connected");
     let last_seq = before.last().and_then(|e| e["seq"].as_u64()).unwrap();
     assert_eq!(proxy.accepted(), 3, "writer, subscriber and stream reader");
     proxy.freeze();
     let frozen = Instant::now();
-    // An event produced while the path is dead.
-    assert_eq!(http::post(d.http(), "/drain").unwrap().status, 202);
+    // Events produced while the path is dead: an inbound call, answered
+    // and hung up by its caller.
+    let caller =
+        crate::support::sipp::Sipp::client(&crate::support::sipp::scenario("uac_call.xml"), sip)
+            .key("callee", "1001")
+            .timeout(Duration::from_secs(10))
+            .spawn()
+            .wait();
+    assert_eq!(caller.exit_code, Some(0), "{}", caller.errors);
     // An event whose PUBLISH reply was cut off by the freeze is published
     // again after the reconnection, with its seq: a reader drops a seq it
     // has seen (docs/control-channel.md).
@@ -326,14 +341,11 @@ fn a_half_open_connection_is_detected_and_events_survive_the_outage() {
         detected <= Duration::from_secs(4),
         "recovered {detected:?} after the freeze (1 s keepalive, 1 s reply deadline)"
     );
-    let draining: Vec<&Value> = seen
-        .iter()
-        .filter(|e| e["type"] == "daemon.draining")
-        .collect();
+    let ended: Vec<&Value> = seen.iter().filter(|e| e["type"] == "call.ended").collect();
     assert_eq!(
-        draining.len(),
+        ended.len(),
         1,
-        "the event produced during the outage arrived: {seen:#?}"
+        "the events produced during the outage arrived: {seen:#?}"
     );
     let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(

@@ -1,17 +1,93 @@
-//! A real `redis-server` on a free loopback port, and a small RESP client
-//! that is independent of the code under test.
+//! A real `redis-server` on a free loopback port (plain, or TLS-only with
+//! ACL users), and a small RESP client (plain TCP or rustls) that is
+//! independent of the code under test.
 
+use std::fmt;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
 
 use super::ports::free_tcp_port;
 use super::scratch::Scratch;
+use super::tls::TestPki;
 use super::{require_program, wait_for};
 
 /// How many ports to try when the one picked is taken in the meantime.
 const START_ATTEMPTS: u32 = 5;
+
+/// The ACL user dialerd connects as on a [`RedisServer::start_secure`]
+/// server: keys and channels under `dialer:` only.
+pub const ACL_USER: &str = "dialer";
+/// Its password.
+pub const ACL_PASSWORD: &str = "tls-acl-pw-5150";
+/// The ACL user of the test's own clients (everything allowed).
+const ADMIN_USER: &str = "admin";
+const ADMIN_PASSWORD: &str = "admin-pw-8086";
+
+/// TLS material and ACL users of a secure server: TLS only (no plain
+/// port), a certificate for 127.0.0.1 signed by a test CA, the `default`
+/// user disabled.
+pub struct Secure {
+    pki: TestPki,
+}
+
+impl fmt::Debug for Secure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secure")
+            .field("ca", &self.pki.ca)
+            .field("user", &ACL_USER)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Secure {
+    /// The PEM file of the CA that signed the server's certificate.
+    pub fn ca_file(&self) -> &Path {
+        &self.pki.ca
+    }
+
+    /// A CA that signed nothing the server presents.
+    pub fn other_ca_file(&self) -> &Path {
+        &self.pki.other_ca
+    }
+
+    /// redis-server arguments: TLS on the port (`--tls-port` is added by
+    /// the caller), and the users.
+    fn args(&self) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        let dialer = format!(">{ACL_PASSWORD}");
+        let admin = format!(">{ADMIN_PASSWORD}");
+        let mut args = vec![
+            "--tls-cert-file".to_owned(),
+            path(&self.pki.cert),
+            "--tls-key-file".to_owned(),
+            path(&self.pki.key),
+            "--tls-ca-cert-file".to_owned(),
+            path(&self.pki.ca),
+        ];
+        let rest: [&[&str]; 4] = [
+            &["--tls-auth-clients", "no"],
+            &["--user", "default", "off"],
+            &[
+                "--user",
+                ACL_USER,
+                "on",
+                &dialer,
+                "~dialer:*",
+                "&dialer:*",
+                "+@all",
+            ],
+            &["--user", ADMIN_USER, "on", &admin, "~*", "&*", "+@all"],
+        ];
+        args.extend(rest.iter().flat_map(|a| a.iter().map(|s| (*s).to_owned())));
+        args
+    }
+}
 
 /// A redis-server process, killed on drop.
 #[derive(Debug)]
@@ -19,18 +95,33 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     dir: Scratch,
+    secure: Option<Arc<Secure>>,
 }
 
 impl RedisServer {
     /// Starts redis-server with persistence off; `extra` are more
     /// `--name value` arguments (e.g. `["--timeout", "2"]`).
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with(None, extra)
+    }
+
+    /// Starts a TLS-only redis-server (see [`Secure`]) with the ACL user
+    /// [`ACL_USER`] / [`ACL_PASSWORD`]; [`RedisServer::client`] speaks TLS
+    /// and authenticates as an admin user.
+    pub fn start_secure(extra: &[&str]) -> Self {
+        let secure = Secure {
+            pki: TestPki::generate(),
+        };
+        Self::start_with(Some(Arc::new(secure)), extra)
+    }
+
+    fn start_with(secure: Option<Arc<Secure>>, extra: &[&str]) -> Self {
         require_program("redis-server", "redis-server");
         let mut last_log = String::new();
         for _ in 0..START_ATTEMPTS {
             let dir = Scratch::new("redis");
             let port = free_tcp_port();
-            match Self::spawn(dir, port, extra) {
+            match Self::spawn(dir, port, secure.clone(), extra) {
                 Ok(server) => return server,
                 Err(log) => last_log = log,
             }
@@ -38,11 +129,23 @@ impl RedisServer {
         panic!("redis-server did not start after {START_ATTEMPTS} attempts; last log:\n{last_log}");
     }
 
-    fn spawn(dir: Scratch, port: u16, extra: &[&str]) -> Result<Self, String> {
+    fn spawn(
+        dir: Scratch,
+        port: u16,
+        secure: Option<Arc<Secure>>,
+        extra: &[&str],
+    ) -> Result<Self, String> {
         let log = dir.path().join("redis.log");
+        let port_arg = port.to_string();
+        let listen = match &secure {
+            Some(_) => vec!["--port", "0", "--tls-port", &port_arg],
+            None => vec!["--port", &port_arg],
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(listen)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(secure.iter().flat_map(|s| s.args()))
             .arg("--dir")
             .arg(dir.path())
             .arg("--logfile")
@@ -53,7 +156,12 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("spawn redis-server: {e}"))?;
-        let mut server = Self { child, port, dir };
+        let mut server = Self {
+            child,
+            port,
+            dir,
+            secure,
+        };
         let up = wait_for(Duration::from_secs(10), || {
             if let Ok(Some(_)) = server.child.try_wait() {
                 return Some(false);
@@ -76,25 +184,45 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, or `rediss://` for a secure server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.secure.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
-    /// Stops the server and starts it again on the same port.
+    /// The TLS material and users of a [`RedisServer::start_secure`] server.
+    pub fn secure(&self) -> Option<&Secure> {
+        self.secure.as_deref()
+    }
+
+    /// Stops the server and starts it again on the same port (with the
+    /// same certificates and users when it is secure).
     pub fn restart(&mut self, extra: &[&str]) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let port = self.port;
+        let secure = self.secure.clone();
         let fresh = wait_for(Duration::from_secs(10), || {
-            Self::spawn(Scratch::new("redis"), port, extra).ok()
+            Self::spawn(Scratch::new("redis"), port, secure.clone(), extra).ok()
         });
         *self = fresh.expect("redis-server restarts on its port");
     }
 
-    /// A new client connection.
+    /// A new client connection (over TLS and authenticated as an admin user
+    /// when the server is secure).
     pub fn client(&self) -> std::io::Result<RespClient> {
-        RespClient::connect(self.port)
+        let Some(secure) = &self.secure else {
+            return RespClient::connect(self.port);
+        };
+        let mut client = RespClient::connect_tls(self.port, secure.pki.client_config())?;
+        match client.command(&["AUTH", ADMIN_USER, ADMIN_PASSWORD])? {
+            Resp::Simple(ok) if ok == "OK" => Ok(client),
+            other => Err(invalid(format!("AUTH {ADMIN_USER}: {other:?}"))),
+        }
     }
 
     /// The server's log so far.
@@ -136,10 +264,17 @@ impl Resp {
     }
 }
 
-/// A blocking RESP client over one TCP connection.
+/// A byte stream a [`RespClient`] speaks over: TCP, or rustls over TCP.
+trait Stream: Read + Write + Send + fmt::Debug {}
+
+impl<T: Read + Write + Send + fmt::Debug> Stream for T {}
+
+/// A blocking RESP client over one TCP (or TLS) connection.
 #[derive(Debug)]
 pub struct RespClient {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Stream>>,
+    /// The TCP socket under `reader`, for its read timeout.
+    socket: TcpStream,
 }
 
 impl RespClient {
@@ -148,13 +283,28 @@ impl RespClient {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         Ok(Self {
-            reader: BufReader::new(stream),
+            socket: stream.try_clone()?,
+            reader: BufReader::new(Box::new(stream)),
+        })
+    }
+
+    /// Connects over TLS to 127.0.0.1:`port` (server name 127.0.0.1,
+    /// trusting `config`'s roots) with a 5 s read timeout; the handshake
+    /// happens with the first command.
+    pub fn connect_tls(port: u16, config: Arc<rustls::ClientConfig>) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let name = ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
+        let conn = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+        Ok(Self {
+            socket: stream.try_clone()?,
+            reader: BufReader::new(Box::new(rustls::StreamOwned::new(conn, stream))),
         })
     }
 
     /// How long one read may block (5 s after `connect`).
     pub fn set_read_timeout(&mut self, limit: Duration) -> std::io::Result<()> {
-        self.reader.get_ref().set_read_timeout(Some(limit))
+        self.socket.set_read_timeout(Some(limit))
     }
 
     /// Sends a command and reads one reply.
@@ -171,7 +321,9 @@ impl RespClient {
             out.extend_from_slice(a.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        self.reader.get_mut().write_all(&out)
+        let stream = self.reader.get_mut();
+        stream.write_all(&out)?;
+        stream.flush()
     }
 
     /// Reads one reply (e.g. a pushed pub/sub message).
