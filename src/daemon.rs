@@ -18,6 +18,15 @@ use crate::status::Shared;
 /// How long the status server keeps answering (with readiness false) after
 /// a critical task ended, before the process exits.
 const FAILURE_GRACE: Duration = Duration::from_secs(2);
+/// What stopping takes after the drain's calls: ending the calls left and
+/// unregistering (5 s), releasing leases (5 s), the control channel's last
+/// words (2 s), the servers.
+const STOP_ALLOWANCE: Duration = Duration::from_secs(20);
+/// Longest the hand-over of leased accounts at a drain's start may take
+/// (their unREGISTERs).
+const HANDOVER_LIMIT: Duration = Duration::from_secs(5);
+/// How often the drain looks at the call table.
+const DRAIN_POLL: Duration = Duration::from_millis(250);
 
 /// Why the daemon stopped without a clean shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -94,10 +103,16 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         .readiness
         .set("http_listener", true, format!("listening on {local}"));
     let (http_stop, http_stopped) = oneshot::channel::<()>();
-    let http = tokio::spawn(crate::http::serve(listener, shared.clone(), async move {
-        // Either an explicit stop or the sender being dropped ends serving.
-        let _ = http_stopped.await;
-    }));
+    let access = crate::http::Access::new(settings.http.token.as_ref());
+    let http = tokio::spawn(crate::http::serve(
+        listener,
+        shared.clone(),
+        access,
+        async move {
+            // Either an explicit stop or the sender being dropped ends serving.
+            let _ = http_stopped.await;
+        },
+    ));
 
     shared
         .readiness
@@ -167,6 +182,25 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
             feed,
         )
     });
+    let leases = (settings.lease.enabled && settings.redis.enabled).then(|| {
+        crate::lease::shell::spawn(
+            crate::lease::LeaseShellConfig {
+                machine: crate::lease::LeaseConfig {
+                    instance: settings.instance.id.clone(),
+                    accounts: settings.accounts.iter().map(|a| a.name.clone()).collect(),
+                    ttl: Duration::from_secs(settings.lease.ttl_secs),
+                },
+                prefix: settings.redis.prefix.clone(),
+                redis: settings.redis.clone(),
+            },
+            shared.clone(),
+            sip.clone(),
+        )
+    });
+    let (lease_handle, mut lease_task) = match leases {
+        Some((handle, task)) => (Some(handle), Some(task)),
+        None => (None, None),
+    };
     shared.lifecycle.started();
     tracing::info!(
         instance = %shared.instance_id,
@@ -185,13 +219,21 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         None => (None, None),
     };
     let mut control_task = control_task;
+    let mut phase = shared.lifecycle.subscribe();
+    let mut signalled = false;
     let failure = tokio::select! {
         signal = signals.recv() => {
-            tracing::info!(?signal, "stop requested; shutting down");
+            tracing::info!(?signal, "stop requested; draining");
+            signalled = true;
+            None
+        }
+        () = drain_requested(&mut phase) => {
+            tracing::info!("drain requested; draining");
             None
         }
         ended = &mut sip_task => Some(("sip_core", describe_end(ended))),
         ended = wait_opt(&mut control_task) => Some(("control_channel", describe_end(ended))),
+        ended = wait_opt(&mut lease_task) => Some(("account_leases", describe_end(ended))),
         index = shard_ended(&media_threads) => Some((
             "media_shards",
             format!("media shard {index} stopped (see the log for its panic)"),
@@ -207,6 +249,9 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         if let Some(t) = control_task {
             t.abort();
         }
+        if let Some(t) = lease_task {
+            t.abort();
+        }
         sip.shutdown().await;
         sip_task.abort();
         // Probes see the failure (readiness 503) before the process goes.
@@ -215,16 +260,41 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         heartbeat.abort();
         return Err(DaemonError::TaskEnded { task, cause });
     }
+    // The drain: not ready, no new calls, leased accounts handed over at
+    // once, the calls up go on until they end or the deadline passes.
+    shared.lifecycle.drain();
+    sip.drain().await;
+    let deadline = Duration::from_secs(settings.shutdown.deadline_secs);
+    let drained = drain_calls(sip.clone(), lease_handle.clone(), deadline);
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            () = &mut drained => break,
+            second = signals.recv() => {
+                if signalled {
+                    heartbeat.abort();
+                    return Err(DaemonError::Forced(second));
+                }
+                // The drain asked over HTTP or Redis; the signal is the
+                // pod stopping: the same drain goes on.
+                tracing::info!(signal = ?second, "stop signal during the drain; still draining");
+                signalled = true;
+            }
+        }
+    }
     shared.lifecycle.stopping();
 
     let mut steps = ShutdownSteps::default();
-    // Later features add their drain steps here, before the servers stop.
-    // Unregistering gets at most half the deadline, and 5 s.
-    let unregister_limit = Duration::from_secs(settings.shutdown.deadline_secs / 2)
-        .clamp(Duration::from_secs(1), Duration::from_secs(5));
+    // The calls left are ended (cause `shutdown`) and every account
+    // unregistered, within 5 s; then the leases are released.
     steps.add("unregister", async move {
-        registrations.stop(unregister_limit).await;
+        registrations.stop(Duration::from_secs(5)).await;
     });
+    if let Some(handle) = lease_handle {
+        steps.add("release_leases", async move {
+            handle.release_all(Duration::from_secs(5)).await;
+        });
+    }
     steps.add("control_channel", async move {
         if let Some(channel) = control {
             channel.stop(Duration::from_secs(2)).await;
@@ -245,9 +315,8 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
             Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
         }
     });
-    let deadline = Duration::from_secs(settings.shutdown.deadline_secs);
     let outcome = tokio::select! {
-        done = steps.run(deadline) => done.map_err(DaemonError::from),
+        done = steps.run(STOP_ALLOWANCE) => done.map_err(DaemonError::from),
         second = signals.recv() => Err(DaemonError::Forced(second)),
     };
     heartbeat.abort();
@@ -257,7 +326,54 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
     outcome
 }
 
-/// The control core's settings, from `[redis]`, `[calls]` and the accounts.
+/// Resolves when the phase turns to draining (POST /drain, the `drain`
+/// command).
+async fn drain_requested(phase: &mut tokio::sync::watch::Receiver<crate::lifecycle::Phase>) {
+    loop {
+        if *phase.borrow_and_update() == crate::lifecycle::Phase::Draining {
+            return;
+        }
+        if phase.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// The drain proper: leased accounts handed over at once (unREGISTER, then
+/// the leases released, so a standby replica takes them), then the calls
+/// waited for until none is left or `deadline` passes.
+async fn drain_calls(
+    sip: crate::engine::SipCore,
+    leases: Option<crate::lease::LeaseHandle>,
+    deadline: Duration,
+) {
+    let end = tokio::time::Instant::now() + deadline;
+    if let Some(leases) = &leases {
+        if !sip.stop_registering(HANDOVER_LIMIT).await {
+            tracing::warn!(
+                "the accounts' unREGISTERs did not finish in time; releasing the leases anyway"
+            );
+        }
+        leases.release_all(HANDOVER_LIMIT).await;
+    }
+    loop {
+        let live = sip.calls(0, 0).await.map_or(0, |(live, _)| live.total);
+        if live == 0 {
+            tracing::info!("drained: no call left");
+            return;
+        }
+        if tokio::time::Instant::now() >= end {
+            tracing::info!(
+                calls = live,
+                ?deadline,
+                "drain deadline passed; ending the calls left"
+            );
+            return;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
 /// Resolves when a media shard thread has ended (they run until the
 /// daemon stops), with its index; checked once a second.
 async fn shard_ended(threads: &[std::thread::JoinHandle<()>]) -> usize {

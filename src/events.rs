@@ -126,6 +126,8 @@ mod tests {
             retry_at_unix_ms: None,
             code: None,
             last_error: None,
+            contact: None,
+            role: None,
         })
     }
 

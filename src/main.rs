@@ -39,8 +39,26 @@ enum Command {
     /// Place one test call: originate, wait for the answer, hold, hang up,
     /// and print the outcome as JSON (exit 0 when answered).
     Call(CallArgs),
+    /// Ask the running daemon to drain over its status server (POST /drain
+    /// to http.bind, with http.token when set): it stops taking calls,
+    /// hands leased accounts over, lets calls end (up to
+    /// shutdown.deadline_secs), unregisters and exits 0.
+    Drain(DrainArgs),
     /// Print the version.
     Version,
+}
+
+/// Arguments of `dialerd drain`.
+#[derive(Debug, Args)]
+struct DrainArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Wait until the daemon has exited (the pod's preStop hook).
+    #[arg(long)]
+    wait: bool,
+    /// Longest wait, seconds (default: shutdown.deadline_secs + 30).
+    #[arg(long)]
+    wait_secs: Option<u64>,
 }
 
 /// Arguments of `dialerd call`.
@@ -389,9 +407,12 @@ struct ConfigArgs {
     /// sip-profile name (looked up in --profile-dir) or path to a profile file.
     #[arg(long, short = 'p', env = "DIALERD_PROFILE")]
     profile: Option<String>,
-    /// Directory holding sip-profiles.
-    #[arg(long, env = "DIALERD_PROFILE_DIR", default_value = "sip-profiles")]
-    profile_dir: PathBuf,
+    /// Directory holding sip-profiles. Default: the first of
+    /// <config dir>/sip-profiles, /usr/share/dialerd/sip-profiles,
+    /// <executable dir>/../share/dialerd/sip-profiles, ./sip-profiles that
+    /// holds the profile.
+    #[arg(long, env = "DIALERD_PROFILE_DIR")]
+    profile_dir: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -414,7 +435,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => {
-            say(format_args!("dialerd {}\n", env!("CARGO_PKG_VERSION")));
+            // An image build passes the revision; else build.rs read git.
+            let revision = option_env!("DIALERD_GIT_REVISION")
+                .filter(|r| !r.is_empty())
+                .unwrap_or(env!("DIALERD_BUILD_REVISION"));
+            say(format_args!(
+                "dialerd {} ({revision})\n",
+                env!("CARGO_PKG_VERSION")
+            ));
             ExitCode::SUCCESS
         }
         Command::CheckConfig(args) => check_config(&args),
@@ -422,6 +450,37 @@ fn main() -> ExitCode {
         Command::Probe(args) => probe(&args),
         Command::Ctl(args) => ctl(&args),
         Command::Call(args) => call(&args, cli.log_format),
+        Command::Drain(args) => drain(&args),
+    }
+}
+
+fn drain(args: &DrainArgs) -> ExitCode {
+    let settings = match load_or_report(&args.config.sources()) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let addr = dialerd::drain_client::target(settings.http.bind);
+    let wait = args.wait.then(|| {
+        std::time::Duration::from_secs(
+            args.wait_secs
+                .unwrap_or(settings.shutdown.deadline_secs.saturating_add(30)),
+        )
+    });
+    let token = settings.http.token.as_ref().map(|t| t.expose().to_owned());
+    match dialerd::drain_client::drain(addr, token.as_deref(), wait) {
+        Ok(()) => {
+            let what = if args.wait {
+                "drained and exited"
+            } else {
+                "draining"
+            };
+            say(format_args!("{what}\n"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
 }
 

@@ -162,6 +162,7 @@ pub async fn probe(opts: &ProbeOptions) -> Result<ProbeAnswer, ProbeError> {
         sip_trace: false,
         panic_after: None,
         call_name_prefix: "call-".to_owned(),
+        leases: false,
     };
     let publish = Publish {
         status: tokio::sync::watch::channel(Vec::new()).0,

@@ -35,6 +35,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Account registration states; the registration task is the one writer.
     pub accounts: tokio::sync::watch::Sender<Vec<AccountStatus>>,
+    /// Account leases (with `lease.enabled`); the lease task is the one
+    /// writer.
+    pub leases: tokio::sync::watch::Sender<Vec<crate::lease::LeaseStatus>>,
     /// Control-channel state; the control task is the one writer.
     pub redis: tokio::sync::watch::Sender<ChannelStatus>,
     /// Whether the control channel runs (`redis.enabled`).
@@ -71,6 +74,7 @@ impl Shared {
             heartbeat: Heartbeat::new(started),
             metrics: Metrics::new(start_secs),
             accounts: tokio::sync::watch::Sender::new(Vec::new()),
+            leases: tokio::sync::watch::Sender::new(Vec::new()),
             redis: tokio::sync::watch::Sender::new(ChannelStatus::default()),
             redis_enabled: std::sync::atomic::AtomicBool::new(false),
             sip: std::sync::OnceLock::new(),
@@ -102,7 +106,9 @@ impl Shared {
         let required: Vec<&AccountStatus> = accounts.iter().filter(|a| a.required).collect();
         let missing: Vec<&str> = required
             .iter()
-            .filter(|a| a.state != "registered")
+            // A standby account (another replica holds its lease) is
+            // registered elsewhere.
+            .filter(|a| a.state != "registered" && a.role != Some("standby"))
             .map(|a| a.name.as_str())
             .collect();
         let detail = if accounts.is_empty() {
@@ -165,6 +171,10 @@ impl Shared {
             ready: self.is_ready(),
             checks: self.checks(),
             accounts: self.accounts.borrow().clone(),
+            leases: {
+                let leases = self.leases.borrow();
+                (!leases.is_empty()).then(|| leases.clone())
+            },
             redis: self.redis_on().then(|| self.redis.borrow().clone()),
         }
     }
@@ -189,6 +199,10 @@ pub struct StatusSnapshot {
     pub checks: Vec<Check>,
     /// Every account's registration state.
     pub accounts: Vec<AccountStatus>,
+    /// Every account's lease (active here, or standby with its holder),
+    /// with `lease.enabled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leases: Option<Vec<crate::lease::LeaseStatus>>,
     /// The control channel's state, when it runs.
     pub redis: Option<ChannelStatus>,
 }

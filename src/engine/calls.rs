@@ -13,9 +13,14 @@ use crate::call::{
 };
 use crate::config::{InboundPolicy, Settings};
 use crate::sdp::Codec;
+use crate::sip::endpoint::Reply;
 use crate::sip::message::{Message, Uri};
 use crate::sip::target::{Target, Transport};
 use crate::sip::transaction::TxnId;
+
+/// Retry-After of the 503 that refuses inbound calls while draining: the
+/// PBX tries another contact (the replica that took the account over).
+const DRAIN_RETRY_AFTER_SECS: u32 = 30;
 
 /// Events a caller of [`super::SipCore::originate`] may fall behind by.
 pub const WATCH_DEPTH: usize = 32;
@@ -407,6 +412,18 @@ impl super::Core {
     /// A new INVITE: the call table takes it with the policy of the
     /// account it is for.
     pub(super) fn on_invite(&mut self, now: Instant, txn: TxnId, request: Message, source: Target) {
+        if self.draining {
+            tracing::info!(
+                call_id = request.call_id().unwrap_or_default(),
+                "refused an inbound call while draining"
+            );
+            let reply = Reply::code(503, "Service Unavailable")
+                .header("Retry-After", DRAIN_RETRY_AFTER_SECS.to_string());
+            if let Err(e) = self.ep.respond(now, txn, reply) {
+                tracing::debug!(error = %e, "could not refuse an inbound call");
+            }
+            return;
+        }
         let user = request
             .request_uri()
             .and_then(|u| {

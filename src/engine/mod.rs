@@ -66,6 +66,8 @@ pub struct CoreConfig {
     /// Prefix of the names made up for calls (the daemon uses its boot id,
     /// so names are unique across runs and instances).
     pub call_name_prefix: String,
+    /// Accounts register only under a lease (`lease.enabled`).
+    pub leases: bool,
 }
 
 impl CoreConfig {
@@ -115,6 +117,7 @@ impl CoreConfig {
             sip_trace: settings.log.sip_trace,
             panic_after: test_fault(),
             call_name_prefix: "call-".to_owned(),
+            leases: settings.lease.enabled,
         })
     }
 }
@@ -158,6 +161,15 @@ enum Command {
     },
     Shutdown(oneshot::Sender<()>),
     Call(CallCommand),
+    /// An account lease's permit (`None`: revoked).
+    Lease {
+        account: String,
+        permit: Option<crate::lease::Permit>,
+    },
+    /// Refuse new inbound calls (503 with Retry-After).
+    Drain,
+    /// Unregister every account, leaving the calls up; answered when done.
+    StopRegistering(oneshot::Sender<()>),
 }
 
 /// Why a one-shot request got no final response.
@@ -206,7 +218,7 @@ impl SipCore {
             ep.add_udp(*flow, *local);
         }
         let mut rng = || -> Box<dyn Entropy> { Box::new(OsEntropy::new()) };
-        let accounts = Accounts::new(
+        let mut accounts = Accounts::new(
             &settings.accounts,
             &settings.registration,
             &settings.sip.user_agent,
@@ -215,6 +227,9 @@ impl SipCore {
             &mut rng,
             publish.registration.clone(),
         );
+        if config.leases {
+            accounts.coordinate();
+        }
         publish.status.send_replace(accounts.statuses());
         // Media is advertised at the public address, else at the address
         // the UDP listener is bound to, else at the host's own address.
@@ -249,6 +264,8 @@ impl SipCore {
             oneshots: HashMap::new(),
             next_oneshot: ONESHOT_BASE,
             unregistering: Vec::new(),
+            deregistering: Vec::new(),
+            draining: false,
             dns: dns_tx,
             trace_suppressed: 0,
             accounts_touched: true,
@@ -277,6 +294,32 @@ impl SipCore {
         };
         self.commands.send(command).await.ok()?;
         rx.await.ok().flatten()
+    }
+
+    /// Hands an account lease's permit to the registrations (`None`:
+    /// revoked).
+    pub async fn lease(&self, account: String, permit: Option<crate::lease::Permit>) {
+        let _ = self.commands.send(Command::Lease { account, permit }).await;
+    }
+
+    /// Starts draining: inbound INVITEs are answered 503 with Retry-After.
+    pub async fn drain(&self) {
+        let _ = self.commands.send(Command::Drain).await;
+    }
+
+    /// Unregisters every account, leaving the calls up; waits until done
+    /// or `limit` passes.
+    pub async fn stop_registering(&self, limit: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::StopRegistering(tx))
+            .await
+            .is_err()
+        {
+            return true;
+        }
+        matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(())))
     }
 
     /// Unregisters every account and waits until all are done or `limit`
@@ -524,6 +567,10 @@ struct Core {
     oneshots: HashMap<OwnerId, (TxnId, oneshot::Sender<Result<Message, RequestError>>)>,
     next_oneshot: u64,
     unregistering: Vec<oneshot::Sender<()>>,
+    /// Waiting for every account to be unregistered (calls may stay up).
+    deregistering: Vec<oneshot::Sender<()>>,
+    /// Draining: new inbound calls are refused.
+    draining: bool,
     dns: mpsc::Sender<DnsResult>,
     /// What the tracer had suppressed when last counted.
     trace_suppressed: u64,
@@ -677,6 +724,14 @@ impl Core {
                 self.unregistering.push(done);
             }
             Command::Trace(on) => self.tracer.set(on),
+            Command::Lease { account, permit } => {
+                self.accounts.set_permit(now, &account, permit);
+            }
+            Command::Drain => self.draining = true,
+            Command::StopRegistering(done) => {
+                self.accounts.stop_all(now);
+                self.deregistering.push(done);
+            }
             Command::Request {
                 request,
                 target,
@@ -799,6 +854,11 @@ impl Core {
         // Stopping waits for the calls' BYEs and CANCELs as well.
         if self.accounts.all_stopped() && self.calls.is_empty() {
             for done in self.unregistering.drain(..) {
+                let _ = done.send(());
+            }
+        }
+        if self.accounts.all_stopped() {
+            for done in self.deregistering.drain(..) {
                 let _ = done.send(());
             }
         }

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::machine::{Backoff, Failure, RegConfig, RegOutput, RegState, Registration};
 use crate::config::{AccountSettings, RegistrationSettings, Transport, parse_fingerprint};
+use crate::lease::Permit;
 use crate::metrics::RegistrationMetrics;
 use crate::sip::endpoint::{
     self, ContactSpec, Endpoint, Event, OutRequest, OwnerId, PeerOptions, TlsClient,
@@ -47,6 +48,11 @@ pub struct AccountStatus {
     pub code: Option<u16>,
     /// The last error (a TLS or transport problem, a SIP status).
     pub last_error: Option<String>,
+    /// The Contact registered (registered).
+    pub contact: Option<String>,
+    /// With account leases: `active` (this instance holds the lease and
+    /// registers the account) or `standby`.
+    pub role: Option<&'static str>,
 }
 
 /// What a call through an account needs.
@@ -94,7 +100,17 @@ struct Account {
     machine: Registration,
     target: Option<Target>,
     in_flight: Option<(TxnId, u64)>,
-    waiting_dns: Option<(u64, String, OutMessage)>,
+    waiting_dns: Option<(u64, String, OutMessage, bool)>,
+    /// With leases: what the lease allows, and the highest fence token seen.
+    permit: Option<Permit>,
+    fence: u64,
+}
+
+impl Account {
+    /// Whether a REGISTER may leave now.
+    fn permitted(&self, coordinated: bool, now: Instant) -> bool {
+        !coordinated || self.permit.as_ref().is_some_and(|p| p.until > now)
+    }
 }
 
 /// Every account.
@@ -104,6 +120,7 @@ pub struct Accounts {
     lookups: Vec<Lookup>,
     metrics: Arc<RegistrationMetrics>,
     transitions: Vec<AccountStatus>,
+    coordinated: bool,
 }
 
 impl Accounts {
@@ -130,13 +147,59 @@ impl Accounts {
             .collect::<Vec<_>>();
         let started = (Instant::now(), SystemTime::now());
         // Each account's first state is its first transition.
-        let transitions = list.iter().map(|a| status(a, started)).collect();
+        let transitions = list.iter().map(|a| status(a, false, started)).collect();
         Self {
             list,
             started,
             lookups: Vec::new(),
             metrics,
             transitions,
+            coordinated: false,
+        }
+    }
+
+    /// Accounts registered only under a lease ([`Accounts::set_permit`]):
+    /// none starts on its own.
+    pub fn coordinate(&mut self) {
+        self.coordinated = true;
+        self.transitions = self.statuses();
+    }
+
+    /// A lease's permit for account `name` (`None`: revoked). A permit with
+    /// a lower fence token than one already seen is stale and ignored; a
+    /// fresh one starts the registration (removing the binding the previous
+    /// holder left, if any); a revocation unregisters the account.
+    pub fn set_permit(&mut self, now: Instant, name: &str, permit: Option<Permit>) {
+        let Some(a) = self.list.iter_mut().find(|a| a.settings.name == name) else {
+            return;
+        };
+        match permit {
+            Some(mut p) => {
+                if p.token < a.fence {
+                    tracing::warn!(
+                        account = name,
+                        token = p.token,
+                        fence = a.fence,
+                        "ignored a stale lease permit"
+                    );
+                    return;
+                }
+                a.fence = p.token;
+                let retire = p.retire.take();
+                let fresh = a.permit.is_none();
+                a.permit = Some(p);
+                if fresh {
+                    if let Some(contact) = retire {
+                        a.machine.retire(contact);
+                    }
+                    a.machine.start(now);
+                }
+            }
+            None => {
+                if a.permit.take().is_some() {
+                    a.machine.stop(now);
+                }
+            }
         }
     }
 
@@ -151,10 +214,13 @@ impl Accounts {
         (i < self.list.len()).then_some(i)
     }
 
-    /// Starts every account.
+    /// Starts every account (with leases, the ones permitted).
     pub fn start_all(&mut self, now: Instant) {
+        let coordinated = self.coordinated;
         for a in &mut self.list {
-            a.machine.start(now);
+            if a.permitted(coordinated, now) {
+                a.machine.start(now);
+            }
         }
     }
 
@@ -162,6 +228,9 @@ impl Accounts {
     /// when there is no such account.
     pub fn control(&mut self, now: Instant, name: &str, register: bool) -> Option<&'static str> {
         let a = self.list.iter_mut().find(|a| a.settings.name == name)?;
+        if register && !a.permitted(self.coordinated, now) {
+            return Some("standby");
+        }
         if register {
             a.machine.start(now);
         } else {
@@ -184,15 +253,26 @@ impl Accounts {
 
     /// When [`Accounts::handle_timeout`] is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let permits = self
+            .list
+            .iter()
+            .filter_map(|a| a.permit.as_ref().map(|p| p.until));
         self.list
             .iter()
             .filter_map(|a| a.machine.poll_timeout())
+            .chain(permits)
             .min()
     }
 
-    /// Runs due refreshes and retries.
+    /// Runs due refreshes and retries; unregisters accounts whose permit
+    /// ran out (the lease was not renewed in time).
     pub fn handle_timeout(&mut self, now: Instant) {
         for a in &mut self.list {
+            if a.permit.as_ref().is_some_and(|p| p.until <= now) {
+                tracing::warn!(account = %a.settings.name, "account lease permit ran out; unregistering");
+                a.permit = None;
+                a.machine.stop(now);
+            }
             a.machine.handle_timeout(now);
         }
     }
@@ -279,19 +359,32 @@ impl Accounts {
                 match output {
                     RegOutput::State(state) => {
                         log_state(&a.settings.name, &state);
-                        let now_status = status_in(a, &state, self.started);
+                        let now_status = status_in(a, &state, self.coordinated, self.started);
                         self.transitions.push(now_status);
                     }
                     RegOutput::Send {
                         attempt,
                         registrar,
                         request,
+                        contact_as_is,
                     } => {
+                        // The fence: no REGISTER leaves without a live
+                        // permit (an unREGISTER always may).
+                        let binding = request
+                            .headers()
+                            .find(|(n, _)| n.eq_ignore_ascii_case("Expires"))
+                            .is_some_and(|(_, e)| e.trim() != "0");
+                        if binding && !a.permitted(self.coordinated, now) {
+                            tracing::warn!(account = %a.settings.name, "no account lease; not registering");
+                            a.permit = None;
+                            a.machine.stop(now);
+                            continue;
+                        }
                         self.metrics.request(&a.settings.name);
                         let uri = a.proxy.clone().unwrap_or_else(|| {
                             a.registrars.get(registrar).cloned().unwrap_or_default()
                         });
-                        self.route(now, ep, i, attempt, &uri, request);
+                        self.route(now, ep, i, attempt, &uri, request, contact_as_is);
                     }
                 }
             }
@@ -316,17 +409,18 @@ impl Accounts {
         if a.waiting_dns.as_ref().is_none_or(|(w, ..)| *w != attempt) {
             return;
         }
-        let Some((_, host, request)) = a.waiting_dns.take() else {
+        let Some((_, host, request, as_is)) = a.waiting_dns.take() else {
             return;
         };
         match result {
-            Ok(addr) => self.send(now, ep, account, attempt, &host, addr, request),
+            Ok(addr) => self.send(now, ep, account, attempt, &host, addr, request, as_is),
             Err(why) => a
                 .machine
                 .on_result(now, attempt, Err(Failure::Transport(why))),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn route(
         &mut self,
         now: Instant,
@@ -335,6 +429,7 @@ impl Accounts {
         attempt: u64,
         uri: &str,
         request: OutMessage,
+        as_is: bool,
     ) {
         let Some(a) = self.list.get_mut(i) else {
             return;
@@ -361,9 +456,10 @@ impl Accounts {
                 &host,
                 SocketAddr::new(ip, port),
                 request,
+                as_is,
             ),
             None => {
-                a.waiting_dns = Some((attempt, host.clone(), request));
+                a.waiting_dns = Some((attempt, host.clone(), request, as_is));
                 self.lookups.push(Lookup {
                     account: i,
                     attempt,
@@ -384,6 +480,7 @@ impl Accounts {
         host: &str,
         addr: SocketAddr,
         mut request: OutMessage,
+        as_is: bool,
     ) {
         let Some(a) = self.list.get_mut(i) else {
             return;
@@ -419,15 +516,20 @@ impl Accounts {
             );
         }
         // The endpoint writes the Contact with the address of the flow the
-        // REGISTER leaves on; the machine's parameters are kept.
-        let params = request
-            .remove_header("Contact")
-            .and_then(|c| c.split_once('>').map(|(_, p)| p.to_owned()))
-            .unwrap_or_default();
-        let out = OutRequest::new(request).with_contact(ContactSpec {
-            user: a.settings.username.clone(),
-            params,
-        });
+        // REGISTER leaves on; the machine's parameters are kept. Another
+        // binding's Contact (being removed) is sent as it is.
+        let out = if as_is {
+            OutRequest::new(request)
+        } else {
+            let params = request
+                .remove_header("Contact")
+                .and_then(|c| c.split_once('>').map(|(_, p)| p.to_owned()))
+                .unwrap_or_default();
+            OutRequest::new(request).with_contact(ContactSpec {
+                user: a.settings.username.clone(),
+                params,
+            })
+        };
         match ep.send_request(now, Self::owner(i), out, target) {
             Ok(txn) => a.in_flight = Some((txn, attempt)),
             Err(e) => a
@@ -504,7 +606,10 @@ impl Accounts {
 
     /// Every account's state.
     pub fn statuses(&self) -> Vec<AccountStatus> {
-        self.list.iter().map(|a| status(a, self.started)).collect()
+        self.list
+            .iter()
+            .map(|a| status(a, self.coordinated, self.started))
+            .collect()
     }
 
     /// The state transitions since the last call, in order: each account's
@@ -571,6 +676,8 @@ fn account(
         target: None,
         in_flight: None,
         waiting_dns: None,
+        permit: None,
+        fence: 0,
         settings: a.clone(),
     }
 }
@@ -648,12 +755,17 @@ fn unix_ms(at: Instant, started: (Instant, SystemTime)) -> Option<u64> {
         .and_then(|d| u64::try_from(d.as_millis()).ok())
 }
 
-fn status(a: &Account, started: (Instant, SystemTime)) -> AccountStatus {
-    status_in(a, a.machine.state(), started)
+fn status(a: &Account, coordinated: bool, started: (Instant, SystemTime)) -> AccountStatus {
+    status_in(a, a.machine.state(), coordinated, started)
 }
 
 /// `a`'s status with its machine in `state`.
-fn status_in(a: &Account, state: &RegState, started: (Instant, SystemTime)) -> AccountStatus {
+fn status_in(
+    a: &Account,
+    state: &RegState,
+    coordinated: bool,
+    started: (Instant, SystemTime),
+) -> AccountStatus {
     let (expires, retry, code, error) = match state {
         RegState::Registered { expires_at } => {
             (unix_ms(*expires_at, started), None, Some(200), None)
@@ -694,5 +806,12 @@ fn status_in(a: &Account, state: &RegState, started: (Instant, SystemTime)) -> A
         retry_at_unix_ms: retry,
         code,
         last_error: error,
+        contact: matches!(state, RegState::Registered { .. })
+            .then(|| a.machine.contact().to_owned()),
+        role: coordinated.then_some(if a.permit.is_some() {
+            "active"
+        } else {
+            "standby"
+        }),
     }
 }

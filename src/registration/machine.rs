@@ -127,6 +127,9 @@ pub enum RegOutput {
         registrar: usize,
         /// The REGISTER (without Via).
         request: OutMessage,
+        /// The Contact is another binding's, to be sent as it is (not
+        /// rewritten with this flow's address).
+        contact_as_is: bool,
     },
     /// The state changed.
     State(RegState),
@@ -153,6 +156,7 @@ pub struct Registration {
     retry_at: Option<Instant>,
     registered_at: Option<Instant>,
     stopping: bool,
+    retire: Option<String>,
     out: VecDeque<RegOutput>,
     rng: Box<dyn Entropy>,
 }
@@ -163,6 +167,8 @@ struct InFlight {
     /// The nonce the request's credentials answered, if it carried any.
     answered_nonce: Option<String>,
     unregister: bool,
+    /// Removes another holder's binding (see [`Registration::retire`]).
+    retire: bool,
 }
 
 /// Least time between a registration and the re-REGISTER a lost flow
@@ -206,6 +212,7 @@ impl Registration {
             retry_at: None,
             registered_at: None,
             stopping: false,
+            retire: None,
             out: VecDeque::new(),
         }
     }
@@ -213,6 +220,11 @@ impl Registration {
     /// The current state.
     pub fn state(&self) -> &RegState {
         &self.state
+    }
+
+    /// The Contact URI registered (as the last response's flow carried it).
+    pub fn contact(&self) -> &str {
+        self.contact_uri()
     }
 
     /// Index of the registrar in use.
@@ -252,8 +264,19 @@ impl Registration {
     pub fn start(&mut self, now: Instant) {
         self.stopping = false;
         if self.in_flight.is_none() && !matches!(self.state, RegState::Registered { .. }) {
-            self.send(now, false);
+            if self.retire.is_some() {
+                self.send_as(now, true, true);
+            } else {
+                self.send(now, false);
+            }
         }
+    }
+
+    /// Before the next registration, removes the binding `contact` that
+    /// another instance left behind (a REGISTER with that Contact and
+    /// `expires=0`); the registration follows whatever its outcome.
+    pub fn retire(&mut self, contact: String) {
+        self.retire = Some(contact);
     }
 
     /// Unregisters (Expires: 0); [`Registration::is_stopped`] turns true when done.
@@ -310,6 +333,21 @@ impl Registration {
         let Some(flight) = self.in_flight.take_if(|f| f.attempt == attempt) else {
             return; // an outcome that no longer matters
         };
+        if flight.retire {
+            let challenged = matches!(&result, Ok(r) if matches!(r.status(), Some(401 | 407)));
+            if challenged && let Ok(response) = &result {
+                self.challenged(now, response, &flight);
+                if self.in_flight.is_some() {
+                    return;
+                }
+            }
+            // Removed, refused or unanswered: the registration goes ahead.
+            if let Some(old) = self.retire.take() {
+                tracing::info!(contact = %old, outcome = ?result.as_ref().map(|r| r.status()).map_err(|e| format!("{e:?}")), "removed the binding the previous holder left");
+            }
+            self.send(now, false);
+            return;
+        }
         let response = match result {
             Ok(r) => r,
             Err(failure) => {
@@ -397,10 +435,13 @@ impl Registration {
         }
         self.challenge = Some(challenge);
         self.nc = 0;
-        self.send(now, flight.unregister);
+        self.send_as(now, flight.unregister, flight.retire);
     }
 
     fn finish_or_reject(&mut self, now: Instant, flight: &InFlight, code: u16, reason: String) {
+        if flight.retire {
+            return;
+        }
         if flight.unregister {
             self.set_state(RegState::Unregistered);
         } else {
@@ -504,7 +545,14 @@ impl Registration {
         }
     }
 
-    fn send(&mut self, _now: Instant, unregister: bool) {
+    fn send(&mut self, now: Instant, unregister: bool) {
+        self.send_as(now, unregister, false);
+    }
+
+    /// Sends a REGISTER; `retire` sends it for the binding in
+    /// [`Registration::retire`] (with `unregister`).
+    fn send_as(&mut self, _now: Instant, unregister: bool, retire: bool) {
+        let retiring = self.retire.clone().filter(|_| retire);
         self.attempt += 1;
         self.cseq += 1;
         self.refresh_at = None;
@@ -521,6 +569,9 @@ impl Registration {
                 ";+sip.instance=\"<{}>\";reg-id=1",
                 self.config.instance
             ));
+        }
+        if let Some(old) = &retiring {
+            contact = format!("<{old}>");
         }
         if unregister {
             contact.push_str(";expires=0");
@@ -571,13 +622,15 @@ impl Registration {
             attempt: self.attempt,
             answered_nonce,
             unregister,
+            retire: retiring.is_some(),
         });
         self.out.push_back(RegOutput::Send {
             attempt: self.attempt,
             registrar: self.registrar,
             request: req,
+            contact_as_is: retiring.is_some(),
         });
-        self.set_state(if unregister {
+        self.set_state(if unregister && retiring.is_none() {
             RegState::Unregistering
         } else {
             RegState::Registering

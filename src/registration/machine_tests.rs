@@ -39,6 +39,7 @@ fn sent(r: &mut Registration) -> (u64, usize, Message) {
             attempt,
             registrar,
             request,
+            ..
         } = o
         {
             let mut request = request;
@@ -502,4 +503,68 @@ fn endless_new_nonces_are_cut_off() {
         }
     }
     panic!("never gave up: {:?}", r.state());
+}
+
+#[test]
+fn a_retired_binding_is_removed_before_registering_even_through_a_challenge() {
+    let mut r = Registration::new(config(&["sip:pbx.example.com"], false), rng());
+    let t0 = Instant::now();
+    let old = "sip:1001@198.51.100.7:5061;transport=tls";
+    r.retire(old.to_owned());
+    r.start(t0);
+    let (a1, _, first) = sent(&mut r);
+    assert_eq!(
+        first.value(HeaderName::Contact),
+        Some(format!("<{old}>;expires=0").as_str())
+    );
+    assert_eq!(first.value(HeaderName::Expires), Some("0"));
+    assert_eq!(r.state(), &RegState::Registering);
+    r.on_result(
+        t0,
+        a1,
+        Ok(answer(&first, 401, &[("WWW-Authenticate", CHALLENGE)])),
+    );
+    let (a2, _, second) = sent(&mut r);
+    assert_valid_digest(&second, HeaderName::Authorization, "00000001");
+    assert_eq!(
+        second.value(HeaderName::Contact),
+        first.value(HeaderName::Contact),
+        "the challenge is answered for the same removal"
+    );
+    r.on_result(t0, a2, Ok(answer(&second, 200, &[])));
+    let (a3, _, third) = sent(&mut r);
+    assert_eq!(
+        third.value(HeaderName::Contact),
+        Some("<sip:1001@203.0.113.10:5060;transport=udp>")
+    );
+    assert_eq!(third.value(HeaderName::Expires), Some("3600"));
+    assert!(
+        third.value(HeaderName::Authorization).is_some(),
+        "the registration reuses the challenge"
+    );
+    let contact = "<sip:1001@203.0.113.10:5060;transport=udp>;expires=3600";
+    r.on_result(t0, a3, Ok(answer(&third, 200, &[("Contact", contact)])));
+    assert!(registered_at(&r).is_some());
+    // A later start (after an unREGISTER) does not remove it again.
+    r.stop(t0);
+    let (a4, _, bye) = sent(&mut r);
+    assert_eq!(bye.value(HeaderName::Expires), Some("0"));
+    r.on_result(t0, a4, Ok(answer(&bye, 200, &[])));
+    r.start(t0);
+    let (_, _, again) = sent(&mut r);
+    assert_eq!(again.value(HeaderName::Expires), Some("3600"));
+}
+
+#[test]
+fn an_unanswered_removal_does_not_hold_up_the_registration() {
+    let mut r = Registration::new(config(&["sip:pbx.example.com"], false), rng());
+    let t0 = Instant::now();
+    r.retire("sip:1001@198.51.100.7:5060".to_owned());
+    r.start(t0);
+    let (a1, _, first) = sent(&mut r);
+    assert_eq!(first.value(HeaderName::Expires), Some("0"));
+    r.on_result(t0, a1, Err(Failure::Timeout));
+    let (_, _, second) = sent(&mut r);
+    assert_eq!(second.value(HeaderName::Expires), Some("3600"));
+    assert_eq!(r.state(), &RegState::Registering);
 }

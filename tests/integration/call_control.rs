@@ -18,12 +18,12 @@ use crate::support::sipp::{Sipp, SippRun, scenario};
 use crate::support::{ports, repo_root, require_program, text, wait_for};
 
 /// A subscriber collecting JSON messages of its channels.
-struct Sub {
+pub(crate) struct Sub {
     client: RespClient,
 }
 
 impl Sub {
-    fn new(redis: &RedisServer, channels: &[&str]) -> Self {
+    pub(crate) fn new(redis: &RedisServer, channels: &[&str]) -> Self {
         let mut client = redis.client().unwrap();
         for channel in channels {
             let ack = client.command(&["SUBSCRIBE", channel]).unwrap();
@@ -35,7 +35,7 @@ impl Sub {
     }
 
     /// The next message as `(channel, JSON)`, or `None` after `limit`.
-    fn next(&mut self, limit: Duration) -> Option<(String, Value)> {
+    pub(crate) fn next(&mut self, limit: Duration) -> Option<(String, Value)> {
         let end = Instant::now() + limit;
         while Instant::now() < end {
             match self.client.read() {
@@ -54,7 +54,11 @@ impl Sub {
     }
 
     /// Messages until `done` holds for one (inclusive), within `limit`.
-    fn until(&mut self, limit: Duration, mut done: impl FnMut(&Value) -> bool) -> Vec<Value> {
+    pub(crate) fn until(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Value) -> bool,
+    ) -> Vec<Value> {
         let end = Instant::now() + limit;
         let mut seen = Vec::new();
         while let Some((_, v)) = self.next(end.saturating_duration_since(Instant::now())) {
@@ -68,7 +72,7 @@ impl Sub {
     }
 
     /// Everything that arrives within `limit`.
-    fn drain(&mut self, limit: Duration) -> Vec<(String, Value)> {
+    pub(crate) fn drain(&mut self, limit: Duration) -> Vec<(String, Value)> {
         let end = Instant::now() + limit;
         let mut seen = Vec::new();
         while let Some(m) = self.next(end.saturating_duration_since(Instant::now())) {
@@ -80,7 +84,7 @@ impl Sub {
 
 /// The SIPp PBX of the quick start: a registrar (digest) that answers the
 /// calls placed through it.
-fn pbx() -> SippRun {
+pub(crate) fn pbx() -> SippRun {
     Sipp::server(&scenario("quickstart_pbx.xml"))
         .key("expires", "60")
         .calls(100_000)
@@ -91,12 +95,18 @@ fn pbx() -> SippRun {
 
 /// A dialerd with the control channel on `redis`, instance `id`, and an
 /// account `acct-<id>` registering with `pbx`; `extra` is more TOML.
-fn dialerd(redis: &RedisServer, pbx: SocketAddr, id: &str, extra: &str, dir: &Scratch) -> Daemon {
+pub(crate) fn dialerd(
+    redis: &RedisServer,
+    pbx: SocketAddr,
+    id: &str,
+    extra: &str,
+    dir: &Scratch,
+) -> Daemon {
     dialerd_env(redis, pbx, id, extra, dir, &[])
 }
 
 /// [`dialerd`] with more environment (e.g. its SIP listener).
-fn dialerd_env(
+pub(crate) fn dialerd_env(
     redis: &RedisServer,
     pbx: SocketAddr,
     id: &str,
@@ -126,7 +136,7 @@ fn dialerd_env(
     d
 }
 
-fn command(id: &str, kind: &str, reply_to: Option<&str>, args: Value) -> String {
+pub(crate) fn command(id: &str, kind: &str, reply_to: Option<&str>, args: Value) -> String {
     let mut c = json!({"v": 1, "id": id, "type": kind, "args": args});
     if let Some(r) = reply_to {
         c["reply_to"] = json!(r);
@@ -134,7 +144,7 @@ fn command(id: &str, kind: &str, reply_to: Option<&str>, args: Value) -> String 
     c.to_string()
 }
 
-fn publish(redis: &RedisServer, channel: &str, payload: &str) {
+pub(crate) fn publish(redis: &RedisServer, channel: &str, payload: &str) {
     let mut c = redis.client().unwrap();
     c.command(&["PUBLISH", channel, payload]).unwrap();
 }
@@ -153,7 +163,7 @@ fn hgetall(redis: &RedisServer, key: &str) -> serde_json::Map<String, Value> {
     out
 }
 
-fn originate_args(account: &str, to: &str, extra: Value) -> Value {
+pub(crate) fn originate_args(account: &str, to: &str, extra: Value) -> Value {
     let mut a = json!({"account": account, "to": to, "max_duration_secs": 1});
     if let (Value::Object(a), Value::Object(e)) = (&mut a, extra) {
         a.extend(e);
@@ -690,7 +700,7 @@ fn the_python_reference_client_follows_a_call_and_resumes_after_a_disconnect() {
 }
 
 /// The call id of the first `call.created` among `seen`.
-fn created_call(seen: &[Value]) -> String {
+pub(crate) fn created_call(seen: &[Value]) -> String {
     seen.iter()
         .find(|e| e["type"] == "call.created")
         .and_then(|e| e["call_id"].as_str())

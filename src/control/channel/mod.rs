@@ -213,10 +213,25 @@ impl Shell {
     }
 
     fn heartbeat(&mut self) {
+        self.refresh_held();
         let ttl = u64::try_from((self.cfg.keepalive() * 3).as_millis()).unwrap_or(u64::MAX);
         match serde_json::to_string(&self.shared.snapshot()) {
             Ok(snapshot) => self.machine.heartbeat(snapshot, ttl),
             Err(e) => tracing::debug!(error = %e, "status snapshot not serialized"),
+        }
+    }
+
+    /// With leases, the accounts held (registered here) are the ones this
+    /// instance runs account commands for and advertises.
+    fn refresh_held(&mut self) {
+        let accounts = self.shared.accounts.borrow();
+        if accounts.iter().any(|a| a.role.is_some()) {
+            let held = accounts
+                .iter()
+                .filter(|a| a.role == Some("active"))
+                .map(|a| a.name.clone())
+                .collect();
+            self.machine.set_held(held);
         }
     }
 
@@ -442,7 +457,13 @@ async fn run(
                     shell.heartbeat();
                 }
             }
-            Some(event) = feed.recv() => shell.machine.core_event(event),
+            Some(event) = feed.recv() => {
+                let registration = matches!(event.event, crate::events::CoreEvent::Registration(_));
+                shell.machine.core_event(event);
+                if registration {
+                    shell.refresh_held();
+                }
+            }
             Ok(()) = phase_rx.changed() => {
                 diff_phase(*phase_rx.borrow_and_update(), &mut last_phase, &mut shell.machine);
             }

@@ -213,6 +213,9 @@ pub struct Machine {
     /// Errors found while routing, answered once the id is claimed.
     parse_errors: HashMap<u64, CommandError>,
     stats: MachineStats,
+    /// With account leases: the accounts this instance holds now (commands
+    /// for the others go to their holder).
+    held: Option<HashSet<String>>,
 }
 
 impl Machine {
@@ -233,7 +236,32 @@ impl Machine {
             recovered: false,
             parse_errors: HashMap::new(),
             stats: MachineStats::default(),
+            held: None,
         }
+    }
+
+    /// With account leases, the accounts this instance holds: account
+    /// commands for the others are forwarded to their holder, and only
+    /// these are advertised as this instance's.
+    pub fn set_held(&mut self, held: HashSet<String>) {
+        self.held = Some(held);
+    }
+
+    /// Whether account commands for `account` run here.
+    pub(super) fn holds(&self, account: &str) -> bool {
+        match &self.held {
+            Some(held) => held.contains(account),
+            None => self.cfg.accounts.contains(account),
+        }
+    }
+
+    fn advertised_accounts(&self) -> Vec<String> {
+        let mut accounts: Vec<String> = match &self.held {
+            Some(held) => held.iter().cloned().collect(),
+            None => self.cfg.accounts.iter().cloned().collect(),
+        };
+        accounts.sort();
+        accounts
     }
 
     /// The settings.
@@ -355,9 +383,7 @@ impl Machine {
             value: snapshot,
             ms: ttl_ms,
         });
-        let mut accounts: Vec<String> = self.cfg.accounts.iter().cloned().collect();
-        accounts.sort();
-        for account in accounts {
+        for account in self.advertised_accounts() {
             self.push(RedisOp::Set {
                 key: self.cfg.account_key(&account),
                 value: instance.clone(),
@@ -376,9 +402,7 @@ impl Machine {
             key: self.cfg.last_status_key(),
             instance: self.cfg.instance.clone(),
         });
-        let mut accounts: Vec<String> = self.cfg.accounts.iter().cloned().collect();
-        accounts.sort();
-        for account in accounts {
+        for account in self.advertised_accounts() {
             self.push(RedisOp::Del {
                 key: self.cfg.account_key(&account),
             });

@@ -83,7 +83,7 @@ impl Machine {
             Scope::Instance | Scope::Any => None,
             Scope::Account => {
                 let account = command.kind.account().unwrap_or_default().to_owned();
-                (!self.cfg.accounts.contains(&account)).then(|| RedisOp::Get {
+                (!self.holds(&account)).then(|| RedisOp::Get {
                     key: self.cfg.account_key(&account),
                 })
             }
@@ -185,6 +185,11 @@ impl Machine {
                     &format!("account {account:?} is on instance {owner:?}"),
                     ErrorCode::UnknownAccount,
                 );
+            }
+            _ if self.cfg.accounts.contains(&account) => {
+                // Configured here and held by nobody else (a lease between
+                // holders): run here.
+                self.claim(token);
             }
             _ => {
                 // No instance has it: answered once (claimed), unknown.
