@@ -110,7 +110,10 @@ fn sigterm_with_a_call_up_refuses_new_calls_lets_the_call_end_unregisters_and_ex
         .unwrap_or_else(|| panic!("dialerd did not exit:\n{}", d.log()));
     assert_eq!(status.code(), Some(0), "exit 0:\n{}", d.log());
     assert!(took < Duration::from_secs(30), "{took:?}");
-    sub.until(Duration::from_secs(5), |e| e["type"] == "daemon.stopping");
+    let stopping = sub.until(Duration::from_secs(5), |e| e["type"] == "daemon.stopping");
+    let status = &stopping.last().unwrap()["status"];
+    assert_eq!(status["instance"]["id"], "a", "the final status: {status}");
+    assert_eq!(status["phase"], "stopping", "{status}");
     let pbx = pbx.stop();
     let unregister = pbx.messages.split("REGISTER sip:").skip(1).any(|m| {
         m.lines()

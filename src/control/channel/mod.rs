@@ -487,7 +487,8 @@ async fn stop_cleanly(shell: &mut Shell, kept: &mut Option<Vec<Op>>) {
     } {
         shell.landed(batch, result, kept);
     }
-    shell.machine.stopping(unix_ms());
+    let status = serde_json::to_value(shell.shared.snapshot()).unwrap_or_default();
+    shell.machine.stopping(unix_ms(), status);
     while let Some(link) = &shell.link {
         let batch = shell.machine.take_batch(BATCH);
         if batch.is_empty() {

@@ -392,9 +392,10 @@ impl Machine {
         }
     }
 
-    /// A clean stop: `daemon.stopping`, and this instance's keys removed.
-    pub fn stopping(&mut self, now_ms: u64) {
-        self.event(now_ms, "daemon.stopping", json!({}));
+    /// A clean stop: `daemon.stopping` with the final status snapshot, and
+    /// this instance's keys removed.
+    pub fn stopping(&mut self, now_ms: u64, status: serde_json::Value) {
+        self.event(now_ms, "daemon.stopping", json!({ "status": status }));
         self.push(RedisOp::Del {
             key: self.cfg.status_key(),
         });

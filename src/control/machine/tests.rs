@@ -2318,7 +2318,7 @@ fn heartbeat_writes_and_stopping_removes_this_instance_keys() {
     b.heartbeat(snap_b.clone(), 15_000);
     drive(&mut a, &mut r);
     drive(&mut b, &mut r);
-    a.stopping(r.now);
+    a.stopping(r.now, json!({"phase": "stopping"}));
     drive(&mut a, &mut r);
     assert!(r.string("dialer:a:status").is_none());
     assert_eq!(
@@ -2329,8 +2329,14 @@ fn heartbeat_writes_and_stopping_removes_this_instance_keys() {
     assert!(r.string("dialer:account:acc-a").is_none());
     assert!(r.string("dialer:account:acc-a2").is_none());
     assert_eq!(r.string("dialer:account:acc-b").as_deref(), Some("b"));
-    assert_eq!(r.events_of("daemon.stopping").len(), 1);
-    b.stopping(r.now);
+    let stopping = r.events_of("daemon.stopping");
+    assert_eq!(stopping.len(), 1);
+    assert_eq!(
+        stopping[0]["status"]["phase"], "stopping",
+        "the final status goes with it: {}",
+        stopping[0]
+    );
+    b.stopping(r.now, json!({"phase": "stopping"}));
     drive(&mut b, &mut r);
     assert!(r.string("dialer:sip_status").is_none());
 }
