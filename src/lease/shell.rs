@@ -281,17 +281,9 @@ async fn execute(
             parse_acquired(reply)
         }
         LeaseOp::Release { account, value } => {
-            let done: i64 = redis::cmd("EVAL")
-                .arg(RELEASE)
-                .arg(2)
-                .arg(cfg.lease_key(account))
-                .arg(cfg.contact_key(account))
-                .arg(value)
-                .query_async(conn)
-                .await
-                .map_err(describe)?;
-            tracing::info!(account, released = done == 1, "account lease released");
-            Ok(LeaseReply::Done(done == 1))
+            let done = fenced_write(cfg, conn, RELEASE, account, &[value]).await?;
+            tracing::info!(account, released = done, "account lease released");
+            Ok(LeaseReply::Done(done))
         }
         LeaseOp::Leave => {
             let _: i64 = redis::cmd("ZREM")
@@ -307,19 +299,31 @@ async fn execute(
             value,
             contact,
         } => {
-            let done: i64 = redis::cmd("EVAL")
-                .arg(SAVE_CONTACT)
-                .arg(2)
-                .arg(cfg.lease_key(account))
-                .arg(cfg.contact_key(account))
-                .arg(value)
-                .arg(contact)
-                .query_async(conn)
-                .await
-                .map_err(describe)?;
-            Ok(LeaseReply::Done(done == 1))
+            let done = fenced_write(cfg, conn, SAVE_CONTACT, account, &[value, contact]).await?;
+            Ok(LeaseReply::Done(done))
         }
     }
+}
+
+/// Runs `script` over an account's lease and Contact keys with `args`;
+/// whether it found the lease still ours.
+async fn fenced_write(
+    cfg: &LeaseShellConfig,
+    conn: &mut MultiplexedConnection,
+    script: &str,
+    account: &str,
+    args: &[&String],
+) -> Result<bool, String> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script)
+        .arg(2)
+        .arg(cfg.lease_key(account))
+        .arg(cfg.contact_key(account));
+    for a in args {
+        cmd.arg(a.as_str());
+    }
+    let done: i64 = cmd.query_async(conn).await.map_err(describe)?;
+    Ok(done == 1)
 }
 
 fn describe(e: redis::RedisError) -> String {

@@ -710,6 +710,17 @@ pub(crate) fn created_call(seen: &[Value]) -> String {
 
 /// A dialerd that rings inbound calls (policy `ring`) on a known SIP port.
 fn ringing_dialerd(redis: &RedisServer, pbx: SocketAddr, dir: &Scratch) -> (Daemon, SocketAddr) {
+    dialerd_on_port(redis, pbx, dir, "[calls]\ninbound = \"ring\"\n")
+}
+
+/// Instance `a` ([`dialerd`]) with `extra` TOML, its SIP listener on a
+/// known port.
+pub(crate) fn dialerd_on_port(
+    redis: &RedisServer,
+    pbx: SocketAddr,
+    dir: &Scratch,
+    extra: &str,
+) -> (Daemon, SocketAddr) {
     let port = ports::free_udp_tcp_port();
     let sip = SocketAddr::from(([127, 0, 0, 1], port));
     let listen = sip.to_string();
@@ -717,7 +728,7 @@ fn ringing_dialerd(redis: &RedisServer, pbx: SocketAddr, dir: &Scratch) -> (Daem
         redis,
         pbx,
         "a",
-        "[calls]\ninbound = \"ring\"\n",
+        extra,
         dir,
         &[("DIALERD__SIP__UDP_LISTEN", &listen)],
     );

@@ -8,38 +8,21 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::call_control::{Sub, command, dialerd_env, originate_args, pbx, publish};
+use crate::call_control::{
+    Sub, command, dialerd_env, dialerd_on_port, originate_args, pbx, publish,
+};
 use crate::support::redis::RedisServer;
 use crate::support::scratch::Scratch;
 use crate::support::sipp::{Sipp, scenario};
 use crate::support::{http, ports, wait_for};
-
-/// A dialerd on a known SIP port with one account at the SIPp PBX, the
-/// control channel on `redis`, inbound calls answered.
-fn draining_setup(
-    redis: &RedisServer,
-    pbx: SocketAddr,
-    dir: &Scratch,
-) -> (crate::support::daemon::Daemon, SocketAddr) {
-    let sip = SocketAddr::from(([127, 0, 0, 1], ports::free_udp_tcp_port()));
-    let listen = sip.to_string();
-    let d = dialerd_env(
-        redis,
-        pbx,
-        "a",
-        "[calls]\ninbound = \"answer\"\n[shutdown]\ndeadline_secs = 60\n",
-        dir,
-        &[("DIALERD__SIP__UDP_LISTEN", &listen)],
-    );
-    (d, sip)
-}
 
 #[test]
 fn sigterm_with_a_call_up_refuses_new_calls_lets_the_call_end_unregisters_and_exits_0() {
     let redis = RedisServer::start(&[]);
     let pbx = pbx();
     let dir = Scratch::new("drain-sigterm");
-    let (mut d, sip) = draining_setup(&redis, pbx.local_addr(), &dir);
+    let extra = "[calls]\ninbound = \"answer\"\n[shutdown]\ndeadline_secs = 60\n";
+    let (mut d, sip) = dialerd_on_port(&redis, pbx.local_addr(), &dir, extra);
     let mut sub = Sub::new(&redis, &["dialer:events", "dialer:reply:dr"]);
     let to = format!("sip:service@{}", pbx.local_addr());
     // A call that ends on its own after 8 s.

@@ -199,6 +199,27 @@ fn spread(
     [a, b]
 }
 
+/// Kamailio, Redis and two replicas sharing the accounts, one each, with
+/// the bindings sampled throughout `body` and never doubled; skips without
+/// Kamailio.
+fn with_two_replicas(name: &str, body: impl FnOnce(&mut RedisServer, &Monitor, [Daemon; 2])) {
+    if !kamailio_available() {
+        eprintln!("SKIP: kamailio is not installed (scripts/setup.sh installs it)");
+        return;
+    }
+    let kamailio = Kamailio::start();
+    let mut redis = RedisServer::start(&[]);
+    let dir = Scratch::new(name);
+    let monitor = Monitor::new();
+    std::thread::scope(|s| {
+        s.spawn(|| monitor.run(&kamailio));
+        let _stop = StopOnDrop(&monitor);
+        let replicas = spread(&redis, &kamailio, &dir, &monitor);
+        body(&mut redis, &monitor, replicas);
+    });
+    monitor.assert_never_doubled();
+}
+
 fn user_of(account: &str) -> &'static str {
     ACCOUNTS
         .iter()
@@ -208,18 +229,7 @@ fn user_of(account: &str) -> &'static str {
 
 #[test]
 fn a_killed_holder_is_replaced_within_the_ttl_and_no_account_is_ever_registered_twice() {
-    if !kamailio_available() {
-        eprintln!("SKIP: kamailio is not installed (scripts/setup.sh installs it)");
-        return;
-    }
-    let kamailio = Kamailio::start();
-    let redis = RedisServer::start(&[]);
-    let dir = Scratch::new("leases-kill");
-    let monitor = Monitor::new();
-    std::thread::scope(|s| {
-        s.spawn(|| monitor.run(&kamailio));
-        let _stop = StopOnDrop(&monitor);
-        let [a, b] = spread(&redis, &kamailio, &dir, &monitor);
+    with_two_replicas("leases-kill", |_redis, monitor, [a, b]| {
         let account = active(&a).pop().unwrap();
         let user = user_of(&account);
         let before = monitor.latest().get(user).cloned().unwrap_or_default();
@@ -246,23 +256,11 @@ fn a_killed_holder_is_replaced_within_the_ttl_and_no_account_is_ever_registered_
         );
         drop(a);
     });
-    monitor.assert_never_doubled();
 }
 
 #[test]
 fn a_drained_holder_hands_over_at_once_and_exits_0() {
-    if !kamailio_available() {
-        eprintln!("SKIP: kamailio is not installed (scripts/setup.sh installs it)");
-        return;
-    }
-    let kamailio = Kamailio::start();
-    let redis = RedisServer::start(&[]);
-    let dir = Scratch::new("leases-drain");
-    let monitor = Monitor::new();
-    std::thread::scope(|s| {
-        s.spawn(|| monitor.run(&kamailio));
-        let _stop = StopOnDrop(&monitor);
-        let [mut a, b] = spread(&redis, &kamailio, &dir, &monitor);
+    with_two_replicas("leases-drain", |_redis, monitor, [mut a, b]| {
         let account = active(&a).pop().unwrap();
         let user = user_of(&account);
         let r = http::post(a.http(), "/drain").unwrap();
@@ -289,23 +287,11 @@ fn a_drained_holder_hands_over_at_once_and_exits_0() {
             "a clean hand-over leaves no binding behind"
         );
     });
-    monitor.assert_never_doubled();
 }
 
 #[test]
 fn with_redis_paused_or_emptied_no_account_is_ever_registered_twice() {
-    if !kamailio_available() {
-        eprintln!("SKIP: kamailio is not installed (scripts/setup.sh installs it)");
-        return;
-    }
-    let kamailio = Kamailio::start();
-    let mut redis = RedisServer::start(&[]);
-    let dir = Scratch::new("leases-redis");
-    let monitor = Monitor::new();
-    std::thread::scope(|s| {
-        s.spawn(|| monitor.run(&kamailio));
-        let _stop = StopOnDrop(&monitor);
-        let [a, b] = spread(&redis, &kamailio, &dir, &monitor);
+    with_two_replicas("leases-redis", |redis, monitor, [a, b]| {
         // Redis answers nobody for 4 TTLs: the leases cannot be renewed,
         // so both replicas give their accounts up.
         let pause = (TTL * 4 * 1000).to_string();
@@ -339,5 +325,4 @@ fn with_redis_paused_or_emptied_no_account_is_ever_registered_twice() {
         let held = active(&a).len() + active(&b).len();
         assert_eq!(held, 2, "{}\n{}", status(&a), status(&b));
     });
-    monitor.assert_never_doubled();
 }
