@@ -370,11 +370,7 @@ impl Accounts {
                     } => {
                         // The fence: no REGISTER leaves without a live
                         // permit (an unREGISTER always may).
-                        let binding = request
-                            .headers()
-                            .find(|(n, _)| n.eq_ignore_ascii_case("Expires"))
-                            .is_some_and(|(_, e)| e.trim() != "0");
-                        if binding && !a.permitted(self.coordinated, now) {
+                        if binds(&request) && !a.permitted(self.coordinated, now) {
                             tracing::warn!(account = %a.settings.name, "no account lease; not registering");
                             a.permit = None;
                             a.machine.stop(now);
@@ -412,6 +408,13 @@ impl Accounts {
         let Some((_, host, request, as_is)) = a.waiting_dns.take() else {
             return;
         };
+        // The fence again: the permit may have run out during the lookup.
+        if binds(&request) && !a.permitted(self.coordinated, now) {
+            tracing::warn!(account = %a.settings.name, "account lease ran out during the registrar lookup; not registering");
+            a.permit = None;
+            a.machine.stop(now);
+            return;
+        }
         match result {
             Ok(addr) => self.send(now, ep, account, attempt, &host, addr, request, as_is),
             Err(why) => a
@@ -680,6 +683,14 @@ fn account(
         fence: 0,
         settings: a.clone(),
     }
+}
+
+/// Whether a REGISTER creates or refreshes a binding (Expires not 0).
+fn binds(request: &OutMessage) -> bool {
+    request
+        .headers()
+        .find(|(n, _)| n.eq_ignore_ascii_case("Expires"))
+        .is_some_and(|(_, e)| e.trim() != "0")
 }
 
 /// A stable `+sip.instance` per instance and account (RFC 5626 §4.1).
