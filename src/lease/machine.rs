@@ -151,11 +151,7 @@ enum Hold {
     },
     /// Ours, revoked from the SIP core to pass it on; released once the
     /// core has unregistered it (or after a TTL).
-    HandingOver {
-        value: String,
-        until: Instant,
-        since: Instant,
-    },
+    HandingOver { value: String, since: Instant },
     /// A `Release` is on its way.
     Releasing,
 }
@@ -427,13 +423,8 @@ impl Leases {
                         self.out.push_back(LeaseOutput::Revoke { account });
                     }
                 }
-                Hold::HandingOver {
-                    value, until: u, ..
-                } => {
-                    if seen.value.as_deref() == Some(value.as_str()) {
-                        *u = until;
-                    }
-                }
+                // Renewed by the sync (its value is sent) until released.
+                Hold::HandingOver { .. } => {}
                 Hold::Other {
                     holder,
                     unfenced_since,
@@ -515,12 +506,11 @@ impl Leases {
             if let Some(i) = pick {
                 let account = self.account(i).to_owned();
                 if let Some(hold) = self.holds.get_mut(i)
-                    && let Hold::Held { value, until, .. } = hold
+                    && let Hold::Held { value, .. } = hold
                 {
                     tracing::info!(%account, share, held, "handing an account over to balance the replicas");
                     *hold = Hold::HandingOver {
                         value: value.clone(),
-                        until: *until,
                         since: now,
                     };
                     self.out.push_back(LeaseOutput::Revoke { account });
@@ -616,11 +606,6 @@ impl Leases {
                 }
             })
             .collect()
-    }
-
-    /// Instances seen alive at the last sync.
-    pub fn members(&self) -> &[String] {
-        &self.members
     }
 
     fn index(&self, account: &str) -> Option<usize> {

@@ -16,15 +16,13 @@ use crate::config::RedisSettings;
 use crate::engine::SipCore;
 use crate::status::Shared;
 
-/// Membership lasts this many lease TTLs without a refresh.
-const MEMBER_TTLS: u32 = 1;
 /// Shortest wait before reconnecting to Redis.
 const RECONNECT: Duration = Duration::from_secs(1);
 
 /// Renews this instance's membership, renews its leases where they are
 /// still its own, and reads every lease and fence counter.
 /// KEYS: members, then (lease, fence) per account.
-/// ARGV: instance, membership ms, lease ms, then this instance's value per
+/// ARGV: instance, membership ms (a lease TTL), lease ms, then this instance's value per
 /// account ('' when it holds none).
 const SYNC: &str = r"
 local t = redis.call('TIME')
@@ -253,7 +251,7 @@ async fn execute(
                 cmd.arg(cfg.lease_key(a)).arg(cfg.fence_key(a));
             }
             cmd.arg(&cfg.machine.instance)
-                .arg(ttl_ms.saturating_mul(u64::from(MEMBER_TTLS)))
+                .arg(ttl_ms) // membership lasts a lease TTL
                 .arg(ttl_ms);
             for a in accounts {
                 let mine = renew
