@@ -53,6 +53,8 @@ pub enum EndCause {
     MediaPortsExhausted,
     /// The call's media port could not be bound.
     MediaError,
+    /// SRTP was required and the peer offered or answered plain RTP.
+    SrtpRequired,
     /// Any other final response.
     Failed,
 }
@@ -84,6 +86,7 @@ impl EndCause {
             Self::MediaTimeout => "media_timeout",
             Self::MediaPortsExhausted => "media_ports_exhausted",
             Self::MediaError => "media_error",
+            Self::SrtpRequired => "srtp_required",
             Self::Failed => "failed",
         }
     }

@@ -47,10 +47,20 @@ impl Calls {
                 return None;
             }
         };
+        let keys = match self.call_keys(policy.srtp) {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound INVITE refused");
+                let _ = ep.respond(now, txn, Reply::code(500, "Server Internal Error"));
+                return None;
+            }
+        };
         ep.adopt(txn, Self::owner(id));
         let tag = ep.local_tag(txn).unwrap_or_default().to_owned();
         let call = Call {
             account: policy.account.clone(),
+            srtp: policy.srtp,
+            keys,
             invite: Some(txn),
             invite_cseq: request.cseq().map(|c| c.seq).unwrap_or(0),
             contact_user: policy.contact_user.clone(),
@@ -131,7 +141,7 @@ impl Calls {
             return false;
         }
         let media = match self.local_media(now, Direction::SendRecv) {
-            Ok(m) => m,
+            Ok(m) => self.call_media(id, m.port, Direction::SendRecv),
             Err(e) => {
                 tracing::warn!(call = %id, error = %e, "no media port for an inbound call");
                 self.respond_final(now, ep, id, 503, "Service Unavailable");
@@ -170,9 +180,7 @@ impl Calls {
                 Err(e) => {
                     tracing::info!(call = %id, error = %e, "offer refused");
                     let (code, cause) = match e {
-                        NegotiateError::NoCommonCodec | NegotiateError::NoAudio => {
-                            (488, EndCause::Incompatible)
-                        }
+                        NegotiateError::SrtpRequired => (488, EndCause::SrtpRequired),
                         _ => (488, EndCause::Incompatible),
                     };
                     self.respond_final(now, ep, id, code, "Not Acceptable Here");

@@ -30,7 +30,7 @@ pub use dtmf::{MAX_DIGITS, is_digit};
 pub use media::{MediaError, MediaOp, PortClaim, PortPool};
 pub use table::{AccountLimit, CallError, CallSummary, Calls, Live};
 
-use crate::sdp::Codec;
+use crate::sdp::{Codec, SrtpPolicy};
 use crate::sip::target::Target;
 
 /// A call's id, unique in this process.
@@ -183,6 +183,8 @@ pub struct Originate {
     /// The call's name; one is made up when `None`. Refused while a live
     /// call has it.
     pub name: Option<String>,
+    /// Whether its audio is encrypted (SDES-SRTP).
+    pub srtp: SrtpPolicy,
 }
 
 /// Something a call reports that is not a change of state.
@@ -237,6 +239,16 @@ pub struct Inbound {
     pub account: Option<String>,
     /// Contact user part.
     pub contact_user: String,
+    /// Whether its audio must, may or must not be encrypted.
+    pub srtp: SrtpPolicy,
+}
+
+/// Fills buffers with key material: a CSPRNG, injected like the
+/// [`Entropy`](crate::sip::ids::Entropy) of identifiers (the daemon gives
+/// the OS's, tests a seeded one).
+pub trait KeySource: Send + std::fmt::Debug {
+    /// Fills `out` with random bytes; false when no randomness could be had.
+    fn fill(&mut self, out: &mut [u8]) -> bool;
 }
 
 /// Timeouts and media preferences of the call table.

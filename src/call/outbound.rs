@@ -32,8 +32,11 @@ impl Calls {
             return Err(CallError::Header(name.clone()));
         }
         self.admit_outbound(now, origin.account.as_deref(), origin.name.as_deref())?;
+        let keys = self.call_keys(origin.srtp)?;
         let id = self.admit()?;
-        let media = self.local_media(now, Direction::SendRecv)?;
+        let media = self
+            .local_media(now, Direction::SendRecv)?
+            .with_srtp(origin.srtp, keys.clone());
         let sdp_origin = self.origin();
         let offer = sdp::offer(&media, sdp_origin);
         let host = origin.next_hop.addr.ip().to_string();
@@ -53,6 +56,8 @@ impl Calls {
             contact_user: origin.contact_user.clone(),
             local_sdp: Some(offer),
             media_port: Some(media.port),
+            srtp: origin.srtp,
+            keys,
             origin: Some(origin),
             ..Call::new(
                 id,
@@ -328,12 +333,18 @@ impl Calls {
             tracing::debug!(call = %id, error = %e, "ACK not sent");
         }
         ep.bind_dialog(dialog.key(), Self::owner(id));
-        let negotiated = Self::sdp_of(response).and_then(|answer| {
+        let answered = Self::sdp_of(response).and_then(|answer| {
             let offer = c.local_sdp.as_ref()?;
-            sdp::accept_answer(offer, &answer).ok()
+            Some(sdp::accept_answer(offer, &answer))
         });
-        if let Some(n) = negotiated {
-            c.negotiated = Some(n);
+        let mut refused = None;
+        match answered {
+            Some(Ok(n)) => c.negotiated = Some(n),
+            Some(Err(e)) => {
+                tracing::info!(call = %id, error = %e, "answer refused");
+                refused = Some(e);
+            }
+            None => {}
         }
         let usable = c.negotiated.is_some();
         c.dialog = Some(dialog);
@@ -351,7 +362,11 @@ impl Calls {
         if usable {
             self.arm_answered(id);
         } else {
-            self.bye(now, ep, id, Ended::local(EndCause::Incompatible, None));
+            let cause = match refused {
+                Some(sdp::NegotiateError::SrtpRequired) => EndCause::SrtpRequired,
+                _ => EndCause::Incompatible,
+            };
+            self.bye(now, ep, id, Ended::local(cause, None));
         }
     }
 

@@ -408,7 +408,7 @@ impl Calls {
         let is_invite = request.method() == Some(crate::sip::message::Method::Invite);
         let session = self.uas_session(now, request);
         let port = self.calls.get(&id).and_then(|c| c.media_port).unwrap_or(0);
-        let media = self.media_at(port, Direction::SendRecv);
+        let media = self.call_media(id, port, Direction::SendRecv);
         let address = self.config.media_address;
         let Some(c) = self.calls.get_mut(&id) else {
             return;

@@ -8,10 +8,12 @@ use serde::Serialize;
 
 use super::media::{MediaError, MediaOp, PortPool};
 use super::{
-    CallConfig, CallDirection, CallEvent, CallId, CallNote, CallState, EndCause, Ended, Originate,
-    Side,
+    CallConfig, CallDirection, CallEvent, CallId, CallNote, CallState, EndCause, Ended, KeySource,
+    Originate, Side,
 };
-use crate::sdp::{self, Direction, LocalMedia, Negotiated, Origin, SessionDescription};
+use crate::sdp::{
+    self, Direction, LocalKeys, LocalMedia, Negotiated, Origin, SessionDescription, SrtpPolicy,
+};
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::{Endpoint, Event, OutRequest, OwnerId, Reply};
 use crate::sip::ids::{self, Entropy};
@@ -79,6 +81,9 @@ pub enum CallError {
     /// The call has no dialog to send in (not answered yet).
     #[error("{0} has no dialog yet")]
     NoDialog(CallId),
+    /// SRTP was asked for and no key material could be had.
+    #[error("SRTP asked for and no key material is available")]
+    NoKeySource,
 }
 
 /// An account's own call limits.
@@ -195,6 +200,9 @@ pub(super) struct Call {
     pub(super) bye: Option<TxnId>,
     pub(super) local_sdp: Option<SessionDescription>,
     pub(super) negotiated: Option<Negotiated>,
+    /// SRTP policy and our SDES keys, for every offer and answer of the call.
+    pub(super) srtp: SrtpPolicy,
+    pub(super) keys: LocalKeys,
     pub(super) media_port: Option<u16>,
     /// The port of an external media endpoint's leg.
     pub(super) endpoint_port: Option<u16>,
@@ -264,6 +272,8 @@ impl Call {
             bye: None,
             local_sdp: None,
             negotiated: None,
+            srtp: SrtpPolicy::Off,
+            keys: LocalKeys::default(),
             media_port: None,
             endpoint_port: None,
             contact_user: String::new(),
@@ -350,6 +360,8 @@ pub struct Calls {
     pub(super) notes: Vec<CallNote>,
     /// What the media layer is asked to do, in order.
     pub(super) media_ops: Vec<MediaOp>,
+    /// Where SDES keys come from; none: calls cannot use SRTP.
+    key_source: Option<Box<dyn KeySource>>,
 }
 
 impl Calls {
@@ -376,7 +388,23 @@ impl Calls {
             account_limits: HashMap::new(),
             notes: Vec::new(),
             media_ops: Vec::new(),
+            key_source: None,
         }
+    }
+
+    /// Makes SDES keys with `source` (a CSPRNG).
+    pub fn with_key_source(mut self, source: Box<dyn KeySource>) -> Self {
+        self.key_source = Some(source);
+        self
+    }
+
+    /// Fresh SDES keys for a call with `policy`; none when it is off.
+    pub(super) fn call_keys(&mut self, policy: SrtpPolicy) -> Result<LocalKeys, CallError> {
+        if policy == SrtpPolicy::Off {
+            return Ok(LocalKeys::default());
+        }
+        let source = self.key_source.as_mut().ok_or(CallError::NoKeySource)?;
+        LocalKeys::generate(|out| source.fill(out)).ok_or(CallError::NoKeySource)
     }
 
     /// Gives `account` its own limits.
@@ -509,7 +537,7 @@ impl Calls {
 
     /// What was negotiated for `id`.
     pub fn negotiated(&self, id: CallId) -> Option<Negotiated> {
-        self.calls.get(&id).and_then(|c| c.negotiated)
+        self.calls.get(&id).and_then(|c| c.negotiated.clone())
     }
 
     /// The address SDP advertises for media.
@@ -553,7 +581,7 @@ impl Calls {
         let Some(c) = self.calls.get(&id) else {
             return;
         };
-        let Some(media) = c.negotiated else {
+        let Some(media) = c.negotiated.clone() else {
             return;
         };
         if c.media_port.is_none() {
@@ -1093,13 +1121,22 @@ impl Calls {
         Ok(self.media_at(port, direction))
     }
 
-    /// Our media description on `port`.
+    /// Our media description on `port`, without SRTP.
     pub(super) fn media_at(&self, port: u16, direction: Direction) -> LocalMedia {
         let mut media =
             LocalMedia::new(self.config.media_address, port, self.config.codecs.clone());
         media.ptime_ms = self.config.ptime_ms;
         media.direction = direction;
         media
+    }
+
+    /// Our media description for call `id` on `port`: its SRTP policy and keys.
+    pub(super) fn call_media(&self, id: CallId, port: u16, direction: Direction) -> LocalMedia {
+        let media = self.media_at(port, direction);
+        match self.calls.get(&id) {
+            Some(c) => media.with_srtp(c.srtp, c.keys.clone()),
+            None => media,
+        }
     }
 
     /// A fresh SDP origin.

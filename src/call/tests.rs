@@ -24,6 +24,24 @@ struct Net {
     b_calls: HashMap<String, CallId>,
     /// A call whose every live state the gauges were checked against.
     checks: usize,
+    /// SRTP policy of A's calls (placed and taken) and of B's.
+    srtp_a: crate::sdp::SrtpPolicy,
+    srtp_b: crate::sdp::SrtpPolicy,
+}
+
+/// Key material from a seeded generator (tests only: not a CSPRNG).
+#[derive(Debug)]
+struct TestKeys(SeededEntropy);
+
+impl KeySource for TestKeys {
+    fn fill(&mut self, out: &mut [u8]) -> bool {
+        use crate::sip::ids::Entropy;
+        for chunk in out.chunks_mut(8) {
+            let word = self.0.next_u64().to_be_bytes();
+            chunk.copy_from_slice(word.get(..chunk.len()).unwrap());
+        }
+        true
+    }
 }
 
 fn table(seed: u64) -> Calls {
@@ -39,6 +57,7 @@ fn table(seed: u64) -> Calls {
         10_000,
         Box::new(SeededEntropy::new(seed)),
     )
+    .with_key_source(Box::new(TestKeys(SeededEntropy::new(!seed))))
 }
 
 impl Net {
@@ -52,6 +71,8 @@ impl Net {
             a_calls: HashMap::new(),
             ended: HashMap::new(),
             b_calls: HashMap::new(),
+            srtp_a: crate::sdp::SrtpPolicy::Off,
+            srtp_b: crate::sdp::SrtpPolicy::Off,
             checks: 0,
         }
     }
@@ -73,6 +94,7 @@ impl Net {
             ring_timeout: None,
             max_duration: None,
             name: None,
+            srtp: self.srtp_b,
         };
         let now = self.pair.now;
         let id = self.b.originate(now, &mut self.pair.b.ep, origin).unwrap();
@@ -105,6 +127,7 @@ impl Net {
             ring_timeout: None,
             max_duration: None,
             name: None,
+            srtp: self.srtp_a,
         }
     }
 
@@ -128,6 +151,7 @@ impl Net {
                             action: self.policy_a,
                             account: None,
                             contact_user: "dialer".into(),
+                            srtp: self.srtp_a,
                         };
                         if let Some(id) =
                             self.a
@@ -154,6 +178,7 @@ impl Net {
                         action: self.policy,
                         account: None,
                         contact_user: "callee".into(),
+                        srtp: self.srtp_b,
                     };
                     if let Some(id) =
                         self.b
@@ -533,13 +558,13 @@ fn hold_and_unhold_by_re_invite() {
     net.run_for(Duration::from_secs(10));
     assert!(net.a.calls[&call].held);
     let b = net.b_call();
-    let seen = net.b.calls[&b].negotiated.unwrap();
+    let seen = net.b.calls[&b].negotiated.clone().unwrap();
     assert_eq!(seen.local_direction, crate::sdp::Direction::RecvOnly);
     let now = net.pair.now;
     net.a.hold(now, &mut net.pair.a.ep, call, false).unwrap();
     net.run_for(Duration::from_secs(10));
     assert!(!net.a.calls[&call].held);
-    let seen = net.b.calls[&b].negotiated.unwrap();
+    let seen = net.b.calls[&b].negotiated.clone().unwrap();
     assert_eq!(seen.local_direction, crate::sdp::Direction::SendRecv);
 }
 
@@ -589,6 +614,7 @@ fn new_calls_beyond_the_rate_are_refused_and_the_bucket_refills() {
         ring_timeout: None,
         max_duration: None,
         name: None,
+        srtp: crate::sdp::SrtpPolicy::Off,
     };
     let now = net.pair.now;
     assert!(net.a.originate(now, &mut net.pair.a.ep, origin()).is_ok());
@@ -819,4 +845,107 @@ fn an_account_limit_refuses_beyond_its_live_calls_and_its_rate() {
         net.a.originate(now, &mut net.pair.a.ep, slow),
         Err(CallError::AccountRateLimited { .. })
     ));
+}
+
+/// The keys of the last `Negotiated` the table asked of the media layer.
+fn media_keys(calls: &mut Calls, id: CallId) -> Option<crate::sdp::SdesKeys> {
+    calls
+        .take_media_ops()
+        .filter_map(|op| match op {
+            MediaOp::Negotiated { call, media, .. } if call == id => Some(media.srtp),
+            _ => None,
+        })
+        .next_back()
+        .flatten()
+}
+
+#[test]
+fn srtp_calls_carry_mirrored_keys_to_the_media_layer_and_keep_them_on_hold() {
+    use crate::sdp::{CryptoSuite, SrtpPolicy};
+    let mut net = Net::new(31, Wire::lossy(0.1), InboundAction::Answer);
+    net.srtp_a = SrtpPolicy::Required;
+    net.srtp_b = SrtpPolicy::Optional;
+    let call = net.originate();
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(net.a.state(call), Some(CallState::Answered));
+    let b = net.b_call();
+    let a_keys = media_keys(&mut net.a, call).expect("A's media is keyed");
+    let b_keys = media_keys(&mut net.b, b).expect("B's media is keyed");
+    assert_eq!(a_keys.suite, CryptoSuite::AesCm128HmacSha1_80);
+    assert_eq!(a_keys.local, b_keys.remote);
+    assert_eq!(a_keys.remote, b_keys.local);
+    assert_ne!(a_keys.local, a_keys.remote, "each side has its own key");
+
+    // A hold re-INVITE renegotiates with the same keys on both sides.
+    let now = net.pair.now;
+    net.a.hold(now, &mut net.pair.a.ep, call, true).unwrap();
+    net.run_for(Duration::from_secs(10));
+    assert!(net.a.calls[&call].held);
+    assert_eq!(media_keys(&mut net.b, b), Some(b_keys));
+    assert_eq!(media_keys(&mut net.a, call), Some(a_keys));
+}
+
+#[test]
+fn a_required_srtp_leg_refuses_plain_rtp_with_488_and_its_own_cause() {
+    use crate::sdp::SrtpPolicy;
+    let mut net = Net::new(32, Wire::perfect(), InboundAction::Answer);
+    net.srtp_b = SrtpPolicy::Required;
+    let call = net.originate();
+    net.run_until_quiet(Duration::from_secs(60));
+    let b = net.b_call();
+    assert_eq!(
+        net.ended[&(Side::B, b)],
+        Ended::local(EndCause::SrtpRequired, Some(488))
+    );
+    assert_eq!(
+        net.ended[&(Side::A, call)],
+        Ended::remote(EndCause::Incompatible, Some(488))
+    );
+}
+
+#[test]
+fn an_srtp_offer_to_a_plain_only_peer_is_refused_not_downgraded() {
+    use crate::sdp::SrtpPolicy;
+    let mut net = Net::new(33, Wire::perfect(), InboundAction::Answer);
+    net.srtp_a = SrtpPolicy::Required;
+    let call = net.originate();
+    net.run_until_quiet(Duration::from_secs(60));
+    let b = net.b_call();
+    assert_eq!(
+        net.ended[&(Side::B, b)],
+        Ended::local(EndCause::Incompatible, Some(488))
+    );
+    assert_eq!(net.ended[&(Side::A, call)].cause, EndCause::Incompatible);
+}
+
+#[test]
+fn optional_srtp_falls_back_to_plain_rtp_with_a_peer_that_has_none() {
+    use crate::sdp::SrtpPolicy;
+    let mut net = Net::new(34, Wire::perfect(), InboundAction::Answer);
+    net.srtp_a = SrtpPolicy::Optional;
+    let call = net.originate();
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.a.state(call), Some(CallState::Answered));
+    assert_eq!(media_keys(&mut net.a, call), None);
+    assert!(net.a.negotiated(call).is_some_and(|n| n.srtp.is_none()));
+}
+
+#[test]
+fn srtp_without_a_key_source_is_refused_before_anything_is_sent() {
+    use crate::sdp::SrtpPolicy;
+    let mut net = Net::new(35, Wire::perfect(), InboundAction::Answer);
+    net.a = Calls::new(
+        CallConfig::default(),
+        PortPool::new(20000, 40000),
+        10,
+        Box::new(SeededEntropy::new(5)),
+    );
+    net.srtp_a = SrtpPolicy::Required;
+    let origin = net.origin();
+    let now = net.pair.now;
+    assert_eq!(
+        net.a.originate(now, &mut net.pair.a.ep, origin),
+        Err(CallError::NoKeySource)
+    );
+    assert_eq!(net.a.len(), 0);
 }

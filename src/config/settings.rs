@@ -61,6 +61,19 @@ pub enum InboundPolicy {
     Ring,
 }
 
+/// Whether a call's audio is encrypted with SRTP (SDES keys in the SDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SrtpMode {
+    /// Plain RTP; `RTP/SAVP` offers are refused.
+    #[default]
+    Off,
+    /// SRTP when the peer takes it (best-effort offers), else plain RTP.
+    Optional,
+    /// SRTP or no call: plain RTP is refused (`srtp_required`).
+    Required,
+}
+
 /// `[calls]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -328,6 +341,8 @@ pub struct AccountDefaults {
     pub tls_ca_file: Option<PathBuf>,
     /// SHA-256 fingerprint of the PBX's (often self-signed) certificate.
     pub tls_fingerprint_sha256: Option<String>,
+    /// SRTP policy of the account's calls.
+    pub srtp: Option<SrtpMode>,
 }
 
 /// `[[accounts]]`: one SIP account.
@@ -372,6 +387,8 @@ pub struct AccountSettings {
     pub tls_fingerprint_sha256: Option<String>,
     /// What to do with INVITEs for this account (default `[calls].inbound`).
     pub inbound: Option<InboundPolicy>,
+    /// SRTP policy of the account's calls (default `[media].srtp`).
+    pub srtp: Option<SrtpMode>,
 }
 
 impl AccountSettings {
@@ -391,6 +408,7 @@ impl AccountSettings {
             &mut self.tls_fingerprint_sha256,
             &defaults.tls_fingerprint_sha256,
         );
+        fill(&mut self.srtp, &defaults.srtp);
     }
 }
 
@@ -422,6 +440,9 @@ pub struct MediaSettings {
     /// reads what gathered in one go, instead of waking for every packet;
     /// microseconds, 0 to wake per packet (least latency, most CPU).
     pub batch_wait_us: u32,
+    /// SRTP policy of calls without an account or an account policy:
+    /// `off`, `optional` or `required`.
+    pub srtp: SrtpMode,
 }
 
 impl Default for MediaSettings {
@@ -439,6 +460,7 @@ impl Default for MediaSettings {
             port_drain_ms: 2000,
             prompt_dir: None,
             batch_wait_us: 100,
+            srtp: SrtpMode::Off,
         }
     }
 }

@@ -221,7 +221,13 @@ pub struct OriginateArgs {
     pub force: bool,
     /// An external media endpoint to relay the call's audio with.
     pub media: Option<MediaArgs>,
+    /// SRTP policy for this call: `off`, `optional` or `required` (default:
+    /// the account's).
+    pub srtp: Option<String>,
 }
+
+/// The SRTP policies a command may name.
+pub const SRTP_POLICIES: [&str; 3] = ["off", "optional", "required"];
 
 /// An external media endpoint for a call's audio (`originate`, `answer`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -822,6 +828,12 @@ fn check_call(call_id: &str, field: &str) -> Result<(), Problem> {
 fn check_originate(o: &OriginateArgs) -> Result<(), Problem> {
     let bad = |m: &str| Err((ErrorCode::BadField, m.to_owned()));
     check_account(&o.account)?;
+    if o.srtp
+        .as_deref()
+        .is_some_and(|p| !SRTP_POLICIES.contains(&p))
+    {
+        return bad("args.srtp: must be \"off\", \"optional\" or \"required\"");
+    }
     if let Some(m) = &o.media {
         check_media(m)?;
         if o.bridge_to.is_some() {

@@ -12,7 +12,7 @@ use crate::call::{
     Inbound, InboundAction, Live, Originate, PortPool,
 };
 use crate::config::{InboundPolicy, Settings};
-use crate::sdp::Codec;
+use crate::sdp::{Codec, SrtpPolicy};
 use crate::sip::endpoint::Reply;
 use crate::sip::message::{Message, Uri};
 use crate::sip::target::{Target, Transport};
@@ -69,6 +69,10 @@ pub fn call_table(
         usize::try_from(settings.limits.max_concurrent_calls).unwrap_or(usize::MAX),
         Box::new(crate::sip::ids::OsEntropy::new()),
     );
+    match OsKeys::new() {
+        Ok(keys) => calls = calls.with_key_source(Box::new(keys)),
+        Err(e) => tracing::error!(error = %e, "no SRTP key source; SRTP calls will be refused"),
+    }
     calls.limit_rate(settings.limits.calls_per_second);
     for account in &settings.accounts {
         let max = account.max_concurrent_calls.unwrap_or(0);
@@ -81,6 +85,37 @@ pub fn call_table(
         }
     }
     calls
+}
+
+/// SDES key material from the operating system's CSPRNG (ring's
+/// `SystemRandom`, through the SRTP crypto provider).
+struct OsKeys(std::sync::Arc<dyn rtc_srtp::crypto::RTCCryptoProvider>);
+
+impl OsKeys {
+    fn new() -> Result<OsKeys, crate::media::srtp::SrtpError> {
+        crate::media::srtp::provider().map(OsKeys)
+    }
+}
+
+impl std::fmt::Debug for OsKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OsKeys")
+    }
+}
+
+impl crate::call::KeySource for OsKeys {
+    fn fill(&mut self, out: &mut [u8]) -> bool {
+        self.0.random().fill(out).is_ok()
+    }
+}
+
+/// The SDP layer's policy for a configured SRTP mode.
+pub fn srtp_policy(mode: crate::config::SrtpMode) -> SrtpPolicy {
+    match mode {
+        crate::config::SrtpMode::Off => SrtpPolicy::Off,
+        crate::config::SrtpMode::Optional => SrtpPolicy::Optional,
+        crate::config::SrtpMode::Required => SrtpPolicy::Required,
+    }
 }
 
 /// A call to place.
@@ -109,6 +144,8 @@ pub struct PlaceCall {
     pub bridge_to: Option<String>,
     /// An external RTP endpoint to relay the call's audio with.
     pub endpoint: Option<super::RtpEndpoint>,
+    /// SRTP policy (default: the account's, else `[media].srtp`).
+    pub srtp: Option<SrtpPolicy>,
 }
 
 /// A call placed.
@@ -375,6 +412,7 @@ impl super::Core {
                     credentials: None,
                     account: None,
                     contact_user: user,
+                    srtp: place.srtp.unwrap_or(self.default_srtp),
                     ..origin_of(&place)
                 }
             }
@@ -402,6 +440,10 @@ impl super::Core {
                         .map(|(username, password)| Credentials { username, password }),
                     account: Some(route.name),
                     contact_user: route.user,
+                    srtp: place
+                        .srtp
+                        .or(route.srtp.map(srtp_policy))
+                        .unwrap_or(self.default_srtp),
                     ..origin_of(&place)
                 }
             }
@@ -442,8 +484,13 @@ impl super::Core {
             InboundPolicy::Answer => InboundAction::Answer,
             InboundPolicy::Ring => InboundAction::Ring,
         };
+        let srtp = account
+            .as_ref()
+            .and_then(|a| a.srtp)
+            .map_or(self.default_srtp, srtp_policy);
         let inbound = Inbound {
             action,
+            srtp,
             account: account.as_ref().map(|a| a.name.clone()),
             contact_user: account.map_or(user, |a| a.user),
         };
@@ -511,5 +558,6 @@ fn origin_of(place: &PlaceCall) -> Originate {
         ring_timeout: place.ring_timeout,
         max_duration: place.max_duration,
         name: place.name.clone(),
+        srtp: place.srtp.unwrap_or_default(),
     }
 }

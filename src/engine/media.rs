@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use super::Core;
 use crate::call::{CallError, CallId, EndCause, MediaOp};
+use crate::media::srtp::{MasterKey, SrtpKeys, Suite};
 use crate::media::{AudioCodec, ENDPOINT_BIT, LegSpec, MediaEvent, MediaEventKind};
-use crate::sdp::{Codec, LocalMedia, Negotiated};
+use crate::sdp::{Codec, CryptoSuite, LocalMedia, Negotiated};
 
 /// Duration of each DTMF digit sent as telephone-events.
 pub const DTMF_DIGIT: Duration = Duration::from_millis(160);
@@ -53,6 +54,21 @@ pub fn leg_spec(n: &Negotiated, sending: bool, answered: bool) -> LegSpec {
     }
 }
 
+/// The relay's SRTP keys for a negotiated stream, if it is encrypted.
+pub fn srtp_keys(n: &Negotiated) -> Option<SrtpKeys> {
+    let keys = n.srtp.as_ref()?;
+    let suite = match keys.suite {
+        CryptoSuite::AesCm128HmacSha1_80 => Suite::AesCm128HmacSha1_80,
+        CryptoSuite::AesCm128HmacSha1_32 => Suite::AesCm128HmacSha1_32,
+        CryptoSuite::AeadAes128Gcm => Suite::AeadAes128Gcm,
+    };
+    Some(SrtpKeys {
+        suite,
+        send: MasterKey::new(keys.local.as_bytes().to_vec()),
+        receive: MasterKey::new(keys.remote.as_bytes().to_vec()),
+    })
+}
+
 /// The spec of an external RTP endpoint.
 pub fn endpoint_spec(e: &RtpEndpoint) -> LegSpec {
     let (codec, payload_type) = match e.codec {
@@ -86,7 +102,7 @@ impl Core {
                     media: n,
                     sending,
                     answered,
-                } => media.spec(call.0, leg_spec(&n, sending, answered)),
+                } => media.spec(call.0, leg_spec(&n, sending, answered), srtp_keys(&n)),
                 MediaOp::Connect { a, b } => media.connect(a.0, b.0),
                 MediaOp::Disconnect { call } => media.disconnect(call.0),
                 MediaOp::Close { call } => {
@@ -107,6 +123,12 @@ impl Core {
                 let _ = self
                     .calls
                     .end_with(now, &mut self.ep, call, EndCause::MediaTimeout);
+            }
+            MediaEventKind::SrtpFailed { reason } if !endpoint => {
+                tracing::warn!(call = %call, reason = %reason, "SRTP keys not usable; the call ends");
+                let _ = self
+                    .calls
+                    .end_with(now, &mut self.ep, call, EndCause::MediaError);
             }
             MediaEventKind::BindFailed { port } => {
                 tracing::warn!(call = %call, port, "media port not bound; the call ends");
@@ -136,7 +158,7 @@ impl Core {
         let leg = call.0 | ENDPOINT_BIT;
         let media = &mut self.publish.media;
         media.open(leg, name, port, Some(call.0));
-        media.spec(leg, endpoint_spec(&endpoint));
+        media.spec(leg, endpoint_spec(&endpoint), None);
         media.connect(call.0, leg);
         Ok(Attached {
             local: SocketAddr::new(self.calls.media_address(), port),

@@ -272,6 +272,7 @@ impl SipCore {
             calls,
             watchers: HashMap::new(),
             inbound_policy: settings.calls.inbound,
+            default_srtp: calls::srtp_policy(settings.media.srtp),
             inbound_reject_code: settings.calls.inbound_reject_code,
         };
         let task = tokio::spawn(core.run(inbound, rx, dns_rx, config.panic_after));
@@ -582,6 +583,8 @@ struct Core {
     watchers: HashMap<CallId, mpsc::Sender<CallEvent>>,
     /// Inbound policy for INVITEs to no account with its own.
     inbound_policy: InboundPolicy,
+    /// SRTP policy of calls with no account or command policy.
+    default_srtp: crate::sdp::SrtpPolicy,
     /// The status the `reject` policy answers with.
     inbound_reject_code: u16,
 }

@@ -10,6 +10,7 @@ use super::leg::{LegId, LegSpec, LegStats};
 use super::player::Source;
 use super::relay::{MediaEvent, RelayConfig};
 use super::shard::{self, ShardCommand, ShardCounters, ShardSender, Sockets};
+use super::srtp::SrtpKeys;
 use crate::call::PortClaim;
 
 /// How the media shards run.
@@ -213,9 +214,10 @@ impl Media {
         }
     }
 
-    /// What was negotiated for `leg`.
-    pub fn spec(&self, leg: LegId, spec: LegSpec) {
-        self.send(leg, ShardCommand::Spec { leg, spec });
+    /// What was negotiated for `leg`, with its SRTP keys if encrypted.
+    pub fn spec(&self, leg: LegId, spec: LegSpec, keys: Option<SrtpKeys>) {
+        let keys = keys.map(Box::new);
+        self.send(leg, ShardCommand::Spec { leg, spec, keys });
     }
 
     /// Relays between `a` and `b`; `b` moves to `a`'s shard if elsewhere.

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::g711::Law;
 use super::player::Source;
+use super::srtp::Transform;
 use super::stats::ReceiveStats;
 use super::telephone_event::{Detector, Generator};
 
@@ -128,6 +129,11 @@ pub struct LegStats {
     pub last_rx_age_ms: Option<u64>,
     /// Where the peer's RTP really comes from.
     pub latched: Option<SocketAddr>,
+    /// The SRTP suite of the leg, if its media is encrypted.
+    pub srtp: Option<&'static str>,
+    /// SRTP/SRTCP packets from the peer that failed authentication or
+    /// replay checks (dropped; also counted in `dropped_packets`).
+    pub srtp_rejected: u64,
 }
 
 /// Our side of the stream toward the peer: one SSRC, continuous sequence
@@ -260,6 +266,9 @@ pub(super) struct Leg {
     pub dropped: u64,
     pub rtcp_packets: u64,
     pub send_failed: u64,
+    /// SRTP keys: decrypts what the peer sends, encrypts what goes to it.
+    pub transform: Option<Transform>,
+    pub srtp_rejected: u64,
 }
 
 impl Leg {
@@ -293,6 +302,8 @@ impl Leg {
             dropped: 0,
             rtcp_packets: 0,
             send_failed: 0,
+            transform: None,
+            srtp_rejected: 0,
         }
     }
 
@@ -360,6 +371,8 @@ impl Leg {
                 u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX)
             }),
             latched: self.latched,
+            srtp: self.transform.as_ref().map(|t| t.suite().name()),
+            srtp_rejected: self.srtp_rejected,
         }
     }
 }

@@ -22,6 +22,7 @@ use super::g711;
 use super::leg::{DtmfOut, Leg, LegId, LegSpec, LegStats, Outbound};
 use super::player::Source;
 use super::rtp;
+use super::srtp::{SrtpError, SrtpKeys, Transform};
 use super::telephone_event::{self, Generator};
 
 /// Which socket of a leg.
@@ -105,6 +106,11 @@ pub enum MediaEventKind {
     PlayDone,
     /// All queued DTMF digits were sent.
     DtmfSent,
+    /// The leg's SRTP keys could not be used.
+    SrtpFailed {
+        /// Why.
+        reason: String,
+    },
     /// The leg's RTP or RTCP port could not be bound.
     BindFailed {
         /// The port.
@@ -129,11 +135,14 @@ pub struct MediaEvent {
 }
 
 /// Why a leg command was not carried out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {
     /// No such leg in this shard.
     #[error("no media leg {0}")]
     UnknownLeg(LegId),
+    /// The leg's SRTP keys could not be used.
+    #[error("media leg {0}: {1}")]
+    Srtp(LegId, SrtpError),
     /// The leg has no negotiated G.711 media to play into.
     #[error("media leg {0} cannot take generated audio (no G.711 negotiated)")]
     NotGenerating(LegId),
@@ -148,7 +157,6 @@ const MAX_FRAME: usize = 480;
 const INTER_DIGIT: Duration = Duration::from_millis(60);
 
 /// The legs of one shard and their deadlines.
-#[derive(Debug)]
 pub struct Relay {
     config: RelayConfig,
     legs: Vec<Option<Leg>>,
@@ -158,6 +166,15 @@ pub struct Relay {
     events: VecDeque<MediaEvent>,
     rng: u64,
     generations: u32,
+    crypto: Option<Arc<dyn rtc_srtp::crypto::RTCCryptoProvider>>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("legs", &self.by_id.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Relay {
@@ -172,6 +189,7 @@ impl Relay {
             events: VecDeque::new(),
             rng: seed | 1,
             generations: 0,
+            crypto: None,
         }
     }
 
@@ -316,6 +334,33 @@ impl Relay {
         Ok(())
     }
 
+    /// Sets `leg`'s SRTP keys (`None`: plain RTP). A re-INVITE's keys keep
+    /// the state of a direction whose key did not change.
+    pub fn set_keys(&mut self, id: LegId, keys: Option<&SrtpKeys>) -> Result<(), RelayError> {
+        let slot = self.slot(id).ok_or(RelayError::UnknownLeg(id))?;
+        let Some(keys) = keys else {
+            if let Some(leg) = self.leg_mut(slot) {
+                leg.transform = None;
+            }
+            return Ok(());
+        };
+        if self.crypto.is_none() {
+            self.crypto = Some(super::srtp::provider().map_err(|e| RelayError::Srtp(id, e))?);
+        }
+        let crypto = self.crypto.clone().ok_or(RelayError::UnknownLeg(id))?;
+        let leg = self.leg_mut(slot).ok_or(RelayError::UnknownLeg(id))?;
+        let result = match leg.transform.as_mut() {
+            Some(t) => t.rekey(keys, crypto.as_ref()),
+            None => Transform::new(keys, crypto.as_ref()).map(|t| {
+                leg.transform = Some(t);
+            }),
+        };
+        result.map_err(|e| {
+            leg.transform = None;
+            RelayError::Srtp(id, e)
+        })
+    }
+
     /// Relays between `a` and `b` (each leaves a previous peer).
     pub fn connect(&mut self, now: Instant, a: LegId, b: LegId) -> Result<(), RelayError> {
         let sa = self.slot(a).ok_or(RelayError::UnknownLeg(a))?;
@@ -447,7 +492,76 @@ impl Relay {
 
     /// A datagram of `len` bytes in `buf` arrived on `slot`'s `channel`
     /// from `from`. Returns where the rewritten bytes go, if anywhere.
+    ///
+    /// On a leg with SRTP keys the datagram is authenticated and decrypted
+    /// first (a failure drops it, counted); what goes to a peer with keys is
+    /// encrypted last.
     pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        slot: usize,
+        channel: Channel,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Option<Transmit> {
+        let len = self.unprotect(slot, channel, buf, len)?;
+        let transmit = self.relay_datagram(now, slot, channel, from, buf, len)?;
+        self.protect(transmit, buf)
+    }
+
+    /// Decrypts what arrived on a leg with keys; `None` drops it.
+    fn unprotect(
+        &mut self,
+        slot: usize,
+        channel: Channel,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Option<usize> {
+        let leg = self.leg_mut(slot)?;
+        let Some(transform) = leg.transform.as_mut() else {
+            return Some(len);
+        };
+        let rtcp = channel == Channel::Rtcp || rtp::is_rtcp(buf.get(..len)?);
+        let result = if rtcp {
+            transform.unprotect_rtcp(buf, len)
+        } else {
+            transform.unprotect_rtp(buf, len)
+        };
+        match result {
+            Ok(len) => Some(len),
+            Err(e) => {
+                leg.srtp_rejected += 1;
+                leg.dropped += 1;
+                tracing::trace!(leg = leg.id, error = %e, "SRTP packet dropped");
+                None
+            }
+        }
+    }
+
+    /// Encrypts what goes to a leg with keys; `None` drops it.
+    fn protect(&mut self, t: Transmit, buf: &mut [u8]) -> Option<Transmit> {
+        let leg = self.leg_mut(t.slot)?;
+        let Some(transform) = leg.transform.as_mut() else {
+            return Some(t);
+        };
+        let rtcp = t.channel == Channel::Rtcp || rtp::is_rtcp(buf.get(..t.len)?);
+        let result = if rtcp {
+            transform.protect_rtcp(buf, t.len)
+        } else {
+            transform.protect_rtp(buf, t.len)
+        };
+        match result {
+            Ok(len) => Some(Transmit { len, ..t }),
+            Err(e) => {
+                leg.send_failed += 1;
+                tracing::debug!(leg = leg.id, error = %e, "SRTP packet not protected");
+                None
+            }
+        }
+    }
+
+    fn relay_datagram(
         &mut self,
         now: Instant,
         slot: usize,
@@ -623,8 +737,18 @@ impl Relay {
     }
 
     /// Runs what is due at `now`: reports, timeouts, and at most one
-    /// generated packet written into `buf` (call again until `None`).
+    /// generated packet written into `buf` (call again until `None`);
+    /// encrypted for a leg with SRTP keys.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        loop {
+            let t = self.next_generated(now, buf)?;
+            if let Some(t) = self.protect(t, buf) {
+                return Some(t);
+            }
+        }
+    }
+
+    fn next_generated(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         while let Some(Reverse((at, slot, generation))) = self.timers.peek().copied() {
             if at > now {
                 return None;

@@ -532,3 +532,114 @@ fn a_digit_whose_end_packets_were_lost_is_reported_when_audio_resumes_or_the_leg
     net.relay.remove(net.at(100), A);
     assert_eq!(digits(net.events()), vec![('9', 20)]);
 }
+
+mod srtp {
+    use super::*;
+    use crate::media::srtp::{MasterKey, SrtpKeys, Suite, Transform, provider};
+
+    fn keys(send: u8, receive: u8) -> SrtpKeys {
+        SrtpKeys {
+            suite: Suite::AesCm128HmacSha1_80,
+            send: MasterKey::new(vec![send; 30]),
+            receive: MasterKey::new(vec![receive; 30]),
+        }
+    }
+
+    /// The peer of leg A: encrypts with A's receive key, decrypts with its send key.
+    fn peer_of_a() -> Transform {
+        Transform::new(&keys(2, 1), provider().unwrap().as_ref()).unwrap()
+    }
+
+    #[test]
+    fn an_srtp_leg_and_a_plain_leg_relay_each_others_audio() {
+        let mut net = Net::new(
+            RelayConfig::default(),
+            spec("192.0.2.1:4000", AudioCodec::Pcmu),
+            spec("192.0.2.2:5000", AudioCodec::Pcmu),
+        );
+        net.relay.set_keys(A, Some(&keys(1, 2))).unwrap();
+        let mut peer = peer_of_a();
+        let audio: Vec<u8> = (0..160).map(|i| i as u8).collect();
+
+        // SRTP in on A, plain RTP out on B.
+        let mut buf = vec![0u8; 1500];
+        rtp::write_header(&mut buf, false, 0, 100, 16000, 0x1234).unwrap();
+        buf[12..172].copy_from_slice(&audio);
+        let len = peer.protect_rtp(&mut buf, 172).unwrap();
+        assert_eq!(len, 182);
+        let t = net
+            .relay
+            .handle_datagram(
+                net.at(20),
+                net.sa,
+                Channel::Rtp,
+                addr("192.0.2.1:4000"),
+                &mut buf,
+                len,
+            )
+            .unwrap();
+        assert_eq!((t.slot, t.len), (net.sb, 172));
+        assert_eq!(&buf[12..172], &audio[..], "B hears A's audio in the clear");
+
+        // Plain in on B, SRTP out on A that A's peer decrypts.
+        let (t, bytes) = net
+            .send(40, net.sb, "192.0.2.2:5000", 0, 7, 800, &audio)
+            .unwrap();
+        assert_eq!((t.slot, t.len), (net.sa, 182));
+        assert_ne!(&bytes[12..172], &audio[..], "encrypted toward A");
+        let mut buf = bytes.clone();
+        let n = peer.unprotect_rtp(&mut buf, bytes.len()).unwrap();
+        assert_eq!(&buf[12..n], &audio[..]);
+
+        // Generated silence toward A is encrypted too.
+        let generated = net.run_until(2000);
+        let toward_a: Vec<_> = generated.iter().filter(|(t, _)| t.slot == net.sa).collect();
+        assert!(!toward_a.is_empty());
+        for (t, bytes) in toward_a {
+            let mut buf = bytes.clone();
+            let n = peer.unprotect_rtp(&mut buf, t.len).unwrap();
+            assert!(buf[12..n].iter().all(|&b| b == 0xFF), "µ-law silence");
+        }
+    }
+
+    #[test]
+    fn forged_and_replayed_srtp_is_dropped_and_counted() {
+        let mut net = Net::new(
+            RelayConfig::default(),
+            spec("192.0.2.1:4000", AudioCodec::Pcmu),
+            spec("192.0.2.2:5000", AudioCodec::Pcmu),
+        );
+        net.relay.set_keys(A, Some(&keys(1, 2))).unwrap();
+        let mut peer = peer_of_a();
+        let mut buf = vec![0u8; 1500];
+        rtp::write_header(&mut buf, false, 0, 100, 16000, 0x1234).unwrap();
+        let len = peer.protect_rtp(&mut buf, 172).unwrap();
+        let packet = buf[..len].to_vec();
+        let from = addr("192.0.2.1:4000");
+        let mut forged = packet.clone();
+        forged[30] ^= 0x40;
+        for (bytes, relayed) in [(&forged, false), (&packet, true), (&packet, false)] {
+            let mut b = bytes.clone();
+            let out = net.relay.handle_datagram(
+                net.at(20),
+                net.sa,
+                Channel::Rtp,
+                from,
+                &mut b,
+                bytes.len(),
+            );
+            assert_eq!(out.is_some(), relayed);
+        }
+        // Plain RTP on an SRTP leg is not taken either.
+        assert!(
+            net.send(25, net.sa, "192.0.2.1:4000", 0, 101, 16160, &[0xFF; 160])
+                .is_none()
+        );
+        let stats = net.relay.stats(net.at(30), A).unwrap();
+        assert_eq!(stats.srtp_rejected, 3);
+        assert_eq!(stats.srtp, Some("AES_CM_128_HMAC_SHA1_80"));
+        // Keys removed: the leg is plain again.
+        net.relay.set_keys(A, None).unwrap();
+        assert_eq!(net.relay.stats(net.at(30), A).unwrap().srtp, None);
+    }
+}

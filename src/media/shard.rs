@@ -25,6 +25,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use super::leg::{LegId, LegSpec, LegStats};
 use super::player::Source;
 use super::relay::{Channel, DetachedLeg, MediaEvent, MediaEventKind, Relay, RelayConfig};
+use super::srtp::SrtpKeys;
 
 /// Commands a shard can fall behind by before they are dropped.
 pub const COMMAND_DEPTH: usize = 8192;
@@ -102,6 +103,8 @@ pub enum ShardCommand {
         leg: LegId,
         /// The negotiated media.
         spec: LegSpec,
+        /// Its SRTP keys, if encrypted.
+        keys: Option<Box<SrtpKeys>>,
     },
     /// Relay between two legs of this shard.
     Connect {
@@ -396,11 +399,24 @@ impl Shard {
                 self.open(now, leg, name, ip, port, sockets);
                 Ok(())
             }
-            ShardCommand::Spec { leg, spec } => {
+            ShardCommand::Spec { leg, spec, keys } => {
                 if self.relay.slot(leg).is_none() {
-                    return self.orphan(now, ShardCommand::Spec { leg, spec });
+                    return self.orphan(now, ShardCommand::Spec { leg, spec, keys });
                 }
-                self.relay.set_spec(now, leg, spec)
+                match self.relay.set_keys(leg, keys.as_deref()) {
+                    Ok(()) => self.relay.set_spec(now, leg, spec),
+                    Err(e) => {
+                        if let Some(slot) = self.relay.slot(leg) {
+                            self.relay.report(
+                                slot,
+                                MediaEventKind::SrtpFailed {
+                                    reason: e.to_string(),
+                                },
+                            );
+                        }
+                        Err(e)
+                    }
+                }
             }
             ShardCommand::Connect { a, b } => self.relay.connect(now, a, b),
             ShardCommand::Disconnect { leg } => self.relay.disconnect(leg),

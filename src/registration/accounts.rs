@@ -75,6 +75,8 @@ pub struct AccountRoute {
     pub user: String,
     /// Inbound policy, if the account has its own.
     pub inbound: Option<crate::config::InboundPolicy>,
+    /// SRTP policy, if the account has its own.
+    pub srtp: Option<crate::config::SrtpMode>,
 }
 
 /// A name the core task is to resolve for an account's attempt.
@@ -586,6 +588,7 @@ impl Accounts {
             route: a.proxy.as_ref().map(|p| format!("<{p};lr>")),
             user: a.settings.username.clone(),
             inbound: a.settings.inbound,
+            srtp: a.settings.srtp,
         })
     }
 
@@ -603,6 +606,7 @@ impl Accounts {
                 route: None,
                 user: a.settings.username.clone(),
                 inbound: a.settings.inbound,
+                srtp: a.settings.srtp,
             })
         })
     }

@@ -8,22 +8,28 @@
 //! kept, so `parse(&sdp.to_string()) == Ok(sdp)` for any parsed `sdp`.
 //!
 //! [`offer`], [`answer`] and [`accept_answer`] are pure functions: session ids, versions,
-//! addresses and ports come from the caller.
+//! addresses, ports and SDES keys come from the caller.
 //!
 //! Connection addresses must be IP addresses: a `c=` line naming a host is rejected
 //! ([`SdpError::BadConnection`]), since media needs an address and this layer resolves nothing.
 
 mod codec;
+mod crypto;
 mod negotiate;
 mod parse;
 mod write;
 
+#[cfg(test)]
+mod srtp_tests;
 #[cfg(test)]
 mod tests;
 
 use std::net::IpAddr;
 
 pub use codec::{Codec, RtpMap};
+pub use crypto::{
+    Crypto, CryptoSuite, LocalKeys, SdesKey, SdesKeys, SrtpPolicy, base64_decode, base64_encode,
+};
 pub use negotiate::{LocalMedia, NegotiateError, Negotiated, accept_answer, answer, offer};
 pub use parse::{MAX_LINES, MAX_MEDIA, SdpError, parse};
 

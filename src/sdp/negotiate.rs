@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::crypto::{Crypto, CryptoSuite, LocalKeys, SdesKeys, SrtpPolicy};
 use super::{Attribute, Codec, Connection, Direction, Media, Origin, SessionDescription};
 
 /// What dialerd can do with the audio of a call: the input of [`offer`] and [`answer`].
@@ -21,6 +22,10 @@ pub struct LocalMedia {
     pub dtmf_pt: u8,
     /// Payload type of opus in our offers.
     pub opus_pt: u8,
+    /// Whether the audio is encrypted (SDES-SRTP).
+    pub srtp: SrtpPolicy,
+    /// Our SDES keys, one per suite (the call keeps them across re-INVITEs).
+    pub keys: LocalKeys,
 }
 
 impl LocalMedia {
@@ -39,7 +44,25 @@ impl LocalMedia {
             direction: Direction::SendRecv,
             dtmf_pt: LocalMedia::DEFAULT_DTMF_PT,
             opus_pt: LocalMedia::DEFAULT_OPUS_PT,
+            srtp: SrtpPolicy::Off,
+            keys: LocalKeys::default(),
         }
+    }
+
+    /// The same media with SRTP `policy` and our `keys`.
+    pub fn with_srtp(mut self, policy: SrtpPolicy, keys: LocalKeys) -> LocalMedia {
+        self.srtp = policy;
+        self.keys = keys;
+        self
+    }
+
+    /// Our `a=crypto` lines for an offer: tags 1, 2, ... for the offered suites.
+    fn offered_crypto(&self) -> impl Iterator<Item = Crypto> + '_ {
+        CryptoSuite::OFFERED
+            .into_iter()
+            .filter_map(|suite| Some((suite, self.keys.key(suite)?.clone())))
+            .zip(1..)
+            .map(|((suite, key), tag)| Crypto { tag, suite, key })
     }
 
     /// The payload type we give `codec` in an offer.
@@ -64,7 +87,7 @@ impl LocalMedia {
 }
 
 /// The outcome of an offer/answer exchange for the audio stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Negotiated {
     /// Where to send RTP: the peer's connection address and port.
     pub remote: SocketAddr,
@@ -84,6 +107,8 @@ pub struct Negotiated {
     pub stream_index: usize,
     /// RTCP shares the RTP port (RFC 5761: offered and answered).
     pub rtcp_mux: bool,
+    /// The SDES keys when the stream is SRTP.
+    pub srtp: Option<SdesKeys>,
 }
 
 /// Why an offer/answer exchange produced no audio stream.
@@ -104,15 +129,45 @@ pub enum NegotiateError {
     /// The answer rejected our audio stream (port 0).
     #[error("the audio stream was rejected")]
     Rejected,
+    /// SRTP is required and the peer offered or answered plain RTP (488,
+    /// cause `srtp_required`).
+    #[error("SRTP is required and the peer offered or answered plain RTP")]
+    SrtpRequired,
+    /// The peer offered SRTP (`RTP/SAVP`) and the call's policy is off (488).
+    #[error("the peer offered only SRTP and SRTP is off for this call")]
+    SrtpOff,
+    /// The peer's SDES offer has no `a=crypto` line we can use (488).
+    #[error("no SDES crypto suite in common")]
+    NoCommonCrypto,
+    /// The peer offered or answered DTLS-SRTP, which this build does not
+    /// negotiate yet; it is never answered with SDES (488).
+    #[error("DTLS-SRTP (UDP/TLS/RTP/SAVP) is not supported yet")]
+    DtlsUnsupported,
 }
 
 /// Our offer: one `RTP/AVP` audio stream with `local`'s codecs in order, an `a=rtpmap` for
 /// each, `a=fmtp:<pt> 0-16` for telephone-event, `a=ptime` if set, the direction, and the
 /// connection at session level.
+///
+/// With SRTP `required` the stream is `RTP/SAVP` with an `a=crypto` line per
+/// offered suite; with `optional` it is `RTP/AVP` with the same lines (best
+/// effort: a peer that knows SDES answers with a key, one that does not
+/// ignores them).
 pub fn offer(local: &LocalMedia, origin: Origin) -> SessionDescription {
-    let mut media = Media::new("audio", local.port, "RTP/AVP");
+    let proto = match local.srtp {
+        SrtpPolicy::Required => "RTP/SAVP",
+        _ => "RTP/AVP",
+    };
+    let mut media = Media::new("audio", local.port, proto);
     for codec in local.preferences() {
         add_codec(&mut media, codec, local.payload_type(codec));
+    }
+    if local.srtp != SrtpPolicy::Off {
+        for crypto in local.offered_crypto() {
+            media
+                .attributes
+                .push(Attribute::new("crypto", crypto.value()));
+        }
     }
     finish_audio(&mut media, local.ptime_ms, local.direction);
     description(origin, local.address, vec!["0 0".to_owned()], vec![media])
@@ -120,11 +175,18 @@ pub fn offer(local: &LocalMedia, origin: Origin) -> SessionDescription {
 
 /// Our answer to `offer` (RFC 3264 §6) and what it settles.
 ///
-/// The first offered audio stream with a port, `RTP/AVP` or `RTP/AVPF` and a codec in common is
-/// accepted; every other stream is rejected with port 0. The answer lists the codecs in common
-/// in our order of preference, numbered as the offer numbers them, telephone-event included
-/// when both sides have it. Its direction is the reverse of the offered one intersected with
-/// ours; an offered connection address of `0.0.0.0` counts as sendonly (RFC 2543 hold).
+/// The first offered audio stream with a port, a transport the call's SRTP
+/// policy takes and a codec in common is accepted; every other stream is
+/// rejected with port 0. The answer lists the codecs in common in our order
+/// of preference, numbered as the offer numbers them, telephone-event
+/// included when both sides have it. Its direction is the reverse of the
+/// offered one intersected with ours; an offered connection address of
+/// `0.0.0.0` counts as sendonly (RFC 2543 hold).
+///
+/// SRTP: an `RTP/SAVP` offer is answered with the first offered `a=crypto`
+/// suite we have (never with DTLS); an `RTP/AVP` offer carrying `a=crypto`
+/// is answered with SRTP unless the policy is off; plain RTP is refused when
+/// SRTP is required. DTLS-SRTP offers are refused, never answered with SDES.
 pub fn answer(
     offer: &SessionDescription,
     local: &LocalMedia,
@@ -132,26 +194,31 @@ pub fn answer(
 ) -> Result<(SessionDescription, Negotiated), NegotiateError> {
     let preferences = local.preferences();
     let mut any_audio = false;
+    let mut refusal = None;
     let mut accepted = None;
     for (index, media) in offer.media.iter().enumerate() {
         if !media.is_audio() || media.is_rejected() {
             continue;
         }
         any_audio = true;
-        if !is_plain_rtp(&media.proto) {
-            continue;
-        }
+        let secure = match security_of(media, local) {
+            Ok(secure) => secure,
+            Err(why) => {
+                refusal.get_or_insert(why);
+                continue;
+            }
+        };
         let common = common_codecs(media, &preferences);
         if common.iter().any(|(c, _)| *c != Codec::TelephoneEvent) {
-            accepted = Some((index, media, common));
+            accepted = Some((index, media, common, secure));
             break;
         }
     }
-    let Some((index, offered, common)) = accepted else {
-        return Err(if any_audio {
-            NegotiateError::NoCommonCodec
-        } else {
-            NegotiateError::NoAudio
+    let Some((index, offered, common, secure)) = accepted else {
+        return Err(match refusal {
+            Some(why) => why,
+            None if any_audio => NegotiateError::NoCommonCodec,
+            None => NegotiateError::NoAudio,
         });
     };
     let connection = offer
@@ -164,6 +231,28 @@ pub fn answer(
     for (codec, pt) in &common {
         add_codec(&mut audio, *codec, *pt);
     }
+    let srtp = match secure {
+        Some(theirs) => {
+            let ours = Crypto {
+                tag: theirs.tag,
+                suite: theirs.suite,
+                key: local
+                    .keys
+                    .key(theirs.suite)
+                    .ok_or(NegotiateError::NoCommonCrypto)?
+                    .clone(),
+            };
+            audio
+                .attributes
+                .push(Attribute::new("crypto", ours.value()));
+            Some(SdesKeys {
+                suite: theirs.suite,
+                local: ours.key,
+                remote: theirs.key,
+            })
+        }
+        None => None,
+    };
     finish_audio(&mut audio, local.ptime_ms, local_direction);
     // RFC 5761: an offered rtcp-mux is accepted (RTCP is told apart from
     // RTP by its packet type); we do not offer it ourselves.
@@ -204,6 +293,7 @@ pub fn answer(
         remote_direction,
         stream_index: index,
         rtcp_mux,
+        srtp,
     };
     Ok((sdp, negotiated))
 }
@@ -234,6 +324,10 @@ pub fn accept_answer(
     if theirs.is_rejected() {
         return Err(NegotiateError::Rejected);
     }
+    if transport(&theirs.proto) == Transport::Dtls {
+        return Err(NegotiateError::DtlsUnsupported);
+    }
+    let srtp = answered_keys(ours, theirs)?;
     let offered: Vec<Codec> = ours
         .payload_types()
         .filter_map(|pt| ours.codec(pt))
@@ -269,12 +363,83 @@ pub fn accept_answer(
         remote_direction,
         stream_index: index,
         rtcp_mux: ours.has_attribute("rtcp-mux") && theirs.has_attribute("rtcp-mux"),
+        srtp,
     })
 }
 
-/// `RTP/AVP` or `RTP/AVPF`: RTP we can take without SRTP keys.
-fn is_plain_rtp(proto: &str) -> bool {
-    proto.eq_ignore_ascii_case("RTP/AVP") || proto.eq_ignore_ascii_case("RTP/AVPF")
+/// The keys an answer settles for our offered stream: its `a=crypto` must
+/// echo one of our tags with the same suite. An `RTP/SAVP` offer (SRTP
+/// required) answered without one fails; a best-effort offer falls back to
+/// plain RTP.
+fn answered_keys(ours: &Media, theirs: &Media) -> Result<Option<SdesKeys>, NegotiateError> {
+    let offered: Vec<Crypto> = cryptos(ours).collect();
+    let chosen = cryptos(theirs).find_map(|c| {
+        let mine = offered
+            .iter()
+            .find(|o| o.tag == c.tag && o.suite == c.suite)?;
+        Some(SdesKeys {
+            suite: c.suite,
+            local: mine.key.clone(),
+            remote: c.key,
+        })
+    });
+    match chosen {
+        Some(keys) if !offered.is_empty() => Ok(Some(keys)),
+        _ if transport(&ours.proto) == Transport::Sdes => Err(NegotiateError::SrtpRequired),
+        _ => Ok(None),
+    }
+}
+
+/// How a stream is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// `RTP/AVP`, `RTP/AVPF`.
+    Plain,
+    /// `RTP/SAVP`, `RTP/SAVPF`: SRTP keyed in the SDP.
+    Sdes,
+    /// `UDP/TLS/RTP/SAVP(F)`: SRTP keyed by DTLS.
+    Dtls,
+    /// Anything else.
+    Other,
+}
+
+fn transport(proto: &str) -> Transport {
+    let is = |p: &str| proto.eq_ignore_ascii_case(p);
+    if is("RTP/AVP") || is("RTP/AVPF") {
+        Transport::Plain
+    } else if is("RTP/SAVP") || is("RTP/SAVPF") {
+        Transport::Sdes
+    } else if is("UDP/TLS/RTP/SAVP") || is("UDP/TLS/RTP/SAVPF") {
+        Transport::Dtls
+    } else {
+        Transport::Other
+    }
+}
+
+/// The usable `a=crypto` lines of a stream, in order.
+fn cryptos(media: &Media) -> impl Iterator<Item = Crypto> + '_ {
+    media
+        .attributes
+        .iter()
+        .filter(|a| a.name.eq_ignore_ascii_case("crypto"))
+        .filter_map(|a| Crypto::parse(a.value.as_deref()?))
+}
+
+/// Whether `local`'s policy takes an offered stream, and with which of its
+/// `a=crypto` lines (the first whose suite we have).
+fn security_of(media: &Media, local: &LocalMedia) -> Result<Option<Crypto>, NegotiateError> {
+    let usable = || cryptos(media).find(|c| local.keys.key(c.suite).is_some());
+    match (transport(&media.proto), local.srtp) {
+        (Transport::Dtls, _) => Err(NegotiateError::DtlsUnsupported),
+        (Transport::Other, _) => Err(NegotiateError::NoCommonCodec),
+        (Transport::Sdes, SrtpPolicy::Off) => Err(NegotiateError::SrtpOff),
+        (Transport::Sdes, _) => usable().map(Some).ok_or(NegotiateError::NoCommonCrypto),
+        (Transport::Plain, SrtpPolicy::Off) => Ok(None),
+        (Transport::Plain, SrtpPolicy::Optional) => Ok(usable()),
+        (Transport::Plain, SrtpPolicy::Required) => {
+            usable().map(Some).ok_or(NegotiateError::SrtpRequired)
+        }
+    }
 }
 
 /// For each of our codecs in order, the first offered payload type that maps to it.

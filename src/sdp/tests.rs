@@ -328,6 +328,7 @@ fn asterisk_offer() {
             remote_direction: Direction::SendRecv,
             stream_index: 0,
             rtcp_mux: false,
+            srtp: None,
         }
     );
 }
@@ -431,7 +432,8 @@ fn offers_without_usable_audio() {
         "{head}m=audio 5004 RTP/SAVP 0 8\r\n\
          a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n"
     );
-    assert_eq!(answer_err(&srtp, &G711), NegotiateError::NoCommonCodec);
+    // SRTP is off unless asked for: an SDES-only offer is refused.
+    assert_eq!(answer_err(&srtp, &G711), NegotiateError::SrtpOff);
     let g729 = format!("{head}m=audio 5004 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n");
     assert_eq!(answer_err(&g729, &G711), NegotiateError::NoCommonCodec);
     let dtmf_only =

@@ -39,7 +39,7 @@ pub fn redact(data: &[u8]) -> String {
         if SECRET_HEADERS.iter().any(|s| name.eq_ignore_ascii_case(s)) {
             out.push_str(name);
             out.push_str(": <redacted>\r\n");
-        } else if let Some(at) = line.find("inline:") {
+        } else if let Some(at) = line.to_ascii_lowercase().find("inline:") {
             out.push_str(line.get(..at + 7).unwrap_or_default());
             out.push_str("<redacted>\r\n");
         } else {

@@ -89,6 +89,10 @@ pub(super) async fn execute(
                 name: Some(call_id.clone()),
                 bridge_to: o.bridge_to.clone(),
                 endpoint: o.media.as_ref().map(rtp_endpoint),
+                srtp: o
+                    .srtp
+                    .as_deref()
+                    .and_then(crate::sdp::SrtpPolicy::from_name),
             };
             match sip.place(place).await {
                 Ok(placed) => Ok(match placed.endpoint {
@@ -232,7 +236,7 @@ pub(super) fn call_error(kind: &CommandKind, e: CallError) -> CommandError {
         }
         CallError::RateLimited(_) | CallError::AccountRateLimited { .. } => ErrorCode::RateLimited,
         CallError::NameInUse(_) => ErrorCode::CallIdInUse,
-        CallError::Send(_) => ErrorCode::Unavailable,
+        CallError::Send(_) | CallError::NoKeySource => ErrorCode::Unavailable,
     };
     failure(kind, code, &e.to_string())
 }

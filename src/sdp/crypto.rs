@@ -1,0 +1,265 @@
+//! SDES (RFC 4568): `a=crypto` attributes, the keys they carry, and the
+//! SRTP policy an offer or answer follows.
+
+use std::fmt;
+
+/// Whether a call's audio is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SrtpPolicy {
+    /// Plain RTP: we offer `RTP/AVP` without keys, and refuse `RTP/SAVP` offers.
+    #[default]
+    Off,
+    /// SRTP when the peer takes it: we offer `RTP/AVP` with `a=crypto` (best
+    /// effort) and answer either kind of offer.
+    Optional,
+    /// SRTP or no call: we offer `RTP/SAVP` and refuse plain RTP
+    /// (`srtp_required`).
+    Required,
+}
+
+impl SrtpPolicy {
+    /// `off`, `optional` or `required`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SrtpPolicy::Off => "off",
+            SrtpPolicy::Optional => "optional",
+            SrtpPolicy::Required => "required",
+        }
+    }
+
+    /// Reads `off`, `optional` or `required`.
+    pub fn from_name(name: &str) -> Option<SrtpPolicy> {
+        [SrtpPolicy::Off, SrtpPolicy::Optional, SrtpPolicy::Required]
+            .into_iter()
+            .find(|p| p.as_str() == name)
+    }
+}
+
+/// An SDES crypto suite dialerd speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CryptoSuite {
+    /// `AES_CM_128_HMAC_SHA1_80`.
+    AesCm128HmacSha1_80,
+    /// `AES_CM_128_HMAC_SHA1_32`.
+    AesCm128HmacSha1_32,
+    /// `AEAD_AES_128_GCM` (RFC 7714).
+    AeadAes128Gcm,
+}
+
+impl CryptoSuite {
+    /// Every suite, in our order of preference.
+    pub const ALL: [CryptoSuite; 3] = [
+        CryptoSuite::AeadAes128Gcm,
+        CryptoSuite::AesCm128HmacSha1_80,
+        CryptoSuite::AesCm128HmacSha1_32,
+    ];
+
+    /// The suites we offer, in order: the two every SDES peer knows.
+    pub const OFFERED: [CryptoSuite; 2] = [
+        CryptoSuite::AesCm128HmacSha1_80,
+        CryptoSuite::AesCm128HmacSha1_32,
+    ];
+
+    /// The name in `a=crypto`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CryptoSuite::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
+            CryptoSuite::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
+            CryptoSuite::AeadAes128Gcm => "AEAD_AES_128_GCM",
+        }
+    }
+
+    /// The suite named `name` (any case).
+    pub fn from_name(name: &str) -> Option<CryptoSuite> {
+        CryptoSuite::ALL
+            .into_iter()
+            .find(|s| s.as_str().eq_ignore_ascii_case(name))
+    }
+
+    /// Bytes of master key and salt together: 30, or 28 for GCM.
+    pub fn key_salt_len(self) -> usize {
+        match self {
+            CryptoSuite::AeadAes128Gcm => 16 + 12,
+            _ => 16 + 14,
+        }
+    }
+}
+
+/// A master key and salt (`key || salt`). Never printed; zeroed when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SdesKey(Vec<u8>);
+
+impl SdesKey {
+    /// Key and salt, concatenated.
+    pub fn new(key_and_salt: Vec<u8>) -> SdesKey {
+        SdesKey(key_and_salt)
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SdesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SdesKey(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+impl Drop for SdesKey {
+    fn drop(&mut self) {
+        self.0.iter_mut().for_each(|b| *b = 0);
+    }
+}
+
+/// One `a=crypto` line we can use: `<tag> <suite> inline:<key||salt>[|lifetime]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crypto {
+    /// The tag that the answer echoes.
+    pub tag: u32,
+    /// The suite.
+    pub suite: CryptoSuite,
+    /// The key.
+    pub key: SdesKey,
+}
+
+impl Crypto {
+    /// Reads an `a=crypto` value; `None` for a line we cannot use: an
+    /// unknown suite, a key of the wrong length, several keys, an MKI, or
+    /// session parameters (`UNENCRYPTED_SRTP`, `KDR`, ...).
+    pub fn parse(value: &str) -> Option<Crypto> {
+        let mut fields = value.split_ascii_whitespace();
+        let tag = fields.next()?;
+        if tag.is_empty() || tag.len() > 9 || !tag.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let tag: u32 = tag.parse().ok()?;
+        let suite = CryptoSuite::from_name(fields.next()?)?;
+        let params = fields.next()?;
+        if fields.next().is_some() || params.contains(';') {
+            return None;
+        }
+        let inline = params
+            .get(..7)
+            .filter(|p| p.eq_ignore_ascii_case("inline:"))
+            .and(params.get(7..))?;
+        let mut parts = inline.split('|');
+        let key = base64_decode(parts.next()?)?;
+        // A lifetime is allowed; an MKI (`n:len`) is not.
+        if let Some(lifetime) = parts.next()
+            && (lifetime.contains(':') || !valid_lifetime(lifetime))
+        {
+            return None;
+        }
+        if parts.next().is_some() || key.len() != suite.key_salt_len() {
+            return None;
+        }
+        Some(Crypto {
+            tag,
+            suite,
+            key: SdesKey(key),
+        })
+    }
+
+    /// The `a=crypto` value.
+    pub fn value(&self) -> String {
+        format!(
+            "{} {} inline:{}",
+            self.tag,
+            self.suite.as_str(),
+            base64_encode(self.key.as_bytes())
+        )
+    }
+}
+
+/// `2^31` or a decimal number of packets.
+fn valid_lifetime(s: &str) -> bool {
+    match s.strip_prefix("2^") {
+        Some(exp) => exp.parse::<u8>().is_ok_and(|e| e <= 48),
+        None => !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+/// The keys a call offers or answers with, one per suite.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LocalKeys(Vec<(CryptoSuite, SdesKey)>);
+
+impl LocalKeys {
+    /// Keys made by `fill`, which must fill a buffer with random bytes from
+    /// a CSPRNG or return false.
+    pub fn generate(mut fill: impl FnMut(&mut [u8]) -> bool) -> Option<LocalKeys> {
+        CryptoSuite::ALL
+            .into_iter()
+            .map(|suite| {
+                let mut key = SdesKey(vec![0; suite.key_salt_len()]);
+                fill(&mut key.0).then_some((suite, key))
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(LocalKeys)
+    }
+
+    /// Our key for `suite`.
+    pub fn key(&self, suite: CryptoSuite) -> Option<&SdesKey> {
+        self.0.iter().find(|(s, _)| *s == suite).map(|(_, k)| k)
+    }
+}
+
+/// The SDES keys an exchange settled for the audio stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdesKeys {
+    /// The suite.
+    pub suite: CryptoSuite,
+    /// Ours: we encrypt with it.
+    pub local: SdesKey,
+    /// The peer's: it encrypts with it.
+    pub remote: SdesKey,
+}
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Base64 (RFC 4648 §4) with padding.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                let index = (n >> (18 - 6 * i)) & 63;
+                out.push(char::from(
+                    ALPHABET.get(index as usize).copied().unwrap_or(b'A'),
+                ));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Base64 with or without padding; `None` if anything else is in it.
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let body = text.trim_end_matches('=');
+    if text.len() - body.len() > 2 || body.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in body.bytes() {
+        let v = ALPHABET.iter().position(|&a| a == c)?;
+        acc = acc << 6 | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
