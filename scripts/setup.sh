@@ -3,7 +3,9 @@
 # redis-server (Debian redis-server), SIPp (Debian sip-tester) and Kamailio
 # with its TLS module (Debian kamailio and kamailio-tls-modules; the tests in
 # tests/integration/kamailio.rs run it with tests/kamailio/kamailio.cfg);
-# and the pinned tools of scripts/check-manifests.sh in a virtualenv.
+# libsrtp2 and a C compiler for the SRTP interoperability peer
+# (tests/srtp/libsrtp_peer.c); baresip with its SRTP module for the SDES
+# call test; and the pinned tools of scripts/check-manifests.sh in a virtualenv.
 set -euo pipefail
 
 # The kamailio binary (Debian puts it in /usr/sbin, which a non-root PATH may
@@ -26,6 +28,10 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 kamailio_bin >/dev/null || need+=(kamailio)
 kamailio_tls_present || need+=(kamailio-tls-modules)
+[ -f /usr/include/srtp2/srtp.h ] || need+=(libsrtp2-dev)
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v baresip >/dev/null 2>&1 || need+=(baresip)
 
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}" >&2

@@ -21,4 +21,5 @@ mod redis_tls;
 mod registration;
 mod rfc4475;
 mod sip;
+mod srtp_interop;
 mod tls;
