@@ -21,5 +21,6 @@ mod redis_tls;
 mod registration;
 mod rfc4475;
 mod sip;
+mod srtp_calls;
 mod srtp_interop;
 mod tls;

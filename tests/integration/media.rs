@@ -25,13 +25,13 @@ const PCAPS: &str = "/usr/share/sip-tester";
 
 /// A subscriber to `dialer:events` and a reply channel that keeps
 /// everything it read.
-struct Events {
+pub(crate) struct Events {
     client: RespClient,
     all: Vec<Value>,
 }
 
 impl Events {
-    fn new(redis: &RedisServer) -> Self {
+    pub(crate) fn new(redis: &RedisServer) -> Self {
         let mut client = redis.client().unwrap();
         for channel in ["dialer:events", "dialer:reply:media"] {
             let ack = client.command(&["SUBSCRIBE", channel]).unwrap();
@@ -67,13 +67,13 @@ impl Events {
     }
 
     /// Reads until `done` holds for one message (returned), within `limit`.
-    fn until(&mut self, limit: Duration, done: impl FnMut(&Value) -> bool) -> Value {
+    pub(crate) fn until(&mut self, limit: Duration, done: impl FnMut(&Value) -> bool) -> Value {
         self.try_until(limit, done)
             .unwrap_or_else(|| panic!("condition not met within {limit:?}; saw {:#?}", self.all))
     }
 
     /// [`Events::until`], `None` when `limit` passes first.
-    fn try_until(
+    pub(crate) fn try_until(
         &mut self,
         limit: Duration,
         mut done: impl FnMut(&Value) -> bool,
@@ -88,7 +88,7 @@ impl Events {
     }
 
     /// Events of `call` of type `kind` seen so far.
-    fn of(&self, call: &str, kind: &str) -> Vec<Value> {
+    pub(crate) fn of(&self, call: &str, kind: &str) -> Vec<Value> {
         self.all
             .iter()
             .filter(|e| e["call_id"] == call && e["type"] == kind)
@@ -97,7 +97,7 @@ impl Events {
     }
 
     /// The closing totals of `call`'s own leg, waiting up to `limit`.
-    fn totals(&mut self, call: &str, limit: Duration) -> Value {
+    pub(crate) fn totals(&mut self, call: &str, limit: Duration) -> Value {
         let is_totals = |e: &Value| {
             e["type"] == "call.media"
                 && e["call_id"] == call
@@ -111,7 +111,7 @@ impl Events {
     }
 }
 
-fn command(redis: &RedisServer, id: &str, kind: &str, args: Value) {
+pub(crate) fn command(redis: &RedisServer, id: &str, kind: &str, args: Value) {
     let c = json!({"v": 1, "id": id, "type": kind, "args": args, "reply_to": "dialer:reply:media"});
     let mut client = redis.client().unwrap();
     client
@@ -120,7 +120,13 @@ fn command(redis: &RedisServer, id: &str, kind: &str, args: Value) {
 }
 
 /// Sends a command and waits for its successful result.
-fn command_ok(events: &mut Events, redis: &RedisServer, id: &str, kind: &str, args: Value) {
+pub(crate) fn command_ok(
+    events: &mut Events,
+    redis: &RedisServer,
+    id: &str,
+    kind: &str,
+    args: Value,
+) {
     command(redis, id, kind, args);
     let result = events.until(Duration::from_secs(10), |e| {
         e["type"] == "command.result" && e["id"] == id
@@ -130,7 +136,7 @@ fn command_ok(events: &mut Events, redis: &RedisServer, id: &str, kind: &str, ar
 
 /// A PBX like [`pbx`] whose callee answers with only `codec` (payload
 /// type `pt`) and media at 127.0.0.1:`rtp_port`.
-fn media_pbx(rtp_port: u16, pt: &str, codec: &str) -> SippRun {
+pub(crate) fn media_pbx(rtp_port: u16, pt: &str, codec: &str) -> SippRun {
     Sipp::server(&scenario("media_pbx.xml"))
         .key("expires", "60")
         .key("rtp_port", &rtp_port.to_string())
@@ -157,7 +163,7 @@ fn pbx() -> SippRun {
 /// RTP ports from `rtp_base` (100 of them: each test its own block, away
 /// from the default range that the other tests' daemons share); returns it
 /// with its SIP (UDP) address.
-fn dialerd(
+pub(crate) fn dialerd(
     redis: &RedisServer,
     pbx: &SippRun,
     inbound: &str,
@@ -215,7 +221,7 @@ fn caller(name: &str, sip: SocketAddr, rtp_port: u16) -> Sipp {
 }
 
 /// The id of the first `call.created` read from now on, placed by `caller`.
-fn next_created(events: &mut Events, caller: &SippRun, d: &Daemon) -> String {
+pub(crate) fn next_created(events: &mut Events, caller: &SippRun, d: &Daemon) -> String {
     let created = events
         .try_until(Duration::from_secs(15), |e| e["type"] == "call.created")
         .unwrap_or_else(|| panic!("no call from SIPp: {}\n{}", caller.diagnostics(), d.log()));
@@ -223,7 +229,7 @@ fn next_created(events: &mut Events, caller: &SippRun, d: &Daemon) -> String {
 }
 
 /// The `local_port` dialerd announced for `call`'s media.
-fn local_port(events: &mut Events, call: &str) -> u16 {
+pub(crate) fn local_port(events: &mut Events, call: &str) -> u16 {
     let has_port =
         |e: &Value| e["type"] == "call.media" && e["call_id"] == call && e["local_port"].is_u64();
     let e = match events.all.iter().find(|e| has_port(e)) {
@@ -237,14 +243,14 @@ fn local_port(events: &mut Events, call: &str) -> u16 {
 type Datagrams = Vec<(Instant, Vec<u8>)>;
 
 /// A UDP socket on loopback collecting every datagram in a thread.
-struct Collector {
+pub(crate) struct Collector {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Datagrams>>,
 }
 
 impl Collector {
-    fn bind() -> Self {
+    pub(crate) fn bind() -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
@@ -269,11 +275,11 @@ impl Collector {
         }
     }
 
-    fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.addr.port()
     }
 
-    fn finish(mut self) -> Datagrams {
+    pub(crate) fn finish(mut self) -> Datagrams {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap()
     }
@@ -441,7 +447,7 @@ fn assert_callee_hung_up(pbx: SippRun) {
     );
 }
 
-fn as_u64(totals: &Value, field: &str) -> u64 {
+pub(crate) fn as_u64(totals: &Value, field: &str) -> u64 {
     totals[field]
         .as_u64()
         .unwrap_or_else(|| panic!("totals.{field}: {totals}"))
