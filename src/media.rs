@@ -17,6 +17,7 @@ pub mod player;
 pub mod relay;
 pub mod rtp;
 pub mod shard;
+pub mod srtp;
 pub mod stats;
 pub mod telephone_event;
 

@@ -518,44 +518,48 @@ impl Relay {
         buf: &mut [u8],
         len: usize,
     ) -> Option<usize> {
+        self.transform(slot, channel, buf, len, false)
+    }
+
+    /// Encrypts what goes to a leg with keys; `None` drops it.
+    fn protect(&mut self, t: Transmit, buf: &mut [u8]) -> Option<Transmit> {
+        let len = self.transform(t.slot, t.channel, buf, t.len, true)?;
+        Some(Transmit { len, ..t })
+    }
+
+    /// SRTP or SRTCP (told apart by channel and packet type) on `buf[..len]`
+    /// for the leg in `slot`, outbound (protect) or inbound (unprotect); the
+    /// length unchanged for a leg without keys.
+    fn transform(
+        &mut self,
+        slot: usize,
+        channel: Channel,
+        buf: &mut [u8],
+        len: usize,
+        outbound: bool,
+    ) -> Option<usize> {
         let leg = self.leg_mut(slot)?;
         let Some(transform) = leg.transform.as_mut() else {
             return Some(len);
         };
         let rtcp = channel == Channel::Rtcp || rtp::is_rtcp(buf.get(..len)?);
-        let result = if rtcp {
-            transform.unprotect_rtcp(buf, len)
-        } else {
-            transform.unprotect_rtp(buf, len)
+        let result = match (outbound, rtcp) {
+            (false, false) => transform.unprotect_rtp(buf, len),
+            (false, true) => transform.unprotect_rtcp(buf, len),
+            (true, false) => transform.protect_rtp(buf, len),
+            (true, true) => transform.protect_rtcp(buf, len),
         };
         match result {
             Ok(len) => Some(len),
+            Err(e) if outbound => {
+                leg.send_failed += 1;
+                tracing::debug!(leg = leg.id, error = %e, "SRTP packet not protected");
+                None
+            }
             Err(e) => {
                 leg.srtp_rejected += 1;
                 leg.dropped += 1;
                 tracing::trace!(leg = leg.id, error = %e, "SRTP packet dropped");
-                None
-            }
-        }
-    }
-
-    /// Encrypts what goes to a leg with keys; `None` drops it.
-    fn protect(&mut self, t: Transmit, buf: &mut [u8]) -> Option<Transmit> {
-        let leg = self.leg_mut(t.slot)?;
-        let Some(transform) = leg.transform.as_mut() else {
-            return Some(t);
-        };
-        let rtcp = t.channel == Channel::Rtcp || rtp::is_rtcp(buf.get(..t.len)?);
-        let result = if rtcp {
-            transform.protect_rtcp(buf, t.len)
-        } else {
-            transform.protect_rtp(buf, t.len)
-        };
-        match result {
-            Ok(len) => Some(Transmit { len, ..t }),
-            Err(e) => {
-                leg.send_failed += 1;
-                tracing::debug!(leg = leg.id, error = %e, "SRTP packet not protected");
                 None
             }
         }

@@ -545,20 +545,22 @@ mod srtp {
         }
     }
 
-    /// The peer of leg A: encrypts with A's receive key, decrypts with its send key.
-    fn peer_of_a() -> Transform {
-        Transform::new(&keys(2, 1), provider().unwrap().as_ref()).unwrap()
-    }
-
-    #[test]
-    fn an_srtp_leg_and_a_plain_leg_relay_each_others_audio() {
+    /// A bridge whose leg A has SRTP keys, and A's peer: it encrypts with
+    /// A's receive key and decrypts with A's send key.
+    fn keyed_bridge() -> (Net, Transform) {
         let mut net = Net::new(
             RelayConfig::default(),
             spec("192.0.2.1:4000", AudioCodec::Pcmu),
             spec("192.0.2.2:5000", AudioCodec::Pcmu),
         );
         net.relay.set_keys(A, Some(&keys(1, 2))).unwrap();
-        let mut peer = peer_of_a();
+        let peer = Transform::new(&keys(2, 1), provider().unwrap().as_ref()).unwrap();
+        (net, peer)
+    }
+
+    #[test]
+    fn an_srtp_leg_and_a_plain_leg_relay_each_others_audio() {
+        let (mut net, mut peer) = keyed_bridge();
         let audio: Vec<u8> = (0..160).map(|i| i as u8).collect();
 
         // SRTP in on A, plain RTP out on B.
@@ -604,13 +606,7 @@ mod srtp {
 
     #[test]
     fn forged_and_replayed_srtp_is_dropped_and_counted() {
-        let mut net = Net::new(
-            RelayConfig::default(),
-            spec("192.0.2.1:4000", AudioCodec::Pcmu),
-            spec("192.0.2.2:5000", AudioCodec::Pcmu),
-        );
-        net.relay.set_keys(A, Some(&keys(1, 2))).unwrap();
-        let mut peer = peer_of_a();
+        let (mut net, mut peer) = keyed_bridge();
         let mut buf = vec![0u8; 1500];
         rtp::write_header(&mut buf, false, 0, 100, 16000, 0x1234).unwrap();
         let len = peer.protect_rtp(&mut buf, 172).unwrap();

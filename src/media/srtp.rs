@@ -249,68 +249,67 @@ impl Transform {
     /// Decrypts and checks the SRTP packet in `buf[..len]` in place; returns
     /// the RTP packet's length.
     pub fn unprotect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
-        let packet = buf.get(..len).ok_or(SrtpError::NoRoom {
-            need: len,
-            have: buf.len(),
-        })?;
-        let out = self
-            .inbound
-            .context
-            .decrypt_rtp(packet)
-            .map_err(|e| SrtpError::Rejected(e.to_string()))?;
-        put(buf, &out)
+        apply(&mut self.inbound.context, buf, len, 0, Context::decrypt_rtp)
     }
 
     /// Encrypts the RTP packet in `buf[..len]` in place; returns the SRTP
     /// packet's length.
     pub fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
-        self.check_room(buf, len + self.suite.rtp_overhead())?;
-        let packet = buf.get(..len).unwrap_or(&[]);
-        let out = self
-            .outbound
-            .context
-            .encrypt_rtp(packet)
-            .map_err(|e| SrtpError::Rejected(e.to_string()))?;
-        put(buf, &out)
+        let grow = self.suite.rtp_overhead();
+        apply(
+            &mut self.outbound.context,
+            buf,
+            len,
+            grow,
+            Context::encrypt_rtp,
+        )
     }
 
     /// Decrypts and checks the SRTCP packet in `buf[..len]`; returns the RTCP
     /// packet's length.
     pub fn unprotect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
-        let packet = buf.get(..len).ok_or(SrtpError::NoRoom {
-            need: len,
-            have: buf.len(),
-        })?;
-        let out = self
-            .inbound
-            .context
-            .decrypt_rtcp(packet)
-            .map_err(|e| SrtpError::Rejected(e.to_string()))?;
-        put(buf, &out)
+        apply(
+            &mut self.inbound.context,
+            buf,
+            len,
+            0,
+            Context::decrypt_rtcp,
+        )
     }
 
     /// Encrypts the RTCP packet in `buf[..len]`; returns the SRTCP packet's
     /// length.
     pub fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
-        self.check_room(buf, len + self.suite.rtcp_overhead())?;
-        let packet = buf.get(..len).unwrap_or(&[]);
-        let out = self
-            .outbound
-            .context
-            .encrypt_rtcp(packet)
-            .map_err(|e| SrtpError::Rejected(e.to_string()))?;
-        put(buf, &out)
+        let grow = self.suite.rtcp_overhead();
+        apply(
+            &mut self.outbound.context,
+            buf,
+            len,
+            grow,
+            Context::encrypt_rtcp,
+        )
     }
+}
 
-    fn check_room(&self, buf: &[u8], need: usize) -> Result<(), SrtpError> {
-        if need > buf.len() {
-            return Err(SrtpError::NoRoom {
-                need,
-                have: buf.len(),
-            });
-        }
-        Ok(())
+/// Runs `op` on `buf[..len]` (which must leave room for `grow` more bytes)
+/// and puts its result back into `buf`.
+fn apply<E: fmt::Display>(
+    context: &mut Context,
+    buf: &mut [u8],
+    len: usize,
+    grow: usize,
+    op: impl FnOnce(&mut Context, &[u8]) -> Result<bytes::BytesMut, E>,
+) -> Result<usize, SrtpError> {
+    let have = buf.len();
+    if len + grow > have {
+        return Err(SrtpError::NoRoom {
+            need: len + grow,
+            have,
+        });
     }
+    let packet = buf.get(..len).unwrap_or(&[]);
+    let out = op(context, packet).map_err(|e| SrtpError::Rejected(e.to_string()))?;
+    put(buf, &out)
 }
 
 fn put(buf: &mut [u8], out: &[u8]) -> Result<usize, SrtpError> {
