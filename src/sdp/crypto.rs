@@ -15,6 +15,9 @@ pub enum SrtpPolicy {
     /// SRTP or no call: we offer `RTP/SAVP` and refuse plain RTP
     /// (`srtp_required`).
     Required,
+    /// As `Required`, but our offers are DTLS-SRTP (`UDP/TLS/RTP/SAVP` with
+    /// our certificate's fingerprint) instead of SDES.
+    Dtls,
 }
 
 impl SrtpPolicy {
@@ -24,14 +27,20 @@ impl SrtpPolicy {
             SrtpPolicy::Off => "off",
             SrtpPolicy::Optional => "optional",
             SrtpPolicy::Required => "required",
+            SrtpPolicy::Dtls => "dtls",
         }
     }
 
     /// Reads `off`, `optional` or `required`.
     pub fn from_name(name: &str) -> Option<SrtpPolicy> {
-        [SrtpPolicy::Off, SrtpPolicy::Optional, SrtpPolicy::Required]
-            .into_iter()
-            .find(|p| p.as_str() == name)
+        [
+            SrtpPolicy::Off,
+            SrtpPolicy::Optional,
+            SrtpPolicy::Required,
+            SrtpPolicy::Dtls,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == name)
     }
 }
 
@@ -262,4 +271,101 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// A certificate fingerprint (RFC 8122 `a=fingerprint`): `sha-256 AB:CD:...`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fingerprint {
+    /// The hash function, lower case (`sha-256`).
+    pub hash: String,
+    /// The digest.
+    pub digest: Vec<u8>,
+}
+
+impl Fingerprint {
+    /// A SHA-256 fingerprint of `digest`.
+    pub fn sha256(digest: Vec<u8>) -> Fingerprint {
+        Fingerprint {
+            hash: "sha-256".to_owned(),
+            digest,
+        }
+    }
+
+    /// Reads `<hash> <HH:HH:...>`; `None` when malformed.
+    pub fn parse(value: &str) -> Option<Fingerprint> {
+        let (hash, hex) = value.trim().split_once(' ')?;
+        let digest = hex
+            .trim()
+            .split(':')
+            .map(|h| {
+                (h.len() == 2)
+                    .then(|| u8::from_str_radix(h, 16).ok())
+                    .flatten()
+            })
+            .collect::<Option<Vec<u8>>>()?;
+        if hash.is_empty() || digest.len() < 16 {
+            return None;
+        }
+        Some(Fingerprint {
+            hash: hash.to_ascii_lowercase(),
+            digest,
+        })
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hash)?;
+        for (i, b) in self.digest.iter().enumerate() {
+            write!(f, "{}{b:02X}", if i == 0 { ' ' } else { ':' })?;
+        }
+        Ok(())
+    }
+}
+
+/// Which side of a DTLS association an endpoint takes (RFC 4145 `a=setup`,
+/// RFC 5763 §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Setup {
+    /// `active`: it starts the handshake (the DTLS client).
+    Active,
+    /// `passive`: it waits for the handshake (the DTLS server).
+    Passive,
+    /// `actpass`: either; offers say this, answers choose.
+    ActPass,
+    /// `holdconn`: no association yet.
+    HoldConn,
+}
+
+impl Setup {
+    /// The attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Setup::Active => "active",
+            Setup::Passive => "passive",
+            Setup::ActPass => "actpass",
+            Setup::HoldConn => "holdconn",
+        }
+    }
+
+    /// Reads an `a=setup` value (any case).
+    pub fn from_name(name: &str) -> Option<Setup> {
+        [
+            Setup::Active,
+            Setup::Passive,
+            Setup::ActPass,
+            Setup::HoldConn,
+        ]
+        .into_iter()
+        .find(|s| s.as_str().eq_ignore_ascii_case(name.trim()))
+    }
+}
+
+/// Our DTLS role on a stream, and the certificate the peer must present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DtlsParams {
+    /// We start the handshake (DTLS client) or wait for it (server).
+    pub client: bool,
+    /// The fingerprint the peer's certificate must have.
+    pub remote: Fingerprint,
 }

@@ -28,7 +28,8 @@ use std::net::IpAddr;
 
 pub use codec::{Codec, RtpMap};
 pub use crypto::{
-    Crypto, CryptoSuite, LocalKeys, SdesKey, SdesKeys, SrtpPolicy, base64_decode, base64_encode,
+    Crypto, CryptoSuite, DtlsParams, Fingerprint, LocalKeys, SdesKey, SdesKeys, Setup, SrtpPolicy,
+    base64_decode, base64_encode,
 };
 pub use negotiate::{LocalMedia, NegotiateError, Negotiated, accept_answer, answer, offer};
 pub use parse::{MAX_LINES, MAX_MEDIA, SdpError, parse};

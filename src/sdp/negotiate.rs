@@ -2,7 +2,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::crypto::{Crypto, CryptoSuite, LocalKeys, SdesKeys, SrtpPolicy};
+use super::crypto::{
+    Crypto, CryptoSuite, DtlsParams, Fingerprint, LocalKeys, SdesKeys, Setup, SrtpPolicy,
+};
 use super::{Attribute, Codec, Connection, Direction, Media, Origin, SessionDescription};
 
 /// What dialerd can do with the audio of a call: the input of [`offer`] and [`answer`].
@@ -26,6 +28,9 @@ pub struct LocalMedia {
     pub srtp: SrtpPolicy,
     /// Our SDES keys, one per suite (the call keeps them across re-INVITEs).
     pub keys: LocalKeys,
+    /// Our DTLS certificate's fingerprint; `None`: DTLS-SRTP is not offered
+    /// or answered.
+    pub fingerprint: Option<Fingerprint>,
 }
 
 impl LocalMedia {
@@ -46,6 +51,7 @@ impl LocalMedia {
             opus_pt: LocalMedia::DEFAULT_OPUS_PT,
             srtp: SrtpPolicy::Off,
             keys: LocalKeys::default(),
+            fingerprint: None,
         }
     }
 
@@ -107,8 +113,10 @@ pub struct Negotiated {
     pub stream_index: usize,
     /// RTCP shares the RTP port (RFC 5761: offered and answered).
     pub rtcp_mux: bool,
-    /// The SDES keys when the stream is SRTP.
+    /// The SDES keys when the stream is SDES-SRTP.
     pub srtp: Option<SdesKeys>,
+    /// Our role and the peer's fingerprint when the stream is DTLS-SRTP.
+    pub dtls: Option<DtlsParams>,
 }
 
 /// Why an offer/answer exchange produced no audio stream.
@@ -139,9 +147,10 @@ pub enum NegotiateError {
     /// The peer's SDES offer has no `a=crypto` line we can use (488).
     #[error("no SDES crypto suite in common")]
     NoCommonCrypto,
-    /// The peer offered or answered DTLS-SRTP, which this build does not
-    /// negotiate yet; it is never answered with SDES (488).
-    #[error("DTLS-SRTP (UDP/TLS/RTP/SAVP) is not supported yet")]
+    /// The peer offered DTLS-SRTP and we have no certificate, or answered
+    /// our SDES or plain offer with DTLS-SRTP; it is never answered with
+    /// SDES (488).
+    #[error("DTLS-SRTP (UDP/TLS/RTP/SAVP) is not available for this stream")]
     DtlsUnsupported,
 }
 
@@ -154,15 +163,27 @@ pub enum NegotiateError {
 /// effort: a peer that knows SDES answers with a key, one that does not
 /// ignores them).
 pub fn offer(local: &LocalMedia, origin: Origin) -> SessionDescription {
-    let proto = match local.srtp {
-        SrtpPolicy::Required => "RTP/SAVP",
+    let dtls = local
+        .fingerprint
+        .as_ref()
+        .filter(|_| local.srtp == SrtpPolicy::Dtls);
+    let proto = match (local.srtp, dtls) {
+        (_, Some(_)) => "UDP/TLS/RTP/SAVP",
+        (SrtpPolicy::Required | SrtpPolicy::Dtls, None) => "RTP/SAVP",
         _ => "RTP/AVP",
     };
     let mut media = Media::new("audio", local.port, proto);
     for codec in local.preferences() {
         add_codec(&mut media, codec, local.payload_type(codec));
     }
-    if local.srtp != SrtpPolicy::Off {
+    if let Some(fingerprint) = dtls {
+        media
+            .attributes
+            .push(Attribute::new("fingerprint", fingerprint.to_string()));
+        media
+            .attributes
+            .push(Attribute::new("setup", Setup::ActPass.as_str()));
+    } else if local.srtp != SrtpPolicy::Off {
         for crypto in local.offered_crypto() {
             media
                 .attributes
@@ -201,7 +222,7 @@ pub fn answer(
             continue;
         }
         any_audio = true;
-        let secure = match security_of(media, local) {
+        let secure = match security_of(media, &offer.attributes, local) {
             Ok(secure) => secure,
             Err(why) => {
                 refusal.get_or_insert(why);
@@ -231,8 +252,24 @@ pub fn answer(
     for (codec, pt) in &common {
         add_codec(&mut audio, *codec, *pt);
     }
+    let mut dtls = None;
     let srtp = match secure {
-        Some(theirs) => {
+        Secure::Plain => None,
+        Secure::Dtls(params, setup) => {
+            let ours = local
+                .fingerprint
+                .as_ref()
+                .ok_or(NegotiateError::DtlsUnsupported)?;
+            audio
+                .attributes
+                .push(Attribute::new("fingerprint", ours.to_string()));
+            audio
+                .attributes
+                .push(Attribute::new("setup", setup.as_str()));
+            dtls = Some(params);
+            None
+        }
+        Secure::Sdes(theirs) => {
             let ours = Crypto {
                 tag: theirs.tag,
                 suite: theirs.suite,
@@ -251,7 +288,6 @@ pub fn answer(
                 remote: theirs.key,
             })
         }
-        None => None,
     };
     finish_audio(&mut audio, local.ptime_ms, local_direction);
     // RFC 5761: an offered rtcp-mux is accepted (RTCP is told apart from
@@ -294,6 +330,7 @@ pub fn answer(
         stream_index: index,
         rtcp_mux,
         srtp,
+        dtls,
     };
     Ok((sdp, negotiated))
 }
@@ -324,10 +361,15 @@ pub fn accept_answer(
     if theirs.is_rejected() {
         return Err(NegotiateError::Rejected);
     }
-    if transport(&theirs.proto) == Transport::Dtls {
-        return Err(NegotiateError::DtlsUnsupported);
-    }
-    let srtp = answered_keys(ours, theirs)?;
+    let (srtp, dtls) = match (transport(&ours.proto), transport(&theirs.proto)) {
+        (Transport::Dtls, Transport::Dtls) => {
+            (None, Some(answered_dtls(theirs, &answer.attributes)?))
+        }
+        (Transport::Dtls, _) => return Err(NegotiateError::SrtpRequired),
+        // A DTLS answer to an SDES or plain offer is never taken.
+        (_, Transport::Dtls) => return Err(NegotiateError::DtlsUnsupported),
+        _ => (answered_keys(ours, theirs)?, None),
+    };
     let offered: Vec<Codec> = ours
         .payload_types()
         .filter_map(|pt| ours.codec(pt))
@@ -364,7 +406,34 @@ pub fn accept_answer(
         stream_index: index,
         rtcp_mux: ours.has_attribute("rtcp-mux") && theirs.has_attribute("rtcp-mux"),
         srtp,
+        dtls,
     })
+}
+
+/// A stream's (else the session's) `a=fingerprint` and `a=setup`.
+fn dtls_attributes(media: &Media, session: &[Attribute]) -> (Option<Fingerprint>, Option<Setup>) {
+    let find = |name: &str| {
+        media
+            .attribute(name)
+            .or_else(|| super::attribute_value(session, name))
+    };
+    (
+        find("fingerprint").and_then(Fingerprint::parse),
+        find("setup").and_then(Setup::from_name),
+    )
+}
+
+/// The DTLS role an answer to our `actpass` offer gives us: it is `active`
+/// (the client; also when it says nothing, RFC 4145's default) or `passive`.
+fn answered_dtls(theirs: &Media, session: &[Attribute]) -> Result<DtlsParams, NegotiateError> {
+    let (fingerprint, setup) = dtls_attributes(theirs, session);
+    let remote = fingerprint.ok_or(NegotiateError::NoCommonCrypto)?;
+    let client = match setup.unwrap_or(Setup::Active) {
+        Setup::Passive => true,
+        Setup::Active => false,
+        Setup::ActPass | Setup::HoldConn => return Err(NegotiateError::NoCommonCrypto),
+    };
+    Ok(DtlsParams { client, remote })
 }
 
 /// The keys an answer settles for our offered stream: its `a=crypto` must
@@ -425,20 +494,55 @@ fn cryptos(media: &Media) -> impl Iterator<Item = Crypto> + '_ {
         .filter_map(|a| Crypto::parse(a.value.as_deref()?))
 }
 
-/// Whether `local`'s policy takes an offered stream, and with which of its
-/// `a=crypto` lines (the first whose suite we have).
-fn security_of(media: &Media, local: &LocalMedia) -> Result<Option<Crypto>, NegotiateError> {
+/// How an offered stream is secured, if `local`'s policy takes it.
+enum Secure {
+    /// Plain RTP.
+    Plain,
+    /// SDES with this offered `a=crypto` line.
+    Sdes(Crypto),
+    /// DTLS-SRTP with our role, and the `a=setup` that answers it.
+    Dtls(DtlsParams, Setup),
+}
+
+/// Whether `local`'s policy takes an offered stream, and how: the first
+/// `a=crypto` line whose suite we have, or DTLS with our certificate.
+fn security_of(
+    media: &Media,
+    session: &[Attribute],
+    local: &LocalMedia,
+) -> Result<Secure, NegotiateError> {
     let usable = || cryptos(media).find(|c| local.keys.key(c.suite).is_some());
+    let sdes = || {
+        usable()
+            .map(Secure::Sdes)
+            .ok_or(NegotiateError::NoCommonCrypto)
+    };
     match (transport(&media.proto), local.srtp) {
-        (Transport::Dtls, _) => Err(NegotiateError::DtlsUnsupported),
         (Transport::Other, _) => Err(NegotiateError::NoCommonCodec),
-        (Transport::Sdes, SrtpPolicy::Off) => Err(NegotiateError::SrtpOff),
-        (Transport::Sdes, _) => usable().map(Some).ok_or(NegotiateError::NoCommonCrypto),
-        (Transport::Plain, SrtpPolicy::Off) => Ok(None),
-        (Transport::Plain, SrtpPolicy::Optional) => Ok(usable()),
-        (Transport::Plain, SrtpPolicy::Required) => {
-            usable().map(Some).ok_or(NegotiateError::SrtpRequired)
+        (Transport::Dtls, SrtpPolicy::Off) => Err(NegotiateError::SrtpOff),
+        (Transport::Dtls, _) => {
+            if local.fingerprint.is_none() {
+                return Err(NegotiateError::DtlsUnsupported);
+            }
+            let (fingerprint, setup) = dtls_attributes(media, session);
+            let remote = fingerprint.ok_or(NegotiateError::NoCommonCrypto)?;
+            // RFC 5763 §5: the answerer is active unless the offerer must be.
+            let (client, answer) = match setup.unwrap_or(Setup::ActPass) {
+                Setup::ActPass | Setup::Passive => (true, Setup::Active),
+                Setup::Active => (false, Setup::Passive),
+                Setup::HoldConn => return Err(NegotiateError::NoCommonCrypto),
+            };
+            Ok(Secure::Dtls(DtlsParams { client, remote }, answer))
         }
+        (Transport::Sdes, SrtpPolicy::Off) => Err(NegotiateError::SrtpOff),
+        (Transport::Sdes, _) => sdes(),
+        (Transport::Plain, SrtpPolicy::Off) => Ok(Secure::Plain),
+        (Transport::Plain, SrtpPolicy::Optional) => {
+            Ok(usable().map_or(Secure::Plain, Secure::Sdes))
+        }
+        (Transport::Plain, SrtpPolicy::Required | SrtpPolicy::Dtls) => usable()
+            .map(Secure::Sdes)
+            .ok_or(NegotiateError::SrtpRequired),
     }
 }
 

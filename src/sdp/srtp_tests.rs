@@ -204,10 +204,11 @@ fn every_policy_against_every_offer() {
         ),
         ("RTP/SAVP", unknown, Required, Err(NoCommonCrypto)),
         ("RTP/SAVP", "", Optional, Err(NoCommonCrypto)),
-        ("UDP/TLS/RTP/SAVP", dtls, Off, Err(DtlsUnsupported)),
+        ("UDP/TLS/RTP/SAVP", dtls, Off, Err(SrtpOff)),
         ("UDP/TLS/RTP/SAVP", dtls, Optional, Err(DtlsUnsupported)),
         ("UDP/TLS/RTP/SAVPF", dtls, Required, Err(DtlsUnsupported)),
-        // A DTLS offer that also carries a=crypto is still not answered with SDES.
+        // Without a certificate a DTLS offer is refused, even one that also
+        // carries a=crypto: it is never answered with SDES.
         (
             "UDP/TLS/RTP/SAVP",
             &dtls_and_sdes,
@@ -258,7 +259,7 @@ fn every_policy_against_every_offer() {
 #[test]
 fn every_policy_against_every_answer() {
     use SrtpPolicy::*;
-    for policy in [Off, Optional, Required] {
+    for policy in [Off, Optional, Required, Dtls] {
         let ours = offer(&side(policy, 4), origin());
         let plain = sdp("RTP/AVP", "");
         let keyed = |proto: &str, tag: u32, suite| sdp(proto, &peer_crypto(tag, suite));
@@ -284,7 +285,8 @@ fn every_policy_against_every_answer() {
                     assert_eq!(r.as_ref().unwrap().srtp, None);
                 }
             }
-            Optional | Required => {
+            // Without a certificate a dtls policy offers SDES, as required does.
+            Optional | Required | Dtls => {
                 let k = on_secure.unwrap().srtp.unwrap();
                 assert_eq!(k.suite, CryptoSuite::AesCm128HmacSha1_80);
                 assert_eq!(k.local.as_bytes(), [4; 30]);
@@ -336,4 +338,156 @@ fn offerer_and_answerer_hold_each_others_keys() {
 #[test]
 fn a_key_source_that_fails_gives_no_keys() {
     assert_eq!(LocalKeys::generate(|_| false), None);
+}
+
+fn fingerprint(byte: u8) -> Fingerprint {
+    Fingerprint::sha256(vec![byte; 32])
+}
+
+fn dtls_side(policy: SrtpPolicy, seed: u8) -> LocalMedia {
+    let mut media = side(policy, seed);
+    media.fingerprint = Some(fingerprint(seed));
+    media
+}
+
+fn attribute<'a>(sdp: &'a SessionDescription, name: &str) -> Option<&'a str> {
+    sdp.media[0].attribute(name)
+}
+
+#[test]
+fn fingerprints_and_setup_parse_and_write() {
+    let text = "sha-256 4A:AD:B9:B1:3F:82:18:3B:54:02:12:DF:3E:5D:49:6B:19:E5:7C:AB:4A:AD:B9:B1:3F:82:18:3B:54:02:12:DF";
+    let f = Fingerprint::parse(text).unwrap();
+    assert_eq!((f.hash.as_str(), f.digest.len()), ("sha-256", 32));
+    assert_eq!(f.to_string(), text);
+    assert_eq!(
+        Fingerprint::parse("SHA-256 4a:ad:b9:b1:3f:82:18:3b:54:02:12:df:3e:5d:49:6b")
+            .unwrap()
+            .hash,
+        "sha-256"
+    );
+    for bad in [
+        "sha-256",
+        "sha-256 4A:AD",
+        "sha-256 4A:AD:B9:B1:3F:82:18:3B:54:02:12:DF:3E:5D:49:6",
+        "sha-256 ZZ:AD:B9:B1:3F:82:18:3B:54:02:12:DF:3E:5D:49:6B",
+        "",
+    ] {
+        assert_eq!(Fingerprint::parse(bad), None, "{bad}");
+    }
+    assert_eq!(Setup::from_name("ActPass"), Some(Setup::ActPass));
+    assert_eq!(Setup::from_name("sometimes"), None);
+}
+
+#[test]
+fn a_dtls_offer_is_answered_with_dtls_and_the_roles_of_rfc5763() {
+    let peer = fingerprint(0xAB);
+    for (offered_setup, our_setup, we_are_client) in [
+        ("actpass", "active", true),
+        ("passive", "active", true),
+        ("active", "passive", false),
+    ] {
+        for policy in [SrtpPolicy::Optional, SrtpPolicy::Required, SrtpPolicy::Dtls] {
+            let offered = sdp(
+                "UDP/TLS/RTP/SAVPF",
+                &format!("a=fingerprint:{peer}\r\na=setup:{offered_setup}\r\na=rtcp-mux\r\n"),
+            );
+            let (ans, n) = answer(&offered, &dtls_side(policy, 3), origin()).unwrap();
+            assert_eq!(ans.media[0].proto, "UDP/TLS/RTP/SAVPF");
+            assert_eq!(attribute(&ans, "setup"), Some(our_setup));
+            assert_eq!(
+                attribute(&ans, "fingerprint"),
+                Some(fingerprint(3).to_string().as_str())
+            );
+            assert!(cryptos_of(&ans).is_empty(), "never SDES in a DTLS answer");
+            assert_eq!(n.srtp, None);
+            let dtls = n.dtls.unwrap();
+            assert_eq!((dtls.client, dtls.remote), (we_are_client, peer.clone()));
+            assert!(n.rtcp_mux);
+        }
+    }
+    // A session-level fingerprint counts; a missing one or holdconn does not.
+    let session_level = parse(&format!(
+        "v=0\r\no=peer 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\
+         a=fingerprint:{peer}\r\nm=audio 5004 UDP/TLS/RTP/SAVP 0\r\na=setup:actpass\r\n"
+    ))
+    .unwrap();
+    assert!(
+        answer(
+            &session_level,
+            &dtls_side(SrtpPolicy::Required, 3),
+            origin()
+        )
+        .is_ok()
+    );
+    let bare = sdp("UDP/TLS/RTP/SAVP", "a=setup:actpass\r\n");
+    assert_eq!(
+        answer(&bare, &dtls_side(SrtpPolicy::Required, 3), origin()).unwrap_err(),
+        NegotiateError::NoCommonCrypto
+    );
+    let held = sdp(
+        "UDP/TLS/RTP/SAVP",
+        &format!("a=fingerprint:{peer}\r\na=setup:holdconn\r\n"),
+    );
+    assert!(answer(&held, &dtls_side(SrtpPolicy::Required, 3), origin()).is_err());
+    // An SDES offer to a side that has a certificate is still answered with SDES.
+    let sdes = sdp(
+        "RTP/SAVP",
+        &peer_crypto(1, CryptoSuite::AesCm128HmacSha1_80),
+    );
+    let (ans, n) = answer(&sdes, &dtls_side(SrtpPolicy::Dtls, 3), origin()).unwrap();
+    assert!(attribute(&ans, "fingerprint").is_none() && n.dtls.is_none() && n.srtp.is_some());
+}
+
+#[test]
+fn a_dtls_offer_and_its_answers() {
+    let ours = offer(&dtls_side(SrtpPolicy::Dtls, 5), origin());
+    assert_eq!(ours.media[0].proto, "UDP/TLS/RTP/SAVP");
+    assert_eq!(attribute(&ours, "setup"), Some("actpass"));
+    assert!(
+        cryptos_of(&ours).is_empty(),
+        "a DTLS offer carries no SDES keys"
+    );
+    let peer = fingerprint(0xCD);
+    for (setup, client) in [("active", false), ("passive", true)] {
+        let theirs = sdp(
+            "UDP/TLS/RTP/SAVP",
+            &format!("a=fingerprint:{peer}\r\na=setup:{setup}\r\n"),
+        );
+        let n = accept_answer(&ours, &theirs).unwrap();
+        assert_eq!(
+            n.dtls,
+            Some(DtlsParams {
+                client,
+                remote: peer.clone()
+            })
+        );
+    }
+    // An answer without setup is active (RFC 4145's default): we are the server.
+    let theirs = sdp("UDP/TLS/RTP/SAVP", &format!("a=fingerprint:{peer}\r\n"));
+    assert!(!accept_answer(&ours, &theirs).unwrap().dtls.unwrap().client);
+    // A DTLS offer answered with SDES or plain RTP is refused.
+    let sdes = sdp(
+        "RTP/SAVP",
+        &peer_crypto(1, CryptoSuite::AesCm128HmacSha1_80),
+    );
+    assert_eq!(
+        accept_answer(&ours, &sdes).unwrap_err(),
+        NegotiateError::SrtpRequired
+    );
+    assert_eq!(
+        accept_answer(&ours, &sdp("RTP/AVP", "")).unwrap_err(),
+        NegotiateError::SrtpRequired
+    );
+    // Both ends of a DTLS exchange take opposite roles and each other's fingerprints.
+    let (ans, answerer) = answer(&ours, &dtls_side(SrtpPolicy::Optional, 6), origin()).unwrap();
+    let offerer = accept_answer(&ours, &ans).unwrap();
+    let (a, b) = (offerer.dtls.unwrap(), answerer.dtls.unwrap());
+    assert_ne!(a.client, b.client);
+    assert_eq!((a.remote, b.remote), (fingerprint(6), fingerprint(5)));
+    // Without a certificate, a dtls policy offers SDES instead.
+    assert_eq!(
+        offer(&side(SrtpPolicy::Dtls, 5), origin()).media[0].proto,
+        "RTP/SAVP"
+    );
 }

@@ -329,6 +329,7 @@ fn asterisk_offer() {
             stream_index: 0,
             rtcp_mux: false,
             srtp: None,
+            dtls: None,
         }
     );
 }
