@@ -227,7 +227,10 @@ fn rfc3264_basic_exchange() {
     );
     assert!(ours.media[1].attributes.is_empty());
     assert_eq!(ours.timing, ["0 0"]);
-    assert_eq!(negotiated.remote, "192.0.2.1:49170".parse().unwrap());
+    assert_eq!(
+        negotiated.remote,
+        "192.0.2.1:49170".parse::<std::net::SocketAddr>().unwrap()
+    );
     assert_eq!(
         (negotiated.codec, negotiated.payload_type),
         (Codec::Pcmu, 0)
@@ -238,7 +241,10 @@ fn rfc3264_basic_exchange() {
     // As the offerer: Bob's answer.
     let bob = parse_ok(&with_addresses(RFC3264_10_1_ANSWER));
     let accepted = accept_answer(&offer_sdp, &bob).unwrap();
-    assert_eq!(accepted.remote, "192.0.2.2:49920".parse().unwrap());
+    assert_eq!(
+        accepted.remote,
+        "192.0.2.2:49920".parse::<std::net::SocketAddr>().unwrap()
+    );
     assert_eq!((accepted.codec, accepted.payload_type), (Codec::Pcmu, 0));
     assert_eq!(accepted.local_direction, Direction::SendRecv);
 
@@ -247,7 +253,10 @@ fn rfc3264_basic_exchange() {
     let ports: Vec<u16> = ours.media.iter().map(|m| m.port).collect();
     assert_eq!(ports, [40000, 0, 0, 0]);
     assert_eq!(ours.media[3].formats, ["110"]);
-    assert_eq!(negotiated.remote, "192.0.2.2:65422".parse().unwrap());
+    assert_eq!(
+        negotiated.remote,
+        "192.0.2.2:65422".parse::<std::net::SocketAddr>().unwrap()
+    );
 }
 
 #[test]
@@ -423,7 +432,10 @@ fn audio_and_video_offer_rejects_the_video() {
     assert_eq!(sdp.media[1].port, 40000);
     assert_eq!(negotiated.stream_index, 1);
     // The media-level c= overrides the session's.
-    assert_eq!(negotiated.remote, "192.0.2.6:5004".parse().unwrap());
+    assert_eq!(
+        negotiated.remote,
+        "192.0.2.6:5004".parse::<std::net::SocketAddr>().unwrap()
+    );
 }
 
 #[test]
@@ -590,8 +602,14 @@ fn offer_answer_between_two_dialerds() {
         (at_caller.codec, at_caller.payload_type),
         (Codec::Opus, 111)
     );
-    assert_eq!(at_callee.remote, "192.0.2.10:40000".parse().unwrap());
-    assert_eq!(at_caller.remote, "192.0.2.20:50000".parse().unwrap());
+    assert_eq!(
+        at_callee.remote,
+        "192.0.2.10:40000".parse::<std::net::SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        at_caller.remote,
+        "192.0.2.20:50000".parse::<std::net::SocketAddr>().unwrap()
+    );
     assert_eq!(at_caller.dtmf_payload_type, None);
     assert_eq!(at_callee.ptime_ms, Some(40));
     assert_eq!(at_caller.ptime_ms, Some(40));
@@ -651,7 +669,12 @@ fn accept_answer_cases() {
     );
     assert_eq!(negotiated.dtmf_payload_type, Some(100));
     assert_eq!(negotiated.ptime_ms, Some(30));
-    assert_eq!(negotiated.remote, "198.51.100.1:30000".parse().unwrap());
+    assert_eq!(
+        negotiated.remote,
+        "198.51.100.1:30000"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+    );
     assert_eq!(negotiated.remote_direction, Direction::SendOnly);
     assert_eq!(negotiated.local_direction, Direction::RecvOnly);
 
