@@ -407,6 +407,15 @@ fn media_config(
         },
         event_depth: 16384,
         batch_wait: std::time::Duration::from_micros(u64::from(m.batch_wait_us)),
+        // One certificate per process for DTLS-SRTP legs; without one, DTLS
+        // offers are refused (488) and `dtls` calls are not placed.
+        identity: match crate::media::dtls::Identity::generate() {
+            Ok(identity) => Some(identity),
+            Err(e) => {
+                tracing::error!(error = %e, "no DTLS certificate; DTLS-SRTP is off");
+                None
+            }
+        },
     }
 }
 

@@ -150,6 +150,7 @@ pub async fn call(settings: &Settings, opts: &CallOptions) -> Result<Outcome, Ca
                 relay: crate::media::RelayConfig::default(),
                 event_depth: 1024,
                 batch_wait: Duration::from_micros(u64::from(settings.media.batch_wait_us)),
+                identity: None,
             };
             let (media, events, _threads) = crate::media::Media::start(
                 &config,

@@ -55,6 +55,8 @@ pub enum EndCause {
     MediaError,
     /// SRTP was required and the peer offered or answered plain RTP.
     SrtpRequired,
+    /// The DTLS-SRTP handshake failed or did not complete in time.
+    DtlsFailed,
     /// Any other final response.
     Failed,
 }
@@ -87,6 +89,7 @@ impl EndCause {
             Self::MediaPortsExhausted => "media_ports_exhausted",
             Self::MediaError => "media_error",
             Self::SrtpRequired => "srtp_required",
+            Self::DtlsFailed => "dtls_failed",
             Self::Failed => "failed",
         }
     }

@@ -282,6 +282,9 @@ pub struct CallConfig {
     pub user_agent: String,
     /// Prefix of the names made up for calls that come without one.
     pub name_prefix: String,
+    /// The SHA-256 digest of the media's DTLS certificate; `None`: no
+    /// DTLS-SRTP (offers refused, `dtls` calls not placed).
+    pub dtls_fingerprint: Option<Vec<u8>>,
 }
 
 impl Default for CallConfig {
@@ -300,6 +303,7 @@ impl Default for CallConfig {
             ptime_ms: Some(20),
             user_agent: concat!("dialerd/", env!("CARGO_PKG_VERSION")).to_owned(),
             name_prefix: "call-".to_owned(),
+            dtls_fingerprint: None,
         }
     }
 }

@@ -81,8 +81,9 @@ pub enum CallError {
     /// The call has no dialog to send in (not answered yet).
     #[error("{0} has no dialog yet")]
     NoDialog(CallId),
-    /// SRTP was asked for and no key material could be had.
-    #[error("SRTP asked for and no key material is available")]
+    /// SRTP was asked for and no key material (or, for DTLS-SRTP, no
+    /// certificate) could be had.
+    #[error("SRTP asked for and no key material or certificate is available")]
     NoKeySource,
 }
 
@@ -403,6 +404,9 @@ impl Calls {
         if policy == SrtpPolicy::Off {
             return Ok(LocalKeys::default());
         }
+        if policy == SrtpPolicy::Dtls && self.config.dtls_fingerprint.is_none() {
+            return Err(CallError::NoKeySource);
+        }
         let source = self.key_source.as_mut().ok_or(CallError::NoKeySource)?;
         LocalKeys::generate(|out| source.fill(out)).ok_or(CallError::NoKeySource)
     }
@@ -528,6 +532,12 @@ impl Calls {
     /// Takes each media port with `claim` before it is advertised.
     pub fn set_port_claim(&mut self, claim: Box<dyn super::PortClaim>) {
         self.ports.set_claim(claim);
+    }
+
+    /// Offers and answers DTLS-SRTP with the certificate of this SHA-256
+    /// digest (the media layer's); `None` turns DTLS-SRTP off.
+    pub fn set_dtls_fingerprint(&mut self, digest: Option<Vec<u8>>) {
+        self.config.dtls_fingerprint = digest;
     }
 
     /// What the media layer was asked to do since the last call, in order.
@@ -1127,6 +1137,11 @@ impl Calls {
             LocalMedia::new(self.config.media_address, port, self.config.codecs.clone());
         media.ptime_ms = self.config.ptime_ms;
         media.direction = direction;
+        media.fingerprint = self
+            .config
+            .dtls_fingerprint
+            .clone()
+            .map(sdp::Fingerprint::sha256);
         media
     }
 

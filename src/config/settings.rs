@@ -72,6 +72,8 @@ pub enum SrtpMode {
     Optional,
     /// SRTP or no call: plain RTP is refused (`srtp_required`).
     Required,
+    /// As `required`, offering DTLS-SRTP (`UDP/TLS/RTP/SAVP`) instead of SDES.
+    Dtls,
 }
 
 /// `[calls]`

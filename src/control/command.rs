@@ -221,13 +221,13 @@ pub struct OriginateArgs {
     pub force: bool,
     /// An external media endpoint to relay the call's audio with.
     pub media: Option<MediaArgs>,
-    /// SRTP policy for this call: `off`, `optional` or `required` (default:
-    /// the account's).
+    /// SRTP policy for this call: `off`, `optional`, `required` or `dtls`
+    /// (default: the account's).
     pub srtp: Option<String>,
 }
 
 /// The SRTP policies a command may name.
-pub const SRTP_POLICIES: [&str; 3] = ["off", "optional", "required"];
+pub const SRTP_POLICIES: [&str; 4] = ["off", "optional", "required", "dtls"];
 
 /// An external media endpoint for a call's audio (`originate`, `answer`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -832,7 +832,7 @@ fn check_originate(o: &OriginateArgs) -> Result<(), Problem> {
         .as_deref()
         .is_some_and(|p| !SRTP_POLICIES.contains(&p))
     {
-        return bad("args.srtp: must be \"off\", \"optional\" or \"required\"");
+        return bad("args.srtp: must be \"off\", \"optional\", \"required\" or \"dtls\"");
     }
     if let Some(m) = &o.media {
         check_media(m)?;

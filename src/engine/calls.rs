@@ -115,6 +115,7 @@ pub fn srtp_policy(mode: crate::config::SrtpMode) -> SrtpPolicy {
         crate::config::SrtpMode::Off => SrtpPolicy::Off,
         crate::config::SrtpMode::Optional => SrtpPolicy::Optional,
         crate::config::SrtpMode::Required => SrtpPolicy::Required,
+        crate::config::SrtpMode::Dtls => SrtpPolicy::Dtls,
     }
 }
 

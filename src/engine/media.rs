@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::Core;
 use crate::call::{CallError, CallId, EndCause, MediaOp};
+use crate::media::dtls::DtlsSetup;
 use crate::media::srtp::{MasterKey, SrtpKeys, Suite};
 use crate::media::{AudioCodec, ENDPOINT_BIT, LegSpec, MediaEvent, MediaEventKind};
 use crate::sdp::{Codec, CryptoSuite, LocalMedia, Negotiated};
@@ -102,7 +103,15 @@ impl Core {
                     media: n,
                     sending,
                     answered,
-                } => media.spec(call.0, leg_spec(&n, sending, answered), srtp_keys(&n)),
+                } => media.spec(
+                    call.0,
+                    leg_spec(&n, sending, answered),
+                    srtp_keys(&n),
+                    n.dtls.as_ref().map(|d| DtlsSetup {
+                        client: d.client,
+                        fingerprint: d.remote.digest.clone(),
+                    }),
+                ),
                 MediaOp::Connect { a, b } => media.connect(a.0, b.0),
                 MediaOp::Disconnect { call } => media.disconnect(call.0),
                 MediaOp::Close { call } => {
@@ -129,6 +138,12 @@ impl Core {
                 let _ = self
                     .calls
                     .end_with(now, &mut self.ep, call, EndCause::MediaError);
+            }
+            MediaEventKind::DtlsFailed { reason } if !endpoint => {
+                tracing::warn!(call = %call, reason = %reason, "DTLS-SRTP failed; the call ends");
+                let _ = self
+                    .calls
+                    .end_with(now, &mut self.ep, call, EndCause::DtlsFailed);
             }
             MediaEventKind::BindFailed { port } => {
                 tracing::warn!(call = %call, port, "media port not bound; the call ends");
@@ -158,7 +173,7 @@ impl Core {
         let leg = call.0 | ENDPOINT_BIT;
         let media = &mut self.publish.media;
         media.open(leg, name, port, Some(call.0));
-        media.spec(leg, endpoint_spec(&endpoint), None);
+        media.spec(leg, endpoint_spec(&endpoint), None, None);
         media.connect(call.0, leg);
         Ok(Attached {
             local: SocketAddr::new(self.calls.media_address(), port),

@@ -248,6 +248,7 @@ impl SipCore {
         if let Some(claim) = publish.media.port_claim() {
             calls.set_port_claim(claim);
         }
+        calls.set_dtls_fingerprint(publish.media.dtls_fingerprint().map(<[u8]>::to_vec));
         let locals = Arc::new(driver.locals());
         let (commands, rx) = mpsc::channel(COMMAND_DEPTH);
         let (dns_tx, dns_rx) = mpsc::channel(64);

@@ -68,6 +68,12 @@ impl fmt::Debug for Identity {
     }
 }
 
+impl PartialEq for Identity {
+    fn eq(&self, other: &Identity) -> bool {
+        self.fingerprint == other.fingerprint
+    }
+}
+
 impl Identity {
     /// A fresh self-signed certificate (ECDSA P-256).
     pub fn generate() -> Result<Identity, DtlsError> {
@@ -186,6 +192,16 @@ impl DtlsSession {
     /// Whether the handshake completed.
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// What the SDP settled for it.
+    pub fn setup(&self) -> &DtlsSetup {
+        &self.setup
+    }
+
+    /// Whether datagrams wait to be sent.
+    pub fn has_outgoing(&self) -> bool {
+        !self.outgoing.is_empty()
     }
 
     /// A DTLS datagram from the peer; the SRTP keys once the handshake

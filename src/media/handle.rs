@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::dtls::{DtlsSetup, Identity};
 use super::leg::{LegId, LegSpec, LegStats};
 use super::player::Source;
 use super::relay::{MediaEvent, RelayConfig};
@@ -27,6 +28,8 @@ pub struct MediaConfig {
     /// While packets flow, a shard sleeps this long between polls to read
     /// them in batches instead of waking for each; zero wakes per packet.
     pub batch_wait: Duration,
+    /// The certificate of DTLS-SRTP legs; `None`: no DTLS-SRTP.
+    pub identity: Option<Identity>,
 }
 
 /// The shards and where each leg lives.
@@ -37,6 +40,7 @@ pub struct Media {
     next: usize,
     bind: IpAddr,
     reserve: PortReserve,
+    fingerprint: Option<Vec<u8>>,
 }
 
 /// Binds a port's sockets when the call table claims it, before the port
@@ -115,6 +119,7 @@ impl Media {
                 bind,
                 held: Arc::default(),
             },
+            fingerprint: None,
         }
     }
 
@@ -147,6 +152,7 @@ impl Media {
             let (sender, thread) = shard::spawn(
                 index,
                 config.relay,
+                config.identity.clone(),
                 config.batch_wait,
                 seed,
                 tx.clone(),
@@ -165,6 +171,7 @@ impl Media {
                     bind: config.bind,
                     held: Arc::default(),
                 },
+                fingerprint: config.identity.as_ref().map(|i| i.fingerprint().to_vec()),
             },
             rx,
             threads,
@@ -214,10 +221,25 @@ impl Media {
         }
     }
 
-    /// What was negotiated for `leg`, with its SRTP keys if encrypted.
-    pub fn spec(&self, leg: LegId, spec: LegSpec, keys: Option<SrtpKeys>) {
+    /// What was negotiated for `leg`, with its SRTP keys if encrypted with
+    /// SDES, or its DTLS-SRTP setup.
+    pub fn spec(&self, leg: LegId, spec: LegSpec, keys: Option<SrtpKeys>, dtls: Option<DtlsSetup>) {
         let keys = keys.map(Box::new);
-        self.send(leg, ShardCommand::Spec { leg, spec, keys });
+        let dtls = dtls.map(Box::new);
+        self.send(
+            leg,
+            ShardCommand::Spec {
+                leg,
+                spec,
+                keys,
+                dtls,
+            },
+        );
+    }
+
+    /// The SHA-256 digest of the DTLS-SRTP certificate, when shards run with one.
+    pub fn dtls_fingerprint(&self) -> Option<&[u8]> {
+        self.fingerprint.as_deref()
     }
 
     /// Relays between `a` and `b`; `b` moves to `a`'s shard if elsewhere.

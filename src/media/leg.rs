@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::dtls::DtlsSession;
 use super::g711::Law;
 use super::player::Source;
 use super::srtp::Transform;
@@ -268,6 +269,8 @@ pub(super) struct Leg {
     pub send_failed: u64,
     /// SRTP keys: decrypts what the peer sends, encrypts what goes to it.
     pub transform: Option<Transform>,
+    /// The DTLS-SRTP association that keys `transform`, on a DTLS leg.
+    pub dtls: Option<Box<DtlsSession>>,
     pub srtp_rejected: u64,
 }
 
@@ -303,6 +306,7 @@ impl Leg {
             rtcp_packets: 0,
             send_failed: 0,
             transform: None,
+            dtls: None,
             srtp_rejected: 0,
         }
     }

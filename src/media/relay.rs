@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::dtls::{self, DtlsSession, DtlsSetup, Identity};
 use super::g711;
 use super::leg::{DtmfOut, Leg, LegId, LegSpec, LegStats, Outbound};
 use super::player::Source;
@@ -111,6 +112,13 @@ pub enum MediaEventKind {
         /// Why.
         reason: String,
     },
+    /// The leg's DTLS-SRTP handshake failed or timed out.
+    DtlsFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The leg's DTLS-SRTP handshake completed; media is encrypted now.
+    DtlsConnected,
     /// The leg's RTP or RTCP port could not be bound.
     BindFailed {
         /// The port.
@@ -143,6 +151,9 @@ pub enum RelayError {
     /// The leg's SRTP keys could not be used.
     #[error("media leg {0}: {1}")]
     Srtp(LegId, SrtpError),
+    /// The leg's DTLS association could not be set up.
+    #[error("media leg {0}: {1}")]
+    Dtls(LegId, dtls::DtlsError),
     /// The leg has no negotiated G.711 media to play into.
     #[error("media leg {0} cannot take generated audio (no G.711 negotiated)")]
     NotGenerating(LegId),
@@ -167,6 +178,7 @@ pub struct Relay {
     rng: u64,
     generations: u32,
     crypto: Option<Arc<dyn rtc_srtp::crypto::RTCCryptoProvider>>,
+    identity: Option<Identity>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -190,7 +202,13 @@ impl Relay {
             rng: seed | 1,
             generations: 0,
             crypto: None,
+            identity: None,
         }
+    }
+
+    /// The certificate DTLS-SRTP legs present.
+    pub fn set_identity(&mut self, identity: Option<Identity>) {
+        self.identity = identity;
     }
 
     fn random(&mut self) -> u64 {
@@ -361,6 +379,74 @@ impl Relay {
         })
     }
 
+    /// Makes `leg` a DTLS-SRTP leg as `setup` says (after its spec is set:
+    /// the peer's signalled address is where the handshake goes). A
+    /// renegotiation with the same role and fingerprint keeps the
+    /// association and its keys; another starts afresh.
+    pub fn set_dtls(
+        &mut self,
+        now: Instant,
+        id: LegId,
+        setup: DtlsSetup,
+    ) -> Result<(), RelayError> {
+        let slot = self.slot(id).ok_or(RelayError::UnknownLeg(id))?;
+        let identity = self.identity.clone().ok_or(RelayError::Dtls(
+            id,
+            dtls::DtlsError::Setup("no certificate".into()),
+        ))?;
+        let leg = self.leg_mut(slot).ok_or(RelayError::UnknownLeg(id))?;
+        if leg.dtls.as_ref().is_some_and(|d| *d.setup() == setup) {
+            return Ok(());
+        }
+        let peer = leg
+            .spec
+            .map(|s| s.remote)
+            .ok_or(RelayError::UnknownLeg(id))?;
+        let session =
+            DtlsSession::new(now, &identity, setup, peer).map_err(|e| RelayError::Dtls(id, e))?;
+        leg.transform = None;
+        leg.dtls = Some(Box::new(session));
+        self.schedule(slot, now);
+        Ok(())
+    }
+
+    /// A DTLS datagram for the leg in `slot`: on to its association; the
+    /// keys it exports once the handshake completes key the leg.
+    fn handle_dtls(&mut self, now: Instant, slot: usize, buf: &[u8]) {
+        let crypto = self.crypto.clone().or_else(|| super::srtp::provider().ok());
+        self.crypto = crypto.clone();
+        let Some(leg) = self.leg_mut(slot) else {
+            return;
+        };
+        let Some(session) = leg.dtls.as_mut() else {
+            leg.dropped += 1;
+            return;
+        };
+        let outcome = match session.handle(now, buf) {
+            Ok(Some(keys)) => match crypto {
+                Some(c) => Transform::new(&keys, c.as_ref())
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
+                None => Err("no SRTP crypto provider".to_owned()),
+            },
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(Some(transform)) => {
+                leg.transform = Some(transform);
+                self.report(slot, MediaEventKind::DtlsConnected);
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                leg.dtls = None;
+                leg.transform = None;
+                self.report(slot, MediaEventKind::DtlsFailed { reason });
+            }
+        }
+        self.schedule(slot, now);
+    }
+
     /// Relays between `a` and `b` (each leaves a previous peer).
     pub fn connect(&mut self, now: Instant, a: LegId, b: LegId) -> Result<(), RelayError> {
         let sa = self.slot(a).ok_or(RelayError::UnknownLeg(a))?;
@@ -505,6 +591,11 @@ impl Relay {
         buf: &mut [u8],
         len: usize,
     ) -> Option<Transmit> {
+        if dtls::is_dtls(buf.get(..len)?) {
+            let packet = buf.get(..len)?.to_vec();
+            self.handle_dtls(now, slot, &packet);
+            return None;
+        }
         let len = self.unprotect(slot, channel, buf, len)?;
         let transmit = self.relay_datagram(now, slot, channel, from, buf, len)?;
         self.protect(transmit, buf)
@@ -539,7 +630,17 @@ impl Relay {
         outbound: bool,
     ) -> Option<usize> {
         let leg = self.leg_mut(slot)?;
+        if dtls::is_dtls(buf.get(..len)?) {
+            // The handshake's own records go out as they are.
+            return Some(len);
+        }
         let Some(transform) = leg.transform.as_mut() else {
+            if leg.dtls.is_some() {
+                // A DTLS leg before its handshake completed: nothing can be
+                // protected or trusted yet.
+                leg.dropped += u64::from(!outbound);
+                return None;
+            }
             return Some(len);
         };
         let rtcp = channel == Channel::Rtcp || rtp::is_rtcp(buf.get(..len)?);
@@ -778,6 +879,9 @@ impl Relay {
 
     /// What is due for the leg in `slot`.
     fn check(&mut self, now: Instant, slot: usize, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(t) = self.dtls_due(now, slot, buf) {
+            return Some(t);
+        }
         let config = self.config;
         let leg = self.leg_mut(slot)?;
         let spec = leg.spec?;
@@ -820,6 +924,36 @@ impl Relay {
         } else {
             None
         }
+    }
+
+    /// The DTLS association's retransmissions and deadline, and its next
+    /// datagram, written into `buf`.
+    fn dtls_due(&mut self, now: Instant, slot: usize, buf: &mut [u8]) -> Option<Transmit> {
+        let leg = self.leg_mut(slot)?;
+        let session = leg.dtls.as_mut()?;
+        if session.poll_timeout().is_some_and(|at| at <= now)
+            && let Err(e) = session.handle_timeout(now)
+        {
+            leg.dtls = None;
+            leg.transform = None;
+            self.report(
+                slot,
+                MediaEventKind::DtlsFailed {
+                    reason: e.to_string(),
+                },
+            );
+            return None;
+        }
+        let to = leg.rtp_target()?;
+        let packet = leg.dtls.as_mut()?.poll_transmit()?;
+        let len = packet.len();
+        buf.get_mut(..len)?.copy_from_slice(&packet);
+        Some(Transmit {
+            slot,
+            channel: Channel::Rtp,
+            to,
+            len,
+        })
     }
 
     /// Writes the next generated packet of `slot` (DTMF, prompt, silence).
@@ -913,6 +1047,14 @@ impl Relay {
         let mut earliest = |at: Instant| {
             next = Some(next.map_or(at, |n| n.min(at)));
         };
+        if let Some(session) = leg.dtls.as_ref() {
+            if session.has_outgoing() {
+                earliest(now);
+            }
+            if let Some(at) = session.poll_timeout() {
+                earliest(at);
+            }
+        }
         if let Some(spec) = leg.spec {
             let reference = leg.rx_reference();
             if leg.expects_media() && !leg.quiet_reported {

@@ -639,3 +639,134 @@ mod srtp {
         assert_eq!(net.relay.stats(net.at(30), A).unwrap().srtp, None);
     }
 }
+
+mod dtls {
+    use super::*;
+    use crate::media::dtls::{DtlsSession, DtlsSetup, Identity, is_dtls};
+    use crate::media::srtp::{Transform, provider};
+
+    const PEER_A: &str = "192.0.2.1:4000";
+
+    /// A bridge whose leg A is DTLS-SRTP (the relay the client), and A's
+    /// peer, a DTLS server with its own certificate.
+    fn dtls_bridge() -> (Net, DtlsSession) {
+        let mut net = Net::new(
+            RelayConfig::default(),
+            spec(PEER_A, AudioCodec::Pcmu),
+            spec("192.0.2.2:5000", AudioCodec::Pcmu),
+        );
+        let (ours, theirs) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+        let peer = DtlsSession::new(
+            net.t0,
+            &theirs,
+            DtlsSetup {
+                client: false,
+                fingerprint: ours.fingerprint().to_vec(),
+            },
+            addr("192.0.2.9:9"),
+        )
+        .unwrap();
+        net.relay.set_identity(Some(ours));
+        let setup = DtlsSetup {
+            client: true,
+            fingerprint: theirs.fingerprint().to_vec(),
+        };
+        net.relay.set_dtls(net.t0, A, setup).unwrap();
+        (net, peer)
+    }
+
+    /// Runs the handshake between the relay's leg A and `peer`; the peer's
+    /// SRTP transform once done.
+    fn handshake(net: &mut Net, peer: &mut DtlsSession) -> Transform {
+        let mut buf = vec![0u8; 2048];
+        let now = net.at(0);
+        for _ in 0..50 {
+            let mut keys = None;
+            while let Some(t) = net.relay.poll_transmit(now, &mut buf) {
+                assert_eq!((t.slot, t.to), (net.sa, addr(PEER_A)));
+                assert!(is_dtls(&buf[..t.len]), "only the handshake goes out");
+                keys = peer.handle(now, &buf[..t.len]).unwrap().or(keys);
+            }
+            while let Some(p) = peer.poll_transmit() {
+                buf[..p.len()].copy_from_slice(&p);
+                let out = net.relay.handle_datagram(
+                    now,
+                    net.sa,
+                    Channel::Rtp,
+                    addr(PEER_A),
+                    &mut buf,
+                    p.len(),
+                );
+                assert!(out.is_none(), "handshake records are not relayed");
+            }
+            if let Some(keys) = keys.filter(|_| net.relay.stats(now, A).unwrap().srtp.is_some()) {
+                return Transform::new(&keys, provider().unwrap().as_ref()).unwrap();
+            }
+            if peer.is_done() && net.relay.stats(now, A).unwrap().srtp.is_some() {
+                panic!("keys came before the last flight");
+            }
+        }
+        panic!("no handshake");
+    }
+
+    #[test]
+    fn a_dtls_leg_handshakes_then_relays_srtp_with_a_plain_leg() {
+        let (mut net, mut peer) = dtls_bridge();
+        // Before the handshake nothing plain goes toward the DTLS leg.
+        assert!(
+            net.send(0, net.sb, "192.0.2.2:5000", 0, 1, 0, &[0xFF; 160])
+                .is_none()
+        );
+        let mut srtp = handshake(&mut net, &mut peer);
+        assert!(net.events().contains(&MediaEventKind::DtlsConnected));
+        let stats = net.relay.stats(net.at(0), A).unwrap();
+        assert!(stats.srtp.is_some(), "{stats:?}");
+
+        // Plain from B leaves encrypted toward A's peer.
+        let audio = [0x42u8; 160];
+        let (t, bytes) = net
+            .send(20, net.sb, "192.0.2.2:5000", 0, 2, 160, &audio)
+            .unwrap();
+        assert_eq!(t.slot, net.sa);
+        let mut buf = bytes.clone();
+        let n = srtp.unprotect_rtp(&mut buf, bytes.len()).unwrap();
+        assert_eq!(&buf[12..n], &audio[..]);
+
+        // SRTP from A's peer leaves in the clear toward B.
+        let mut buf = vec![0u8; 2048];
+        rtp::write_header(&mut buf, false, 0, 77, 1234, 0x5151).unwrap();
+        buf[12..172].copy_from_slice(&[0x24; 160]);
+        let len = srtp.protect_rtp(&mut buf, 172).unwrap();
+        let t = net
+            .relay
+            .handle_datagram(
+                net.at(40),
+                net.sa,
+                Channel::Rtp,
+                addr(PEER_A),
+                &mut buf,
+                len,
+            )
+            .unwrap();
+        assert_eq!((t.slot, t.len), (net.sb, 172));
+        assert_eq!(&buf[12..172], &[0x24; 160][..]);
+    }
+
+    #[test]
+    fn a_handshake_nobody_answers_fails_the_leg_by_its_deadline() {
+        let (mut net, _) = dtls_bridge();
+        let sent = net.run_until(30_000);
+        let hellos = sent
+            .iter()
+            .filter(|(t, b)| t.slot == net.sa && is_dtls(b))
+            .count();
+        assert!(hellos >= 2, "the first flight was sent again: {hellos}");
+        let failed = net
+            .events()
+            .into_iter()
+            .filter(|e| matches!(e, MediaEventKind::DtlsFailed { .. }))
+            .count();
+        assert_eq!(failed, 1);
+        assert!(net.relay.stats(net.at(30_000), A).unwrap().srtp.is_none());
+    }
+}

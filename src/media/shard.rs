@@ -22,8 +22,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
+use super::dtls::{DtlsSetup, Identity};
 use super::leg::{LegId, LegSpec, LegStats};
 use super::player::Source;
+use super::relay::RelayError;
 use super::relay::{Channel, DetachedLeg, MediaEvent, MediaEventKind, Relay, RelayConfig};
 use super::srtp::SrtpKeys;
 
@@ -103,8 +105,10 @@ pub enum ShardCommand {
         leg: LegId,
         /// The negotiated media.
         spec: LegSpec,
-        /// Its SRTP keys, if encrypted.
+        /// Its SRTP keys, if encrypted with SDES.
         keys: Option<Box<SrtpKeys>>,
+        /// Its DTLS-SRTP role and peer fingerprint, if keyed by DTLS.
+        dtls: Option<Box<DtlsSetup>>,
     },
     /// Relay between two legs of this shard.
     Connect {
@@ -201,9 +205,11 @@ impl ShardSender {
 }
 
 /// Starts a shard thread; reports go to `events`.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     index: usize,
     config: RelayConfig,
+    identity: Option<Identity>,
     batch_wait: Duration,
     seed: u64,
     events: tokio::sync::mpsc::Sender<MediaEvent>,
@@ -212,9 +218,11 @@ pub fn spawn(
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = sync_channel(COMMAND_DEPTH);
+    let mut relay = Relay::new(config, seed);
+    relay.set_identity(identity);
     let shard = Shard {
         poll,
-        relay: Relay::new(config, seed),
+        relay,
         sockets: Vec::new(),
         rx,
         events,
@@ -399,24 +407,45 @@ impl Shard {
                 self.open(now, leg, name, ip, port, sockets);
                 Ok(())
             }
-            ShardCommand::Spec { leg, spec, keys } => {
+            ShardCommand::Spec {
+                leg,
+                spec,
+                keys,
+                dtls,
+            } => {
                 if self.relay.slot(leg).is_none() {
-                    return self.orphan(now, ShardCommand::Spec { leg, spec, keys });
+                    return self.orphan(
+                        now,
+                        ShardCommand::Spec {
+                            leg,
+                            spec,
+                            keys,
+                            dtls,
+                        },
+                    );
                 }
-                match self.relay.set_keys(leg, keys.as_deref()) {
-                    Ok(()) => self.relay.set_spec(now, leg, spec),
-                    Err(e) => {
-                        if let Some(slot) = self.relay.slot(leg) {
-                            self.relay.report(
-                                slot,
-                                MediaEventKind::SrtpFailed {
-                                    reason: e.to_string(),
-                                },
-                            );
-                        }
-                        Err(e)
-                    }
+                let secured = match dtls {
+                    // The handshake goes to the negotiated address: spec first.
+                    Some(setup) => self
+                        .relay
+                        .set_spec(now, leg, spec)
+                        .and_then(|()| self.relay.set_dtls(now, leg, *setup)),
+                    None => self
+                        .relay
+                        .set_keys(leg, keys.as_deref())
+                        .and_then(|()| self.relay.set_spec(now, leg, spec)),
+                };
+                if let Err(e) = &secured
+                    && let Some(slot) = self.relay.slot(leg)
+                {
+                    let reason = e.to_string();
+                    let kind = match e {
+                        RelayError::Dtls(..) => MediaEventKind::DtlsFailed { reason },
+                        _ => MediaEventKind::SrtpFailed { reason },
+                    };
+                    self.relay.report(slot, kind);
                 }
+                secured
             }
             ShardCommand::Connect { a, b } => self.relay.connect(now, a, b),
             ShardCommand::Disconnect { leg } => self.relay.disconnect(leg),
