@@ -410,7 +410,13 @@ fn media_config(
         // One certificate per process for DTLS-SRTP legs; without one, DTLS
         // offers are refused (488) and `dtls` calls are not placed.
         identity: match crate::media::dtls::Identity::generate() {
-            Ok(identity) => Some(identity),
+            Ok(identity) => {
+                tracing::info!(
+                    fingerprint = %crate::sdp::Fingerprint::sha256(identity.fingerprint().to_vec()),
+                    "DTLS-SRTP certificate made"
+                );
+                Some(identity)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "no DTLS certificate; DTLS-SRTP is off");
                 None

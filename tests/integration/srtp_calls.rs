@@ -1,10 +1,10 @@
-//! SDES-SRTP calls end to end with a real SRTP phone: baresip (Debian
-//! `baresip`, its `srtp` module, `mediaenc=srtp-mand`) calls dialerd, which
-//! bridges the call to a plain-RTP callee (a SIPp PBX whose media is a
-//! socket this test owns). The audio is checked both ways by decoding it:
-//! baresip's 440 Hz tone must come out of dialerd's plain leg, and a
-//! 1000 Hz tone sent into the plain leg must be what baresip decrypted and
-//! recorded.
+//! SRTP calls end to end with a real SRTP phone: baresip (Debian `baresip`,
+//! its `srtp` module, `mediaenc=srtp-mand`) calls dialerd, which bridges the
+//! call to a callee behind a SIPp PBX whose media is a socket this test
+//! owns: plain RTP, or DTLS-SRTP with a peer built on dialerd's own DTLS and
+//! SRTP machines. The audio is checked both ways by decoding it: baresip's
+//! 440 Hz tone must reach the callee, and the callee's 1000 Hz tone must be
+//! what baresip decrypted and recorded.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -16,10 +16,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use dialerd::media::dtls::{DtlsSession, DtlsSetup, Identity, is_dtls};
+use dialerd::media::srtp::{Transform, provider};
+use dialerd::sdp::Fingerprint;
+
 use crate::media::{Events, as_u64, command_ok, dialerd, local_port, media_pbx};
 use crate::support::g711::{ulaw_decode, ulaw_encode};
 use crate::support::redis::RedisServer;
 use crate::support::scratch::Scratch;
+use crate::support::sipp::{Sipp, SippRun, scenario};
 use crate::support::{ports, wait_for};
 
 const RATE: f64 = 8000.0;
@@ -392,4 +397,243 @@ fn srtp_required_refuses_a_plain_rtp_call_with_488_and_cause_srtp_required() {
     assert_eq!(ended["code"], 488, "{ended}");
     let log = phone.wait();
     assert!(log.contains("488"), "baresip saw the 488:\n{log}");
+}
+
+/// The 1000 Hz µ-law tone, frame `n` of 160 samples.
+fn tone_frame(n: usize) -> Vec<u8> {
+    (0..160)
+        .map(|i| {
+            let t = (n * 160 + i) as f64 / RATE;
+            ulaw_encode((8000.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i32)
+        })
+        .collect()
+}
+
+/// A DTLS-SRTP callee's media: a socket whose DTLS server (passive, as its
+/// SDP says) expects dialerd's certificate, then sends the 1000 Hz tone as
+/// SRTP every 20 ms and decrypts what it receives.
+struct DtlsPeer {
+    socket: UdpSocket,
+    identity: Identity,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(bool, Vec<Vec<u8>>)>>,
+}
+
+impl DtlsPeer {
+    fn bind() -> DtlsPeer {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        DtlsPeer {
+            socket,
+            identity: Identity::generate().unwrap(),
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.socket.local_addr().unwrap().port()
+    }
+
+    /// Our fingerprint as SDP writes it, without the hash name.
+    fn fingerprint(&self) -> String {
+        let f = Fingerprint::sha256(self.identity.fingerprint().to_vec()).to_string();
+        f.trim_start_matches("sha-256 ").to_owned()
+    }
+
+    /// Serves the handshake from dialerd, whose certificate has `theirs`.
+    fn serve(&mut self, theirs: Vec<u8>) {
+        let socket = self.socket.try_clone().unwrap();
+        let stop = Arc::clone(&self.stop);
+        let setup = DtlsSetup {
+            client: false,
+            fingerprint: theirs,
+        };
+        let mut session = DtlsSession::new(
+            Instant::now(),
+            &self.identity,
+            setup,
+            "127.0.0.1:9".parse().unwrap(),
+        )
+        .unwrap();
+        self.thread = Some(std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            let mut srtp: Option<Transform> = None;
+            let mut dialerd: Option<SocketAddr> = None;
+            let (mut next, mut seq, mut n) = (Instant::now(), 1u16, 0usize);
+            while !stop.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                if let Ok((len, from)) = socket.recv_from(&mut buf) {
+                    dialerd = Some(from);
+                    if is_dtls(&buf[..len]) {
+                        if let Ok(Some(keys)) = session.handle(now, &buf[..len]) {
+                            srtp =
+                                Some(Transform::new(&keys, provider().unwrap().as_ref()).unwrap());
+                        }
+                    } else if let Some(t) = srtp.as_mut()
+                        && let Ok(n) = t.unprotect_rtp(&mut buf, len)
+                    {
+                        got.push(buf[..n].to_vec());
+                    }
+                }
+                if session.poll_timeout().is_some_and(|at| at <= now) {
+                    let _ = session.handle_timeout(now);
+                }
+                while let Some(p) = session.poll_transmit() {
+                    if let Some(to) = dialerd {
+                        let _ = socket.send_to(&p, to);
+                    }
+                }
+                if let (Some(t), Some(to)) = (srtp.as_mut(), dialerd)
+                    && now >= next
+                {
+                    let mut p = vec![0x80, 0];
+                    p.extend_from_slice(&seq.to_be_bytes());
+                    p.extend_from_slice(&((n * 160) as u32).to_be_bytes());
+                    p.extend_from_slice(&0x0D71_5C0Du32.to_be_bytes());
+                    p.extend_from_slice(&tone_frame(n));
+                    p.resize(2048, 0);
+                    if let Ok(len) = t.protect_rtp(&mut p, 172) {
+                        let _ = socket.send_to(&p[..len], to);
+                    }
+                    (seq, n) = (seq.wrapping_add(1), n + 1);
+                    next += Duration::from_millis(20);
+                }
+            }
+            (session.is_done(), got)
+        }));
+    }
+
+    /// Whether the handshake completed, and the RTP packets decrypted.
+    fn finish(mut self) -> (bool, Vec<Vec<u8>>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for DtlsPeer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The PBX of `media_pbx`, its callee answering with DTLS-SRTP as `peer`.
+fn dtls_pbx(peer: &DtlsPeer) -> SippRun {
+    Sipp::server(&scenario("media_pbx_dtls.xml"))
+        .key("expires", "60")
+        .key("rtp_port", &peer.port().to_string())
+        .key("pt", "0")
+        .key("codec", "PCMU")
+        .key("fp", &peer.fingerprint())
+        .calls(100_000)
+        .timeout(Duration::from_secs(600))
+        .args(&["-deadcall_wait", "0"])
+        .spawn()
+}
+
+/// dialerd's DTLS certificate fingerprint, from its start-up log.
+fn dialerd_fingerprint(log: &str) -> Vec<u8> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("DTLS-SRTP certificate made"))
+        .unwrap_or_else(|| panic!("no certificate logged:\n{log}"));
+    let at = line.find("sha-256 ").expect("a sha-256 fingerprint") + 8;
+    let hex: String = line[at..].chars().take(32 * 3 - 1).collect();
+    Fingerprint::parse(&format!("sha-256 {hex}"))
+        .unwrap()
+        .digest
+}
+
+#[test]
+fn srtp_an_sdes_call_from_baresip_is_bridged_to_a_dtls_srtp_callee_with_audio_both_ways() {
+    const RTP_BASE: u16 = 23200;
+    let redis = RedisServer::start(&[]);
+    let mut peer = DtlsPeer::bind();
+    let pbx = dtls_pbx(&peer);
+    let dir = Scratch::new("srtp-dtls");
+    let (d, sip) = dialerd(
+        &redis,
+        &pbx,
+        "ring",
+        "[media]\nsrtp = \"optional\"",
+        RTP_BASE,
+        &dir,
+    );
+    peer.serve(dialerd_fingerprint(&d.log()));
+    let mut events = Events::new(&redis);
+    let wav = dir.path().join("tone440.wav");
+    write_tone_wav(&wav, 440.0, 30.0);
+    let mut phone = Baresip::dial(
+        &dir.path().join("baresip"),
+        &format!("sip:1001@{sip}"),
+        "srtp-mand",
+        &wav,
+        (RTP_BASE + 200, RTP_BASE + 219),
+        8,
+    );
+    let created = events
+        .try_until(Duration::from_secs(15), |e| e["type"] == "call.created")
+        .unwrap_or_else(|| panic!("no call from baresip:\n{}\n{}", phone.log(), d.log()));
+    let inbound = created["call_id"].as_str().unwrap().to_owned();
+    let to = format!("sip:bob@{}", pbx.local_addr());
+    command_ok(
+        &mut events,
+        &redis,
+        "dtls-out-1",
+        "originate",
+        json!({"account": "acct-a", "to": to, "max_duration_secs": 60, "bridge_to": inbound, "srtp": "dtls"}),
+    );
+    events.until(Duration::from_secs(10), |e| {
+        e["type"] == "call.answered" && e["call_id"] == "dtls-out-1"
+    });
+    let hung_up = wait_for(Duration::from_secs(30), || (!phone.running()).then_some(()));
+    assert!(
+        hung_up.is_some(),
+        "baresip did not hang up:\n{}",
+        phone.log()
+    );
+    let rx = events.totals(&inbound, Duration::from_secs(15));
+    let tx = events.totals("dtls-out-1", Duration::from_secs(15));
+    let (handshaken, from_phone) = peer.finish();
+    let context = || format!("phone leg {rx}\ncallee leg {tx}\n{}", d.log());
+
+    assert!(handshaken, "DTLS handshake with dialerd: {}", context());
+    assert_eq!(rx["srtp"], "AES_CM_128_HMAC_SHA1_80", "{}", context());
+    assert!(
+        tx["srtp"].is_string(),
+        "the callee leg is keyed by DTLS: {}",
+        context()
+    );
+    assert!(as_u64(&tx, "srtp_rejected") == 0, "{}", context());
+
+    // Phone to callee: SDES-decrypted, DTLS-SRTP-encrypted by dialerd.
+    let samples: Vec<i32> = from_phone
+        .iter()
+        .filter(|p| p.len() == 172 && p[1] & 0x7f == 0)
+        .flat_map(|p| p[12..].iter().map(|&b| ulaw_decode(b)))
+        .collect();
+    assert!(
+        samples.len() > 150 * 160,
+        "{} samples from the phone; {}",
+        samples.len(),
+        context()
+    );
+    let (hz, rms) = tone_of(&samples);
+    assert!(
+        (hz - 440.0).abs() < 10.0 && rms > 2000.0,
+        "phone's tone at the callee: {hz:.1} Hz, rms {rms:.0}"
+    );
+
+    // Callee to phone: DTLS-SRTP-decrypted, SDES-encrypted by dialerd.
+    let (hz, rms) = tone_of(&phone.received());
+    assert!(
+        (hz - 1000.0).abs() < 20.0 && rms > 2000.0,
+        "callee's tone at the phone: {hz:.1} Hz, rms {rms:.0}"
+    );
 }
