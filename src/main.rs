@@ -176,6 +176,9 @@ enum CtlAction {
         /// The endpoint's codec: PCMU or PCMA.
         #[arg(long, requires = "media", default_value = "PCMU")]
         media_codec: String,
+        /// SRTP for this call (default: the account's).
+        #[arg(long, value_parser = ["off", "optional", "required", "dtls"])]
+        srtp: Option<String>,
     },
     /// Hang a call up.
     Hangup {
@@ -282,6 +285,7 @@ impl CtlAction {
                 force,
                 media,
                 media_codec,
+                srtp,
             } => {
                 let mut h = serde_json::Map::new();
                 for header in headers {
@@ -303,6 +307,7 @@ impl CtlAction {
                     ("max_duration_secs", max_duration_secs.map(|v| json!(v))),
                     ("bridge_to", bridge_to.as_ref().map(|v| json!(v))),
                     ("media", media.map(|m| media_args(m, media_codec))),
+                    ("srtp", srtp.as_ref().map(|v| json!(v))),
                 ] {
                     if let Some(v) = v {
                         args.insert(k.into(), v);

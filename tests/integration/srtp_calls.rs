@@ -637,3 +637,46 @@ fn srtp_an_sdes_call_from_baresip_is_bridged_to_a_dtls_srtp_callee_with_audio_bo
         "callee's tone at the phone: {hz:.1} Hz, rms {rms:.0}"
     );
 }
+
+#[test]
+fn srtp_a_dtls_callee_that_never_completes_the_handshake_ends_the_call_dtls_failed() {
+    const RTP_BASE: u16 = 23400;
+    let redis = RedisServer::start(&[]);
+    // Its socket is bound but nobody answers the ClientHello.
+    let silent = DtlsPeer::bind();
+    let pbx = dtls_pbx(&silent);
+    let dir = Scratch::new("srtp-dtls-timeout");
+    let (d, _sip) = dialerd(&redis, &pbx, "reject", "", RTP_BASE, &dir);
+    let mut events = Events::new(&redis);
+    let to = format!("sip:bob@{}", pbx.local_addr());
+    command_ok(
+        &mut events,
+        &redis,
+        "dtls-lost-1",
+        "originate",
+        json!({"account": "acct-a", "to": to, "max_duration_secs": 120, "srtp": "dtls"}),
+    );
+    events.until(Duration::from_secs(10), |e| {
+        e["type"] == "call.answered" && e["call_id"] == "dtls-lost-1"
+    });
+    let ended = events
+        .try_until(Duration::from_secs(45), |e| {
+            e["type"] == "call.ended" && e["call_id"] == "dtls-lost-1"
+        })
+        .unwrap_or_else(|| panic!("the call did not end:\n{}", d.log()));
+    assert_eq!(ended["cause"], "dtls_failed", "{ended}");
+    assert_eq!(ended["side"], "local", "{ended}");
+    let failed = events.of("dtls-lost-1", "call.media");
+    assert!(
+        failed.iter().any(|e| e["report"] == "dtls_failed"),
+        "{failed:#?}"
+    );
+    // The ClientHello was sent, and sent again.
+    let mut buf = [0u8; 2048];
+    silent.socket.set_nonblocking(true).unwrap();
+    let mut hellos = 0;
+    while let Ok((n, _)) = silent.socket.recv_from(&mut buf) {
+        hellos += usize::from(is_dtls(&buf[..n]));
+    }
+    assert!(hellos >= 2, "{hellos} DTLS datagrams reached the callee");
+}
