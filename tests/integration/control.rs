@@ -122,8 +122,13 @@ fn events_arrive_in_order_and_the_status_key_expires_after_a_kill() {
     let redis = RedisServer::start(&[]);
     let mut events = Listener::new(&redis, "dialer:events");
     let (_server, r) = registering_with_redis(&redis, "registrar_auth.xml");
+    // daemon.started and the registration's events come from different
+    // tasks: both are awaited, in whichever order they were published.
+    let (mut registered, mut started) = (false, false);
     let seen = events.until(Duration::from_secs(10), |e| {
-        e["type"] == "registration.state" && e["state"] == "registered"
+        registered |= e["type"] == "registration.state" && e["state"] == "registered";
+        started |= e["type"] == "daemon.started";
+        registered && started
     });
     let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(
@@ -151,7 +156,10 @@ fn events_arrive_in_order_and_the_status_key_expires_after_a_kill() {
         .filter_map(|k| k.strip_prefix("registration.state:"))
         .collect();
     assert_eq!(states, ["unregistered", "registering", "registered"]);
-    let registered = seen.last().unwrap();
+    let registered = seen
+        .iter()
+        .find(|e| e["type"] == "registration.state" && e["state"] == "registered")
+        .unwrap();
     assert_eq!(
         registered["code"], 200,
         "the status behind it: {registered}"

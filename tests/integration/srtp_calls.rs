@@ -268,100 +268,147 @@ impl Drop for PlainPeer {
     }
 }
 
-#[test]
-fn srtp_an_sdes_call_from_baresip_is_bridged_to_a_plain_leg_with_audio_both_ways() {
-    const RTP_BASE: u16 = 22600;
-    let redis = RedisServer::start(&[]);
-    let mut peer = PlainPeer::bind();
-    let pbx = media_pbx(peer.port(), "0", "PCMU");
-    let dir = Scratch::new("srtp-baresip");
-    // SRTP optional: baresip's RTP/SAVP offer is taken with SDES, the plain
-    // callee's answer without keys falls back to RTP.
+/// What a bridged call from baresip left: the phone (hung up), the totals
+/// of its leg and of the callee's, and dialerd's log.
+struct Bridged {
+    phone: Baresip,
+    rx: serde_json::Value,
+    tx: serde_json::Value,
+    log: String,
+}
+
+/// baresip (`srtp-mand`, sending 440 Hz for 8 s) calls a dialerd on `redis`
+/// (SRTP optional, inbound `ring`, RTP from `rtp_base`) registered with
+/// `pbx`, whose call is bridged to an outbound call `out` to the PBX's
+/// callee with SRTP policy `srtp` (the account's when `None`). `ready`
+/// runs once dialerd is up, `answered` once the callee answered with the
+/// callee leg's local port.
+#[allow(clippy::too_many_arguments)]
+fn bridged_call(
+    redis: &RedisServer,
+    pbx: &SippRun,
+    dir: &Scratch,
+    rtp_base: u16,
+    out: &str,
+    srtp: Option<&str>,
+    ready: impl FnOnce(&str),
+    answered: impl FnOnce(u16),
+) -> Bridged {
     let (d, sip) = dialerd(
-        &redis,
-        &pbx,
+        redis,
+        pbx,
         "ring",
         "[media]\nsrtp = \"optional\"",
-        RTP_BASE,
-        &dir,
+        rtp_base,
+        dir,
     );
-    let mut events = Events::new(&redis);
+    ready(&d.log());
+    let mut events = Events::new(redis);
     let wav = dir.path().join("tone440.wav");
     write_tone_wav(&wav, 440.0, 30.0);
-    let phone = Baresip::dial(
+    let mut phone = Baresip::dial(
         &dir.path().join("baresip"),
         &format!("sip:1001@{sip}"),
         "srtp-mand",
         &wav,
-        (RTP_BASE + 200, RTP_BASE + 219),
+        (rtp_base + 200, rtp_base + 219),
         8,
     );
     let created = events
         .try_until(Duration::from_secs(15), |e| e["type"] == "call.created")
         .unwrap_or_else(|| panic!("no call from baresip:\n{}\n{}", phone.log(), d.log()));
     let inbound = created["call_id"].as_str().unwrap().to_owned();
-    let to = format!("sip:bob@{}", pbx.local_addr());
-    command_ok(
-        &mut events,
-        &redis,
-        "srtp-out-1",
-        "originate",
-        json!({"account": "acct-a", "to": to, "max_duration_secs": 60, "bridge_to": inbound}),
-    );
+    let mut args = json!({"account": "acct-a", "to": format!("sip:bob@{}", pbx.local_addr()),
+        "max_duration_secs": 60, "bridge_to": inbound});
+    if let Some(policy) = srtp {
+        args["srtp"] = json!(policy);
+    }
+    command_ok(&mut events, redis, out, "originate", args);
     events.until(Duration::from_secs(10), |e| {
-        e["type"] == "call.answered" && e["call_id"] == "srtp-out-1"
+        e["type"] == "call.answered" && e["call_id"] == out
     });
-    let plain_leg = local_port(&mut events, "srtp-out-1");
-    peer.talk_to(SocketAddr::from(([127, 0, 0, 1], plain_leg)));
-
-    let mut phone = phone;
+    answered(local_port(&mut events, out));
     let hung_up = wait_for(Duration::from_secs(30), || (!phone.running()).then_some(()));
     assert!(
         hung_up.is_some(),
         "baresip did not hang up:\n{}",
         phone.log()
     );
-    let phone_log = phone.log();
     let rx = events.totals(&inbound, Duration::from_secs(15));
-    let tx = events.totals("srtp-out-1", Duration::from_secs(15));
-    let from_phone = peer.finish();
+    let tx = events.totals(out, Duration::from_secs(15));
+    Bridged {
+        phone,
+        rx,
+        tx,
+        log: d.log(),
+    }
+}
 
-    // The phone's leg is SDES-SRTP, the callee's plain RTP.
-    assert_eq!(rx["srtp"], "AES_CM_128_HMAC_SHA1_80", "phone leg {rx}");
-    assert!(tx["srtp"].is_null(), "plain leg {tx}");
-    assert!(as_u64(&rx, "rx_packets") > 150, "phone leg {rx}");
-    // baresip sends one plain RTCP packet before its SRTP starts; nothing
-    // else may fail authentication.
-    assert!(as_u64(&rx, "srtp_rejected") <= 2, "phone leg {rx}");
-    assert!(
-        phone_log.contains("SRTP") || phone_log.contains("srtp"),
-        "baresip used SRTP:\n{phone_log}"
-    );
-
-    // Phone to callee: decrypted by dialerd, 440 Hz in the clear.
-    let samples: Vec<i32> = from_phone
+/// The 440 Hz tone in decoded PCMU `packets` (RTP, payload type 0).
+fn assert_phone_tone(packets: &[Vec<u8>], context: &str) {
+    let samples: Vec<i32> = packets
         .iter()
         .filter(|p| p.len() == 172 && p[1] & 0x7f == 0)
         .flat_map(|p| p[12..].iter().map(|&b| ulaw_decode(b)))
         .collect();
     assert!(
         samples.len() > 150 * 160,
-        "{} samples from the phone",
+        "{} samples from the phone; {context}",
         samples.len()
     );
     let (hz, rms) = tone_of(&samples);
     assert!(
         (hz - 440.0).abs() < 10.0 && rms > 2000.0,
-        "phone's tone: {hz:.1} Hz, rms {rms:.0}"
+        "phone's tone at the callee: {hz:.1} Hz, rms {rms:.0}"
     );
+}
 
-    // Callee to phone: encrypted by dialerd, decrypted and recorded by baresip.
+/// The callee's 1000 Hz tone in what baresip decrypted and recorded.
+fn assert_callee_tone(phone: &Baresip) {
     let (hz, rms) = tone_of(&phone.received());
     assert!(
         (hz - 1000.0).abs() < 20.0 && rms > 2000.0,
         "callee's tone at the phone: {hz:.1} Hz, rms {rms:.0}"
     );
-    drop(phone);
+}
+
+#[test]
+fn srtp_an_sdes_call_from_baresip_is_bridged_to_a_plain_leg_with_audio_both_ways() {
+    let redis = RedisServer::start(&[]);
+    let mut peer = PlainPeer::bind();
+    let pbx = media_pbx(peer.port(), "0", "PCMU");
+    let dir = Scratch::new("srtp-baresip");
+    // SRTP optional: baresip's RTP/SAVP offer is taken with SDES, the plain
+    // callee's answer without keys falls back to RTP.
+    let call = bridged_call(
+        &redis,
+        &pbx,
+        &dir,
+        22600,
+        "srtp-out-1",
+        None,
+        |_| {},
+        |port| {
+            peer.talk_to(SocketAddr::from(([127, 0, 0, 1], port)));
+        },
+    );
+    let from_phone = peer.finish();
+    let (rx, tx) = (&call.rx, &call.tx);
+    // The phone's leg is SDES-SRTP, the callee's plain RTP.
+    assert_eq!(rx["srtp"], "AES_CM_128_HMAC_SHA1_80", "phone leg {rx}");
+    assert!(tx["srtp"].is_null(), "plain leg {tx}");
+    assert!(as_u64(rx, "rx_packets") > 150, "phone leg {rx}");
+    // baresip sends one plain RTCP packet before its SRTP starts; nothing
+    // else may fail authentication.
+    assert!(as_u64(rx, "srtp_rejected") <= 2, "phone leg {rx}");
+    let phone_log = call.phone.log();
+    assert!(
+        phone_log.contains("SRTP") || phone_log.contains("srtp"),
+        "baresip used SRTP:\n{phone_log}"
+    );
+    // Phone to callee decrypted by dialerd; callee to phone encrypted by it.
+    assert_phone_tone(&from_phone, &call.log);
+    assert_callee_tone(&call.phone);
 }
 
 #[test]
@@ -552,90 +599,33 @@ fn dialerd_fingerprint(log: &str) -> Vec<u8> {
 
 #[test]
 fn srtp_an_sdes_call_from_baresip_is_bridged_to_a_dtls_srtp_callee_with_audio_both_ways() {
-    const RTP_BASE: u16 = 23200;
     let redis = RedisServer::start(&[]);
     let mut peer = DtlsPeer::bind();
     let pbx = dtls_pbx(&peer);
     let dir = Scratch::new("srtp-dtls");
-    let (d, sip) = dialerd(
+    let call = bridged_call(
         &redis,
         &pbx,
-        "ring",
-        "[media]\nsrtp = \"optional\"",
-        RTP_BASE,
         &dir,
-    );
-    peer.serve(dialerd_fingerprint(&d.log()));
-    let mut events = Events::new(&redis);
-    let wav = dir.path().join("tone440.wav");
-    write_tone_wav(&wav, 440.0, 30.0);
-    let mut phone = Baresip::dial(
-        &dir.path().join("baresip"),
-        &format!("sip:1001@{sip}"),
-        "srtp-mand",
-        &wav,
-        (RTP_BASE + 200, RTP_BASE + 219),
-        8,
-    );
-    let created = events
-        .try_until(Duration::from_secs(15), |e| e["type"] == "call.created")
-        .unwrap_or_else(|| panic!("no call from baresip:\n{}\n{}", phone.log(), d.log()));
-    let inbound = created["call_id"].as_str().unwrap().to_owned();
-    let to = format!("sip:bob@{}", pbx.local_addr());
-    command_ok(
-        &mut events,
-        &redis,
+        23200,
         "dtls-out-1",
-        "originate",
-        json!({"account": "acct-a", "to": to, "max_duration_secs": 60, "bridge_to": inbound, "srtp": "dtls"}),
+        Some("dtls"),
+        |log| peer.serve(dialerd_fingerprint(log)),
+        |_| {},
     );
-    events.until(Duration::from_secs(10), |e| {
-        e["type"] == "call.answered" && e["call_id"] == "dtls-out-1"
-    });
-    let hung_up = wait_for(Duration::from_secs(30), || (!phone.running()).then_some(()));
-    assert!(
-        hung_up.is_some(),
-        "baresip did not hang up:\n{}",
-        phone.log()
-    );
-    let rx = events.totals(&inbound, Duration::from_secs(15));
-    let tx = events.totals("dtls-out-1", Duration::from_secs(15));
     let (handshaken, from_phone) = peer.finish();
-    let context = || format!("phone leg {rx}\ncallee leg {tx}\n{}", d.log());
-
-    assert!(handshaken, "DTLS handshake with dialerd: {}", context());
-    assert_eq!(rx["srtp"], "AES_CM_128_HMAC_SHA1_80", "{}", context());
+    let (rx, tx) = (&call.rx, &call.tx);
+    let context = format!("phone leg {rx}\ncallee leg {tx}\n{}", call.log);
+    assert!(handshaken, "DTLS handshake with dialerd: {context}");
+    assert_eq!(rx["srtp"], "AES_CM_128_HMAC_SHA1_80", "{context}");
     assert!(
         tx["srtp"].is_string(),
-        "the callee leg is keyed by DTLS: {}",
-        context()
+        "the callee leg is keyed by DTLS: {context}"
     );
-    assert!(as_u64(&tx, "srtp_rejected") == 0, "{}", context());
-
-    // Phone to callee: SDES-decrypted, DTLS-SRTP-encrypted by dialerd.
-    let samples: Vec<i32> = from_phone
-        .iter()
-        .filter(|p| p.len() == 172 && p[1] & 0x7f == 0)
-        .flat_map(|p| p[12..].iter().map(|&b| ulaw_decode(b)))
-        .collect();
-    assert!(
-        samples.len() > 150 * 160,
-        "{} samples from the phone; {}",
-        samples.len(),
-        context()
-    );
-    let (hz, rms) = tone_of(&samples);
-    assert!(
-        (hz - 440.0).abs() < 10.0 && rms > 2000.0,
-        "phone's tone at the callee: {hz:.1} Hz, rms {rms:.0}"
-    );
-
-    // Callee to phone: DTLS-SRTP-decrypted, SDES-encrypted by dialerd.
-    let (hz, rms) = tone_of(&phone.received());
-    assert!(
-        (hz - 1000.0).abs() < 20.0 && rms > 2000.0,
-        "callee's tone at the phone: {hz:.1} Hz, rms {rms:.0}"
-    );
+    assert_eq!(as_u64(tx, "srtp_rejected"), 0, "{context}");
+    // Phone to callee: SDES-decrypted, DTLS-SRTP-encrypted by dialerd; and back.
+    assert_phone_tone(&from_phone, &context);
+    assert_callee_tone(&call.phone);
 }
 
 #[test]
