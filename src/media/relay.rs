@@ -362,10 +362,7 @@ impl Relay {
             }
             return Ok(());
         };
-        if self.crypto.is_none() {
-            self.crypto = Some(super::srtp::provider().map_err(|e| RelayError::Srtp(id, e))?);
-        }
-        let crypto = self.crypto.clone().ok_or(RelayError::UnknownLeg(id))?;
+        let crypto = self.crypto().map_err(|e| RelayError::Srtp(id, e))?;
         let leg = self.leg_mut(slot).ok_or(RelayError::UnknownLeg(id))?;
         let result = match leg.transform.as_mut() {
             Some(t) => t.rekey(keys, crypto.as_ref()),
@@ -377,6 +374,16 @@ impl Relay {
             leg.transform = None;
             RelayError::Srtp(id, e)
         })
+    }
+
+    /// The SRTP crypto provider, made on first use.
+    fn crypto(&mut self) -> Result<Arc<dyn rtc_srtp::crypto::RTCCryptoProvider>, SrtpError> {
+        if let Some(c) = &self.crypto {
+            return Ok(c.clone());
+        }
+        let c = super::srtp::provider()?;
+        self.crypto = Some(c.clone());
+        Ok(c)
     }
 
     /// Makes `leg` a DTLS-SRTP leg as `setup` says (after its spec is set:
@@ -413,8 +420,7 @@ impl Relay {
     /// A DTLS datagram for the leg in `slot`: on to its association; the
     /// keys it exports once the handshake completes key the leg.
     fn handle_dtls(&mut self, now: Instant, slot: usize, buf: &[u8]) {
-        let crypto = self.crypto.clone().or_else(|| super::srtp::provider().ok());
-        self.crypto = crypto.clone();
+        let crypto = self.crypto();
         let Some(leg) = self.leg_mut(slot) else {
             return;
         };
@@ -424,10 +430,10 @@ impl Relay {
         };
         let outcome = match session.handle(now, buf) {
             Ok(Some(keys)) => match crypto {
-                Some(c) => Transform::new(&keys, c.as_ref())
+                Ok(c) => Transform::new(&keys, c.as_ref())
                     .map(Some)
                     .map_err(|e| e.to_string()),
-                None => Err("no SRTP crypto provider".to_owned()),
+                Err(e) => Err(e.to_string()),
             },
             Ok(None) => Ok(None),
             Err(e) => Err(e.to_string()),
