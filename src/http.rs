@@ -12,6 +12,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -240,7 +241,7 @@ pub async fn serve(
         };
         slots.prune();
         if slots.live() >= MAX_CONNECTIONS && !slots.evict_idle() {
-            drop(stream); // every slot is in a request: refuse this one
+            drop(stream); // no connection can give way yet: refuse this one
             continue;
         }
         let slot = slots.add();
@@ -272,14 +273,23 @@ async fn serve_connection(stream: tokio::net::TcpStream, service: Router, slot: 
     builder
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT);
-    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), hyper_service);
-    tokio::select! {
-        result = connection => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
-            }
-        }
-        () = slot.evict.notified() => {}
+    let mut connection = std::pin::pin!(
+        builder.serve_connection(hyper_util::rt::TokioIo::new(stream), hyper_service)
+    );
+    // One poll before the connection can be evicted: a request already
+    // sent (a probe's) is read and marks it busy. Without it, a flood of
+    // new connections could evict a probe before its task ever ran.
+    let first = std::future::poll_fn(|cx| Poll::Ready(connection.as_mut().poll(cx))).await;
+    slot.started.store(true, Ordering::Relaxed);
+    let result = match first {
+        Poll::Ready(result) => Some(result),
+        Poll::Pending => tokio::select! {
+            result = &mut connection => Some(result),
+            () = slot.evict.notified() => None,
+        },
+    };
+    if let Some(Err(e)) = result {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
     slot.done.store(true, Ordering::Relaxed);
 }
@@ -287,6 +297,8 @@ async fn serve_connection(stream: tokio::net::TcpStream, service: Router, slot: 
 /// One connection's state as the accept loop sees it.
 #[derive(Debug, Default)]
 struct Slot {
+    /// The connection has been polled once (it read what was sent).
+    started: AtomicBool,
     in_request: AtomicBool,
     done: AtomicBool,
     evict: tokio::sync::Notify,
@@ -313,14 +325,12 @@ impl Slots {
         slot
     }
 
-    /// Closes the oldest connection not in a request; false when there is
-    /// none.
+    /// Closes the oldest connection that has been polled and is not in a
+    /// request; false when there is none.
     fn evict_idle(&mut self) -> bool {
-        let Some(i) = self
-            .list
-            .iter()
-            .position(|s| !s.in_request.load(Ordering::Relaxed))
-        else {
+        let Some(i) = self.list.iter().position(|s| {
+            s.started.load(Ordering::Relaxed) && !s.in_request.load(Ordering::Relaxed)
+        }) else {
             return false;
         };
         if let Some(slot) = self.list.remove(i) {
@@ -585,6 +595,29 @@ mod tests {
             .unwrap();
         let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         (status, headers, body)
+    }
+
+    #[test]
+    fn eviction_spares_connections_not_yet_polled_and_those_in_a_request() {
+        let mut slots = Slots::default();
+        let fresh = slots.add();
+        let busy = slots.add();
+        busy.started.store(true, Ordering::Relaxed);
+        busy.in_request.store(true, Ordering::Relaxed);
+        assert!(!slots.evict_idle(), "nothing can give way yet");
+        assert_eq!(slots.live(), 2);
+
+        let idle = slots.add();
+        idle.started.store(true, Ordering::Relaxed);
+        fresh.started.store(true, Ordering::Relaxed);
+        fresh.in_request.store(true, Ordering::Relaxed);
+        assert!(slots.evict_idle());
+        assert_eq!(slots.live(), 2);
+        assert!(
+            slots.list.iter().all(|s| !Arc::ptr_eq(s, &idle)),
+            "the polled idle connection gave way"
+        );
+        assert!(!slots.evict_idle());
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ use crate::support::scratch::Scratch;
 fn local_profile_serves_health_ready_status_and_metrics() {
     let d = Daemon::start(&["--profile", "local"], &[]);
     let addr = d.http();
+    d.wait_ready(Duration::from_secs(20));
 
     let health = http::get(addr, "/healthz").unwrap();
     assert_eq!(health.status, 200);
@@ -91,7 +92,7 @@ fn local_profile_serves_health_ready_status_and_metrics() {
 fn drain_turns_readiness_off_and_exits_zero() {
     let mut d = Daemon::start(&["--profile", "local"], &[]);
     let addr = d.http();
-    assert_eq!(http::get(addr, "/readyz").unwrap().status, 200);
+    d.wait_ready(Duration::from_secs(20));
     assert_eq!(
         http::get(addr, "/drain").unwrap().status,
         405,
@@ -238,7 +239,7 @@ fn a_sip_core_that_panics_turns_readiness_false_and_the_process_exits_non_zero()
         &[("DIALERD_TEST_FAULT", "sip-core-panic:1500")],
     );
     let addr = d.http();
-    assert_eq!(http::get(addr, "/readyz").unwrap().status, 200);
+    d.wait_ready(Duration::from_secs(20));
     let failed = crate::support::wait_for(Duration::from_secs(10), || {
         http::get(addr, "/readyz")
             .ok()
@@ -296,6 +297,7 @@ fn http_token_guards_status_metrics_and_drain_from_other_addresses() {
         &[("DIALERD__HTTP__TOKEN_FILE", token_file.to_str().unwrap())],
     );
     let local = d.http();
+    d.wait_ready(Duration::from_secs(20));
     // Loopback needs no token.
     assert_eq!(http::get(local, "/status").unwrap().status, 200);
     assert_eq!(http::get(local, "/metrics").unwrap().status, 200);

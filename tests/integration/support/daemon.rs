@@ -102,6 +102,21 @@ impl Daemon {
         self.http
     }
 
+    /// Waits until `/readyz` answers 200: health comes up with the HTTP
+    /// server, readiness only once the SIP core runs.
+    pub fn wait_ready(&self, within: Duration) {
+        let ready = wait_for(within, || {
+            http::get(self.http, "/readyz")
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        assert!(
+            ready.is_some(),
+            "dialerd never became ready; log:\n{}",
+            self.log()
+        );
+    }
+
     /// Everything dialerd logged so far.
     pub fn log(&self) -> String {
         self.dir.read("stderr.log")
