@@ -2,6 +2,8 @@
 //!
 //! The library holds every part of the daemon; `main.rs` is only the CLI.
 
+pub mod agent;
+pub mod base64;
 pub mod call;
 pub mod config;
 pub mod control;

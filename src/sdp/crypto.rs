@@ -225,52 +225,14 @@ pub struct SdesKeys {
     pub remote: SdesKey,
 }
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 /// Base64 (RFC 4648 §4) with padding.
 pub fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk.first().copied().unwrap_or(0),
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                let index = (n >> (18 - 6 * i)) & 63;
-                out.push(char::from(
-                    ALPHABET.get(index as usize).copied().unwrap_or(b'A'),
-                ));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    crate::base64::encode(bytes)
 }
 
 /// Base64 with or without padding; `None` if anything else is in it.
 pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let body = text.trim_end_matches('=');
-    if text.len() - body.len() > 2 || body.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(body.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in body.bytes() {
-        let v = ALPHABET.iter().position(|&a| a == c)?;
-        acc = acc << 6 | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    crate::base64::decode(text)
 }
 
 /// A certificate fingerprint (RFC 8122 `a=fingerprint`): `sha-256 AB:CD:...`.
