@@ -84,3 +84,20 @@ for bin in redis-server sipp cargo; do
 done
 kamailio_bin >/dev/null || { echo "setup: kamailio is still missing" >&2; exit 1; }
 kamailio_tls_present || { echo "setup: kamailio's tls.so is still missing" >&2; exit 1; }
+
+# The agent bridge tests (tests/integration/agent.rs): a Pipecat bot
+# (tests/agent/pipecat_bot.py) in a virtualenv of its own, pinned in
+# agent-tools.txt. Reinstalled whenever that list changes; a failed install
+# is reported and the Pipecat test says it was skipped.
+agent="${DIALERD_AGENT_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/dialerd-agent}"
+agent_list="$(dirname "$0")/agent-tools.txt"
+if ! cmp -s "$agent_list" "$agent/agent-tools.txt"; then
+  echo "setup: installing the agent test tools (pipecat-ai) into $agent" >&2
+  if python3 -m venv --clear "$agent" >/dev/null 2>&1 \
+    && "$agent/bin/python" -m pip install --quiet --disable-pip-version-check -r "$agent_list"; then
+    cp "$agent_list" "$agent/agent-tools.txt"
+  else
+    echo "setup: WARNING: the agent test tools could not be installed; the Pipecat test will be skipped" >&2
+    rm -rf "$agent"
+  fi
+fi

@@ -10,6 +10,7 @@
 //! the call ends; the shards report back ([`MediaEvent`]) over a bounded
 //! channel.
 
+pub mod agent_conn;
 pub mod dtls;
 pub mod g711;
 pub mod handle;

@@ -79,7 +79,10 @@ fn frames_from_rfc_6455_section_5_7() {
     d.push(&[0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
     assert_eq!(d.next_message(), Ok(Some(Incoming::Text("Hello".into()))));
     assert_eq!(d.next_message(), Ok(Some(Incoming::Text("Hello".into()))));
-    assert_eq!(d.next_message(), Ok(Some(Incoming::Ping(b"Hello".to_vec()))));
+    assert_eq!(
+        d.next_message(),
+        Ok(Some(Incoming::Ping(b"Hello".to_vec())))
+    );
     assert_eq!(d.next_message(), Ok(None));
 
     // 256 bytes of binary (16-bit length) and 64 KiB (64-bit length).

@@ -57,6 +57,11 @@ pub enum EndCause {
     SrtpRequired,
     /// The DTLS-SRTP handshake failed or did not complete in time.
     DtlsFailed,
+    /// The voice agent closed its stream (`on_end: "hangup"`).
+    AgentHangup,
+    /// The voice agent's stream could not be made or was lost
+    /// (`on_end: "hangup"`).
+    AgentFailed,
     /// Any other final response.
     Failed,
 }
@@ -90,6 +95,8 @@ impl EndCause {
             Self::MediaError => "media_error",
             Self::SrtpRequired => "srtp_required",
             Self::DtlsFailed => "dtls_failed",
+            Self::AgentHangup => "agent_hangup",
+            Self::AgentFailed => "agent_failed",
             Self::Failed => "failed",
         }
     }

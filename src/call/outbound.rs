@@ -191,7 +191,9 @@ impl Calls {
         if c.direction != CallDirection::Outbound {
             return;
         }
-        c.pending_end = Some(ended);
+        // A cause given before (`end_with`: media timeout, agent failure,
+        // shutdown) is the one the call ends with.
+        let ended = *c.pending_end.get_or_insert(ended);
         let Some(invite) = c.invite else {
             self.finish(now, ep, id, ended);
             return;

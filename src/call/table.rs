@@ -85,6 +85,9 @@ pub enum CallError {
     /// certificate) could be had.
     #[error("SRTP asked for and no key material or certificate is available")]
     NoKeySource,
+    /// Media is not running (no media shards), so nothing can be streamed.
+    #[error("media is not running in this dialer")]
+    NoMedia,
 }
 
 /// An account's own call limits.

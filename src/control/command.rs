@@ -233,15 +233,34 @@ pub const SRTP_POLICIES: [&str; 4] = ["off", "optional", "required", "dtls"];
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MediaArgs {
-    /// `rtp`: plain RTP to and from `host:port`.
+    /// `rtp`: plain RTP to and from `host:port`; `websocket`: a voice agent
+    /// at `url`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// The endpoint's IP address.
-    pub host: std::net::IpAddr,
-    /// Its RTP port.
-    pub port: u16,
-    /// `PCMU` (default) or `PCMA`.
+    /// `rtp`: the endpoint's IP address.
+    pub host: Option<std::net::IpAddr>,
+    /// `rtp`: its RTP port.
+    pub port: Option<u16>,
+    /// `rtp`: `PCMU` (default) or `PCMA`.
     pub codec: Option<String>,
+    /// `websocket`: the agent's `ws://` or `wss://` URL.
+    pub url: Option<String>,
+    /// `websocket`: `twilio` (default) or `l16`.
+    pub protocol: Option<String>,
+    /// `websocket`, `l16`: 8000 (default) or 16000.
+    pub sample_rate: Option<u32>,
+    /// `websocket`: the start message's `customParameters`.
+    pub custom_parameters: Option<std::collections::BTreeMap<String, String>>,
+    /// `websocket`: extra headers of the upgrade request.
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// `websocket`: connect and upgrade within this (default 5000).
+    pub connect_timeout_ms: Option<u64>,
+    /// `websocket`: `hangup` (default) or `continue` when the stream ends.
+    pub on_end: Option<String>,
+    /// `wss`: trust this CA file instead of the system roots.
+    pub tls_ca_file: Option<String>,
+    /// `wss`: trust exactly the certificate with this SHA-256 fingerprint.
+    pub tls_fingerprint: Option<String>,
 }
 
 /// What `play` plays: a WAV file from the prompt directory, a tone, or
@@ -322,10 +341,17 @@ pub enum CommandKind {
         /// The call.
         call_id: String,
         /// An external media endpoint to relay its audio with.
-        media: Option<MediaArgs>,
+        media: Option<Box<MediaArgs>>,
     },
     /// Play a prompt or tone to a call.
     Play(Box<PlayArgs>),
+    /// Stream a call's audio with a voice agent (`media`), or stop it.
+    Stream {
+        /// The call.
+        call_id: String,
+        /// The agent; `None` stops the stream.
+        media: Option<Box<MediaArgs>>,
+    },
     /// Reject a ringing inbound call.
     Reject {
         /// The call.
@@ -376,6 +402,7 @@ impl CommandKind {
             CommandKind::Hangup { .. } => "hangup",
             CommandKind::Answer { .. } => "answer",
             CommandKind::Play(_) => "play",
+            CommandKind::Stream { .. } => "stream",
             CommandKind::Reject { .. } => "reject",
             CommandKind::Bridge { .. } => "bridge",
             CommandKind::Dtmf { .. } => "dtmf",
@@ -407,6 +434,7 @@ impl CommandKind {
             CommandKind::Hangup { .. }
             | CommandKind::Answer { .. }
             | CommandKind::Play(_)
+            | CommandKind::Stream { .. }
             | CommandKind::Reject { .. }
             | CommandKind::Bridge { .. }
             | CommandKind::Dtmf { .. }
@@ -430,6 +458,7 @@ impl CommandKind {
         match self {
             CommandKind::Hangup { call_id }
             | CommandKind::Answer { call_id, .. }
+            | CommandKind::Stream { call_id, .. }
             | CommandKind::Reject { call_id, .. }
             | CommandKind::Bridge { call_id, .. }
             | CommandKind::Dtmf { call_id, .. }
@@ -502,6 +531,15 @@ struct BridgeArgs {
 struct AnswerArgs {
     call_id: String,
     media: Option<MediaArgs>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamArgs {
+    call_id: String,
+    media: Option<MediaArgs>,
+    #[serde(default)]
+    stop: bool,
 }
 
 #[derive(Deserialize)]
@@ -679,7 +717,25 @@ fn kind_of(kind: &str, args: Value) -> Result<CommandKind, Problem> {
             }
             CommandKind::Answer {
                 call_id: a.call_id,
-                media: a.media,
+                media: a.media.map(Box::new),
+            }
+        }
+        "stream" => {
+            let a: StreamArgs = typed(args, "args")?;
+            check_call(&a.call_id, "args.call_id")?;
+            match (&a.media, a.stop) {
+                (Some(m), false) if m.kind == "websocket" => check_media(m)?,
+                (None, true) => {}
+                _ => {
+                    return Err((
+                        ErrorCode::BadField,
+                        "args: media of type websocket, or stop: true".into(),
+                    ));
+                }
+            }
+            CommandKind::Stream {
+                call_id: a.call_id,
+                media: a.media.map(Box::new),
             }
         }
         "hangup" | "call_status" => {
@@ -752,13 +808,25 @@ fn kind_of(kind: &str, args: Value) -> Result<CommandKind, Problem> {
 }
 
 fn check_media(m: &MediaArgs) -> Result<(), Problem> {
+    if m.kind == "websocket" {
+        return check_websocket(m);
+    }
     if m.kind != "rtp" {
         return Err((
             ErrorCode::NotSupported,
-            format!("args.media.type: {:?} is not supported; \"rtp\" is", m.kind),
+            format!(
+                "args.media.type: {:?} is not supported; \"rtp\" and \"websocket\" are",
+                m.kind
+            ),
         ));
     }
-    if m.port == 0 || m.host.is_unspecified() {
+    let (Some(host), Some(port)) = (m.host, m.port) else {
+        return Err((
+            ErrorCode::BadField,
+            "args.media: an rtp endpoint needs host and port".into(),
+        ));
+    };
+    if port == 0 || host.is_unspecified() {
         return Err((
             ErrorCode::BadField,
             "args.media: host must be an address and port not 0".into(),
@@ -769,6 +837,67 @@ fn check_media(m: &MediaArgs) -> Result<(), Problem> {
         Some(c) if c.eq_ignore_ascii_case("pcmu") || c.eq_ignore_ascii_case("pcma") => Ok(()),
         Some(_) => Err((ErrorCode::BadField, "args.media.codec: PCMU or PCMA".into())),
     }
+}
+
+fn check_websocket(m: &MediaArgs) -> Result<(), Problem> {
+    let bad = |msg: String| Err((ErrorCode::BadField, msg));
+    let Some(url) = m.url.as_deref() else {
+        return bad("args.media.url: a websocket endpoint needs a ws:// or wss:// URL".into());
+    };
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "ws" | "wss") && u.host_str().is_some() => {}
+        _ => return bad("args.media.url: a ws:// or wss:// URL with a host".into()),
+    }
+    if m.host.is_some() || m.port.is_some() || m.codec.is_some() {
+        return bad("args.media: host, port and codec are for rtp endpoints".into());
+    }
+    match (m.protocol.as_deref(), m.sample_rate) {
+        (None | Some("twilio"), None) | (Some("l16"), None | Some(8000 | 16000)) => {}
+        (None | Some("twilio"), Some(_)) => {
+            return bad("args.media.sample_rate: only for protocol l16 (twilio is 8000)".into());
+        }
+        (Some("l16"), Some(_)) => return bad("args.media.sample_rate: 8000 or 16000".into()),
+        (Some(p), _) => return bad(format!("args.media.protocol: {p:?}; twilio or l16")),
+    }
+    if !matches!(m.on_end.as_deref(), None | Some("hangup" | "continue")) {
+        return bad("args.media.on_end: hangup or continue".into());
+    }
+    if m.connect_timeout_ms
+        .is_some_and(|t| !(100..=60_000).contains(&t))
+    {
+        return bad("args.media.connect_timeout_ms: 100 to 60000".into());
+    }
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    for (name, value) in m.headers.iter().flatten() {
+        let reserved = [
+            "host",
+            "upgrade",
+            "connection",
+            "sec-websocket-key",
+            "sec-websocket-version",
+        ];
+        if !token(name) || reserved.contains(&name.to_ascii_lowercase().as_str()) {
+            return bad(format!(
+                "args.media.headers: {name:?} is not a header it may set"
+            ));
+        }
+        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) || value.len() > 4096 {
+            return bad(format!(
+                "args.media.headers.{name}: no line breaks, at most 4096 bytes"
+            ));
+        }
+    }
+    if m.custom_parameters.as_ref().is_some_and(|p| p.len() > 64) {
+        return bad("args.media.custom_parameters: at most 64".into());
+    }
+    if m.tls_fingerprint.is_some() && m.tls_ca_file.is_some() {
+        return bad("args.media: tls_ca_file or tls_fingerprint, not both".into());
+    }
+    Ok(())
 }
 
 fn check_play(a: &PlayArgs) -> Result<(), Problem> {

@@ -145,6 +145,8 @@ pub struct PlaceCall {
     pub bridge_to: Option<String>,
     /// An external RTP endpoint to relay the call's audio with.
     pub endpoint: Option<super::RtpEndpoint>,
+    /// A voice agent to stream the call's audio with.
+    pub agent: Option<Box<crate::media::agent_conn::AgentSpec>>,
     /// SRTP policy (default: the account's, else `[media].srtp`).
     pub srtp: Option<SrtpPolicy>,
 }
@@ -177,6 +179,8 @@ pub enum CallAction {
     Dtmf(String),
     /// Relay the call's audio with an external RTP endpoint.
     Attach(super::RtpEndpoint),
+    /// Stream the call's audio with a voice agent; `None` stops it.
+    Stream(Option<Box<crate::media::agent_conn::AgentSpec>>),
     /// Play a prompt or tone to the call's peer; `None` stops it.
     Play(Option<Box<crate::media::player::Source>>),
 }
@@ -283,6 +287,7 @@ impl super::Core {
             } => {
                 let bridge_to = place.bridge_to.clone();
                 let endpoint = place.endpoint;
+                let agent = place.agent.clone();
                 let result = self.place(now, *place, direct);
                 if let Err(e) = &result {
                     self.publish.sip.call_refused(refusal(e));
@@ -301,6 +306,12 @@ impl super::Core {
                         },
                         None => None,
                     };
+                    if let Some(agent) = agent
+                        && let Err(err) = self.attach_agent(id, agent)
+                    {
+                        let _ = self.calls.hangup(now, &mut self.ep, id);
+                        return Err(err.into());
+                    }
                     Ok((id, attached))
                 });
                 let placed = result.map(|(id, endpoint)| {
@@ -384,6 +395,11 @@ impl super::Core {
             CallAction::Hold(on) => self.calls.hold(now, ep, id, on),
             CallAction::Dtmf(digits) => self.dtmf(now, id, &digits),
             CallAction::Attach(endpoint) => return self.attach_endpoint(id, endpoint).map(Some),
+            CallAction::Stream(Some(agent)) => self.attach_agent(id, agent),
+            CallAction::Stream(None) => {
+                self.publish.media.close(id.0 | crate::media::ENDPOINT_BIT);
+                Ok(())
+            }
             CallAction::Play(source) => {
                 self.calls.check_answered(id, "play")?;
                 self.publish.media.play(id.0, source.map(|s| *s));

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::Core;
 use crate::call::{CallError, CallId, EndCause, MediaOp};
+use crate::media::agent_conn::AgentSpec;
 use crate::media::dtls::DtlsSetup;
 use crate::media::srtp::{MasterKey, SrtpKeys, Suite};
 use crate::media::{AudioCodec, ENDPOINT_BIT, LegSpec, MediaEvent, MediaEventKind};
@@ -67,6 +68,15 @@ pub fn srtp_keys(n: &Negotiated) -> Option<SrtpKeys> {
         suite,
         send: MasterKey::new(keys.local.as_bytes().to_vec()),
         receive: MasterKey::new(keys.remote.as_bytes().to_vec()),
+    })
+}
+
+/// The spec of a voice agent's leg: µ-law at 20 ms, its packets "from" the
+/// agent's address (they come from its stream, not a socket).
+pub fn agent_spec(address: SocketAddr) -> LegSpec {
+    endpoint_spec(&RtpEndpoint {
+        address,
+        codec: Codec::Pcmu,
     })
 }
 
@@ -145,6 +155,19 @@ impl Core {
                     .calls
                     .end_with(now, &mut self.ep, call, EndCause::DtlsFailed);
             }
+            MediaEventKind::AgentEnded {
+                reason,
+                detail,
+                hang_up: true,
+            } => {
+                let cause = if *reason == "closed" {
+                    EndCause::AgentHangup
+                } else {
+                    EndCause::AgentFailed
+                };
+                tracing::info!(call = %call, reason, detail = %detail, "the agent stream ended; the call ends");
+                let _ = self.calls.end_with(now, &mut self.ep, call, cause);
+            }
             MediaEventKind::BindFailed { port } => {
                 tracing::warn!(call = %call, port, "media port not bound; the call ends");
                 let _ = self
@@ -178,6 +201,27 @@ impl Core {
         Ok(Attached {
             local: SocketAddr::new(self.calls.media_address(), port),
         })
+    }
+
+    /// Streams `call`'s audio to a voice agent: a leg of its own on the
+    /// call's shard, relayed with the call's leg.
+    pub(super) fn attach_agent(
+        &mut self,
+        call: CallId,
+        agent: Box<AgentSpec>,
+    ) -> Result<(), CallError> {
+        let name: Arc<str> = self.calls.name_of(call).ok_or(CallError::Unknown(call))?;
+        if !self.publish.media.is_running() {
+            return Err(CallError::NoMedia);
+        }
+        // The call's own leg must be placed first.
+        self.apply_media_ops();
+        let leg = call.0 | ENDPOINT_BIT;
+        let media = &mut self.publish.media;
+        media.close(leg);
+        media.open_agent(leg, name, call.0, agent_spec(agent.address), agent);
+        media.connect(call.0, leg);
+        Ok(())
     }
 
     /// Sends DTMF: as telephone-events when the call negotiated them and

@@ -221,6 +221,30 @@ impl Media {
         }
     }
 
+    /// Opens `leg` as a voice agent's stream on the shard of `near` (the
+    /// call's leg it will relay with).
+    pub fn open_agent(
+        &mut self,
+        leg: LegId,
+        name: Arc<str>,
+        near: LegId,
+        spec: LegSpec,
+        agent: Box<super::agent_conn::AgentSpec>,
+    ) {
+        let Some(&index) = self.placement.get(&near) else {
+            return;
+        };
+        self.placement.insert(leg, index);
+        if let Some(shard) = self.shards.get(index) {
+            shard.send(ShardCommand::OpenAgent {
+                leg,
+                name,
+                spec,
+                agent,
+            });
+        }
+    }
+
     /// What was negotiated for `leg`, with its SRTP keys if encrypted with
     /// SDES, or its DTLS-SRTP setup.
     pub fn spec(&self, leg: LegId, spec: LegSpec, keys: Option<SrtpKeys>, dtls: Option<DtlsSetup>) {

@@ -119,6 +119,32 @@ pub enum MediaEventKind {
     },
     /// The leg's DTLS-SRTP handshake completed; media is encrypted now.
     DtlsConnected,
+    /// The agent stream of the leg is up: `start` was sent.
+    AgentStarted {
+        /// The stream's id (`MZ…`).
+        stream_sid: String,
+        /// The call's id in the stream (`CA…`).
+        call_sid: String,
+    },
+    /// A message from the agent was ignored.
+    AgentBadMessage {
+        /// Why.
+        reason: String,
+    },
+    /// Agent audio was dropped: more was sent than the queue holds.
+    AgentOverflow {
+        /// Milliseconds dropped.
+        dropped_ms: u64,
+    },
+    /// The agent stream ended (not by our own stop).
+    AgentEnded {
+        /// What ended it (`connect_failed`, `refused`, `closed`, `lost`, ...).
+        reason: &'static str,
+        /// The detail.
+        detail: String,
+        /// Whether the call hangs up for it (`on_end: "hangup"`).
+        hang_up: bool,
+    },
     /// The leg's RTP or RTCP port could not be bound.
     BindFailed {
         /// The port.

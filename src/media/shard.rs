@@ -10,7 +10,8 @@
 //! Commands come from the SIP core over a bounded channel with a waker;
 //! reports go back over a bounded channel; a full one is a counted drop.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -22,17 +23,21 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
+use super::agent_conn::{AgentConn, AgentSpec};
 use super::dtls::{DtlsSetup, Identity};
-use super::leg::{LegId, LegSpec, LegStats};
+use super::leg::{ENDPOINT_BIT, LegId, LegSpec, LegStats};
 use super::player::Source;
 use super::relay::RelayError;
 use super::relay::{Channel, DetachedLeg, MediaEvent, MediaEventKind, Relay, RelayConfig};
 use super::srtp::SrtpKeys;
+use crate::agent::stream::StreamEvent;
 
 /// Commands a shard can fall behind by before they are dropped.
 pub const COMMAND_DEPTH: usize = 8192;
 /// The waker's token.
 const WAKER: Token = Token(usize::MAX);
+/// Agent connections' tokens start here (legs' sockets are below).
+const AGENT_TOKENS: usize = 1 << 40;
 /// Largest datagram relayed.
 const BUFFER: usize = 2048;
 /// Commands for a leg still moving here are kept this long.
@@ -98,6 +103,18 @@ pub enum ShardCommand {
         port: u16,
         /// Its sockets, if already bound.
         sockets: Option<Sockets>,
+    },
+    /// A new leg whose peer is a voice agent over a WebSocket: no socket
+    /// of its own, its packets come from and go to the agent's stream.
+    OpenAgent {
+        /// The leg.
+        leg: LegId,
+        /// Its call's name.
+        name: Arc<str>,
+        /// Its media (µ-law at 20 ms, from the agent's address).
+        spec: LegSpec,
+        /// The stream.
+        agent: Box<AgentSpec>,
     },
     /// What was negotiated for a leg.
     Spec {
@@ -229,6 +246,7 @@ pub fn spawn(
         counters: counters.clone(),
         orphans: VecDeque::new(),
         batch_wait,
+        agents: Agents::default(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("media-{index}"))
@@ -252,6 +270,32 @@ struct Shard {
     counters: ShardCounters,
     orphans: VecDeque<(Instant, ShardCommand)>,
     batch_wait: Duration,
+    agents: Agents,
+}
+
+/// The agent streams of a shard.
+#[derive(Default)]
+struct Agents {
+    entries: Vec<Option<AgentEntry>>,
+    by_slot: HashMap<usize, usize>,
+    by_leg: HashMap<LegId, usize>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    generations: u64,
+}
+
+/// One agent stream and the relay leg it feeds.
+struct AgentEntry {
+    conn: AgentConn,
+    leg: LegId,
+    /// The relay slot, until the leg closes.
+    slot: Option<usize>,
+    generation: u64,
+    scheduled: Option<Instant>,
+    /// The agent's address: where its packets come from, to the relay.
+    remote: SocketAddr,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
 }
 
 fn token(slot: usize, channel: Channel) -> Token {
@@ -271,9 +315,13 @@ impl Shard {
                 std::thread::sleep(self.batch_wait);
                 Some(Duration::ZERO)
             } else {
-                self.relay
-                    .poll_timeout()
-                    .map(|at| at.saturating_duration_since(Instant::now()))
+                let relay = self.relay.poll_timeout();
+                let agents = self.agents.timers.peek().map(|Reverse((at, ..))| *at);
+                let next = match (relay, agents) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                next.map(|at| at.saturating_duration_since(Instant::now()))
             };
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != ErrorKind::Interrupted
@@ -290,6 +338,10 @@ impl Shard {
                     }
                     continue;
                 }
+                if event.token().0 >= AGENT_TOKENS {
+                    self.agent_ready(now, event.token().0 - AGENT_TOKENS, &mut buf);
+                    continue;
+                }
                 let slot = event.token().0 / 2;
                 let channel = if event.token().0 % 2 == 1 {
                     Channel::Rtcp
@@ -298,10 +350,11 @@ impl Shard {
                 };
                 self.receive(now, slot, channel, &mut buf);
             }
+            self.agents_due(now, &mut buf);
             while let Some(t) = self.relay.poll_transmit(now, &mut buf) {
                 self.send(t, &buf);
             }
-            self.flush_events();
+            self.flush_events(now);
         }
     }
 
@@ -340,6 +393,9 @@ impl Shard {
 
     fn send(&mut self, t: super::relay::Transmit, buf: &[u8]) {
         let Some(socket) = self.socket(t.slot, t.channel) else {
+            if let Some(&index) = self.agents.by_slot.get(&t.slot) {
+                self.deliver_to_agent(index, t, buf);
+            }
             return;
         };
         let Some(bytes) = buf.get(..t.len) else {
@@ -358,9 +414,19 @@ impl Shard {
         }
     }
 
-    fn flush_events(&mut self) {
+    fn flush_events(&mut self, now: Instant) {
         while let Some(event) = self.relay.poll_event() {
             match &event.kind {
+                MediaEventKind::Dtmf { digit, .. } => {
+                    // The caller's digit also goes to an agent streaming the call.
+                    if let Some(&index) = self.agents.by_leg.get(&(event.leg | ENDPOINT_BIT))
+                        && let Some(Some(entry)) = self.agents.entries.get_mut(index)
+                    {
+                        entry.conn.stream.dtmf(*digit);
+                        entry.conn.flush();
+                        self.agent_schedule(now, index);
+                    }
+                }
                 MediaEventKind::Closed { stats } => {
                     self.counters.lost.inc_by(stats.rx_lost);
                     self.counters.generated.inc_by(stats.generated_packets);
@@ -405,6 +471,15 @@ impl Shard {
                 sockets,
             } => {
                 self.open(now, leg, name, ip, port, sockets);
+                Ok(())
+            }
+            ShardCommand::OpenAgent {
+                leg,
+                name,
+                spec,
+                agent,
+            } => {
+                self.open_agent(now, leg, name, spec, *agent);
                 Ok(())
             }
             ShardCommand::Spec {
@@ -478,6 +553,7 @@ impl Shard {
                 }
                 if let Some(slot) = self.relay.remove(now, leg) {
                     self.close_sockets(slot);
+                    self.close_agent(now, slot);
                 }
                 Ok(())
             }
@@ -600,6 +676,227 @@ impl Shard {
             return;
         }
         self.orphans.push_back((now, command));
+    }
+
+    /// Opens an agent leg: a relay leg with no socket, and the connection
+    /// to the agent in this shard's poll.
+    fn open_agent(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        name: Arc<str>,
+        spec: LegSpec,
+        agent: AgentSpec,
+    ) {
+        let slot = self.relay.insert(now, leg, name, 0);
+        let remote = spec.remote;
+        if let Err(e) = self.relay.set_spec(now, leg, spec) {
+            tracing::warn!(leg, error = %e, "agent leg not set up");
+        }
+        let hang_up = agent.hang_up_on_end;
+        let mut conn = match AgentConn::connect(now, agent) {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.relay.report(
+                    slot,
+                    MediaEventKind::AgentEnded {
+                        reason: "connect_failed",
+                        detail: e.to_string(),
+                        hang_up,
+                    },
+                );
+                self.replay_orphans(now, leg);
+                return;
+            }
+        };
+        let index = match self.agents.entries.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.agents.entries.push(None);
+                self.agents.entries.len() - 1
+            }
+        };
+        let token = Token(AGENT_TOKENS + index);
+        if let Err(e) = self.poll.registry().register(
+            &mut conn.socket,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(leg, error = %e, "agent socket not registered");
+        }
+        self.agents.generations += 1;
+        let seed = self.agents.generations.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ leg;
+        if let Some(entry) = self.agents.entries.get_mut(index) {
+            *entry = Some(AgentEntry {
+                conn,
+                leg,
+                slot: Some(slot),
+                generation: self.agents.generations,
+                scheduled: None,
+                remote,
+                seq: seed as u16,
+                ts: (seed >> 16) as u32,
+                ssrc: (seed >> 32) as u32,
+            });
+        }
+        self.agents.by_slot.insert(slot, index);
+        self.agents.by_leg.insert(leg, index);
+        self.agent_schedule(now, index);
+        self.replay_orphans(now, leg);
+    }
+
+    /// The agent connection `index` is readable or writable.
+    fn agent_ready(&mut self, now: Instant, index: usize, buf: &mut [u8]) {
+        let Some(Some(entry)) = self.agents.entries.get_mut(index) else {
+            return;
+        };
+        entry.conn.ready(now, buf);
+        self.agent_after(now, index);
+    }
+
+    /// Runs every agent deadline due at `now`: frames toward the call,
+    /// pings, connect and close deadlines.
+    fn agents_due(&mut self, now: Instant, buf: &mut [u8]) {
+        while let Some(Reverse((at, index, generation))) = self.agents.timers.peek().copied() {
+            if at > now {
+                return;
+            }
+            self.agents.timers.pop();
+            let Some(Some(entry)) = self.agents.entries.get_mut(index) else {
+                continue;
+            };
+            if entry.generation != generation || entry.scheduled != Some(at) {
+                continue;
+            }
+            entry.scheduled = None;
+            entry.conn.stream.handle_timeout(now);
+            let mut frame = [0u8; crate::agent::playout::FRAME];
+            while let Some(Some(entry)) = self.agents.entries.get_mut(index) {
+                if !entry.conn.stream.next_frame(now, &mut frame) {
+                    entry.conn.flush();
+                    break;
+                }
+                let Some(slot) = entry.slot else {
+                    continue;
+                };
+                entry.seq = entry.seq.wrapping_add(1);
+                entry.ts = entry.ts.wrapping_add(frame.len() as u32);
+                let len = super::rtp::HEADER_LEN + frame.len();
+                let Some(packet) = buf.get_mut(..len) else {
+                    break;
+                };
+                let (head, body) = packet.split_at_mut(super::rtp::HEADER_LEN);
+                let _ = super::rtp::write_header(head, false, 0, entry.seq, entry.ts, entry.ssrc);
+                body.copy_from_slice(&frame);
+                let remote = entry.remote;
+                if let Some(t) =
+                    self.relay
+                        .handle_datagram(now, slot, Channel::Rtp, remote, buf, len)
+                {
+                    self.send(t, buf);
+                }
+            }
+            self.agent_after(now, index);
+        }
+    }
+
+    /// The call's audio toward agent `index`: the RTP payload goes on.
+    fn deliver_to_agent(&mut self, index: usize, t: super::relay::Transmit, buf: &[u8]) {
+        if t.channel != Channel::Rtp {
+            return;
+        }
+        let Some(packet) = buf.get(..t.len) else {
+            return;
+        };
+        let Ok(h) = super::rtp::parse(packet) else {
+            return;
+        };
+        let Some(Some(entry)) = self.agents.entries.get_mut(index) else {
+            return;
+        };
+        let payload = packet
+            .get(h.payload_start..h.payload_end)
+            .unwrap_or_default();
+        entry.conn.stream.audio(payload, h.timestamp);
+        entry.conn.flush();
+        self.counters.sent.inc();
+        // Its reports and the end of a stream are handled with its next
+        // deadline, at most a frame away.
+    }
+
+    /// After agent `index` did something: its reports, its socket closed
+    /// once the stream is over, its next deadline.
+    fn agent_after(&mut self, now: Instant, index: usize) {
+        let Some(Some(entry)) = self.agents.entries.get_mut(index) else {
+            return;
+        };
+        while let Some(event) = entry.conn.poll_event() {
+            let kind = match event {
+                StreamEvent::Started => {
+                    let ids = entry.conn.stream.ids();
+                    MediaEventKind::AgentStarted {
+                        stream_sid: ids.stream_sid.clone(),
+                        call_sid: ids.call_sid.clone(),
+                    }
+                }
+                StreamEvent::BadMessage(reason) => MediaEventKind::AgentBadMessage { reason },
+                StreamEvent::Overflow { dropped_ms } => {
+                    MediaEventKind::AgentOverflow { dropped_ms }
+                }
+                StreamEvent::Ended(end) => MediaEventKind::AgentEnded {
+                    reason: end.as_str(),
+                    detail: end.to_string(),
+                    hang_up: entry.conn.hang_up_on_end,
+                },
+            };
+            if let Some(slot) = entry.slot {
+                self.relay.report(slot, kind);
+            }
+        }
+        if !entry.conn.is_shut() && entry.conn.finished() {
+            entry.conn.shut_down(self.poll.registry());
+        }
+        if entry.slot.is_none() && entry.conn.is_shut() {
+            self.agents.by_leg.remove(&entry.leg);
+            if let Some(e) = self.agents.entries.get_mut(index) {
+                *e = None;
+            }
+            return;
+        }
+        self.agent_schedule(now, index);
+    }
+
+    /// Puts agent `index`'s next deadline on the timer heap.
+    fn agent_schedule(&mut self, now: Instant, index: usize) {
+        let Some(Some(entry)) = self.agents.entries.get_mut(index) else {
+            return;
+        };
+        let Some(at) = entry.conn.stream.poll_timeout() else {
+            return;
+        };
+        let at = at.max(now);
+        if entry.scheduled.is_some_and(|s| s <= at) {
+            return;
+        }
+        entry.scheduled = Some(at);
+        self.agents
+            .timers
+            .push(Reverse((at, index, entry.generation)));
+    }
+
+    /// The relay leg in `slot` closed: its agent stream (if any) sends
+    /// `stop` and closes, and goes once that is written.
+    fn close_agent(&mut self, now: Instant, slot: usize) {
+        let Some(index) = self.agents.by_slot.remove(&slot) else {
+            return;
+        };
+        let Some(Some(entry)) = self.agents.entries.get_mut(index) else {
+            return;
+        };
+        entry.slot = None;
+        entry.conn.stream.stop(now);
+        entry.conn.flush();
+        self.agent_after(now, index);
     }
 
     fn replay_orphans(&mut self, now: Instant, leg: LegId) {

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod agent;
 mod call_control;
 mod calls;
 mod check_config;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::agent;
 use crate::call::CallError;
 use crate::control::command::{CommandError, CommandKind, ErrorCode, MediaArgs, PlayArgs};
 use crate::control::machine::Job;
@@ -73,6 +74,14 @@ pub(super) async fn execute(
         }
         CommandKind::Originate(o) => {
             let call_id = o.call_id.clone().unwrap_or_else(|| job.command.id.clone());
+            let agent = match o.media.as_ref().filter(|m| m.kind == "websocket") {
+                Some(m) => Some(Box::new(
+                    agent::agent_spec(m, &call_id, &shared.instance_id)
+                        .await
+                        .map_err(|e| fail(ErrorCode::BadField, e))?,
+                )),
+                None => None,
+            };
             let place = PlaceCall {
                 to: o.to.clone(),
                 account: Some(o.account.clone()),
@@ -88,7 +97,12 @@ pub(super) async fn execute(
                 max_duration: o.max_duration_secs.map(Duration::from_secs),
                 name: Some(call_id.clone()),
                 bridge_to: o.bridge_to.clone(),
-                endpoint: o.media.as_ref().map(rtp_endpoint),
+                endpoint: o
+                    .media
+                    .as_ref()
+                    .filter(|m| m.kind == "rtp")
+                    .and_then(rtp_endpoint),
+                agent,
                 srtp: o
                     .srtp
                     .as_deref()
@@ -98,6 +112,8 @@ pub(super) async fn execute(
                 Ok(placed) => Ok(match placed.endpoint {
                     Some(a) => json!({"call_id": &*placed.name, "media": {
                         "host": a.local.ip().to_string(), "port": a.local.port()}}),
+                    None if o.media.is_some() => json!({"call_id": &*placed.name, "media": {
+                        "type": "websocket", "call_sid": agent::call_sid(&placed.name)}}),
                     None => json!({"call_id": &*placed.name}),
                 }),
                 Err(e) => Err(place_error(kind, e)),
@@ -111,6 +127,29 @@ pub(super) async fn execute(
             ErrorCode::Internal,
             "call_status is answered from the record".into(),
         )),
+        CommandKind::Stream { call_id, media } => {
+            let spec = match media {
+                Some(m) => Some(Box::new(
+                    agent::agent_spec(m, call_id, &shared.instance_id)
+                        .await
+                        .map_err(|e| fail(ErrorCode::BadField, e))?,
+                )),
+                None => None,
+            };
+            let streaming = spec.is_some();
+            match sip.act(call_id, CallAction::Stream(spec)).await {
+                Some(Ok(_)) => Ok(if streaming {
+                    json!({"call_id": call_id, "streaming": true, "call_sid": agent::call_sid(call_id)})
+                } else {
+                    json!({"call_id": call_id, "streaming": false})
+                }),
+                Some(Err(e)) => Err(call_error(kind, e)),
+                None => Err(fail(
+                    ErrorCode::Unavailable,
+                    "the SIP core is not running".into(),
+                )),
+            }
+        }
         CommandKind::Play(p) => {
             let source = play_source(p, shared).map_err(|m| fail(ErrorCode::BadField, m))?;
             match sip.act(&p.call_id, CallAction::Play(source)).await {
@@ -129,7 +168,21 @@ pub(super) async fn execute(
         | CommandKind::Dtmf { call_id, .. } => {
             let mut result = json!({"call_id": call_id});
             if let CommandKind::Answer { media: Some(m), .. } = kind {
-                match sip.act(call_id, CallAction::Attach(rtp_endpoint(m))).await {
+                let action = match rtp_endpoint(m) {
+                    Some(endpoint) => CallAction::Attach(endpoint),
+                    None => CallAction::Stream(Some(Box::new(
+                        agent::agent_spec(m, call_id, &shared.instance_id)
+                            .await
+                            .map_err(|e| fail(ErrorCode::BadField, e))?,
+                    ))),
+                };
+                if let (CallAction::Stream(_), Value::Object(map)) = (&action, &mut result) {
+                    map.insert(
+                        "media".into(),
+                        json!({"type": "websocket", "call_sid": agent::call_sid(call_id)}),
+                    );
+                }
+                match sip.act(call_id, action).await {
                     Some(Ok(attached)) => {
                         if let (Some(a), Value::Object(map)) = (attached, &mut result) {
                             map.insert(
@@ -182,16 +235,16 @@ pub(super) async fn execute(
     }
 }
 
-/// The endpoint a command's `media` names.
-fn rtp_endpoint(m: &MediaArgs) -> RtpEndpoint {
+/// The RTP endpoint a command's `media` names, if it is one.
+fn rtp_endpoint(m: &MediaArgs) -> Option<RtpEndpoint> {
     let codec = match m.codec.as_deref() {
         Some(c) if c.eq_ignore_ascii_case("pcma") => Codec::Pcma,
         _ => Codec::Pcmu,
     };
-    RtpEndpoint {
-        address: std::net::SocketAddr::new(m.host, m.port),
+    Some(RtpEndpoint {
+        address: std::net::SocketAddr::new(m.host?, m.port?),
         codec,
-    }
+    })
 }
 
 /// What a `play` command plays: `None` stops; a tone; or a WAV file from
@@ -236,7 +289,7 @@ pub(super) fn call_error(kind: &CommandKind, e: CallError) -> CommandError {
         }
         CallError::RateLimited(_) | CallError::AccountRateLimited { .. } => ErrorCode::RateLimited,
         CallError::NameInUse(_) => ErrorCode::CallIdInUse,
-        CallError::Send(_) | CallError::NoKeySource => ErrorCode::Unavailable,
+        CallError::Send(_) | CallError::NoKeySource | CallError::NoMedia => ErrorCode::Unavailable,
     };
     failure(kind, code, &e.to_string())
 }

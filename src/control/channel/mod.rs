@@ -22,6 +22,7 @@ use super::machine::{Machine, MachineConfig, Op, Source};
 use crate::config::RedisSettings;
 use crate::engine::SipCore;
 
+pub mod agent;
 mod connect;
 mod jobs;
 mod pipeline;

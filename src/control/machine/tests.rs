@@ -1593,8 +1593,35 @@ fn originate_with_a_bad_or_unsupported_media_endpoint_leaves_nothing_behind() {
         ("o1", json!({"rtp": "10.0.0.1:4000"}), "bad_field"),
         (
             "o2",
-            json!({"type": "websocket", "host": "10.0.0.1", "port": 4000}),
+            json!({"type": "sctp", "host": "10.0.0.1", "port": 4000}),
             "not_supported",
+        ),
+        (
+            "o4",
+            json!({"type": "websocket", "host": "10.0.0.1", "port": 4000}),
+            "bad_field",
+        ),
+        (
+            "o5",
+            json!({"type": "websocket", "url": "wss://agent.example/ws",
+                   "headers": {"Host": "evil"}}),
+            "bad_field",
+        ),
+        (
+            "o6",
+            json!({"type": "websocket", "url": "wss://agent.example/ws",
+                   "headers": {"X-Token": "a\r\nInjected: 1"}}),
+            "bad_field",
+        ),
+        (
+            "o7",
+            json!({"type": "websocket", "url": "https://agent.example/ws"}),
+            "bad_field",
+        ),
+        (
+            "o8",
+            json!({"type": "websocket", "url": "ws://a/ws", "protocol": "l16", "sample_rate": 44100}),
+            "bad_field",
         ),
         (
             "o3",

@@ -94,6 +94,14 @@ pub(super) fn envelope(command: &Command) -> Value {
             json!({"call_id": call_id})
         }
         CommandKind::Play(p) => serde_json::to_value(p).unwrap_or_default(),
+        CommandKind::Stream {
+            call_id,
+            media: Some(media),
+        } => json!({"call_id": call_id, "media": media}),
+        CommandKind::Stream {
+            call_id,
+            media: None,
+        } => json!({"call_id": call_id, "stop": true}),
         CommandKind::Reject { call_id, code } => json!({"call_id": call_id, "code": code}),
         CommandKind::Bridge {
             call_id,
