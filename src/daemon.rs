@@ -144,6 +144,10 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
     )
     .map_err(DaemonError::Media)?;
     shared.set_media(media.reader());
+    shared.agent_hangup_api.store(
+        settings.http.agent_hangup_api,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if let Some(dir) = &settings.media.prompt_dir {
         let _ = shared.prompt_dir.set(dir.clone());
     }

@@ -127,6 +127,10 @@ pub fn router(shared: Arc<Shared>, access: Access) -> Router {
     let writes = Router::new()
         .route("/drain", post(drain))
         .route("/sip-trace", post(sip_trace))
+        .route(
+            "/2010-04-01/Accounts/{account}/Calls/{call}",
+            post(agent_hangup),
+        )
         .route_layer(middleware::from_fn_with_state(access, guard_write));
     probes
         .merge(reads)
@@ -555,6 +559,84 @@ async fn sip_trace(State(shared): State<Arc<Shared>>, uri: axum::http::Uri) -> R
     (StatusCode::OK, Json(json!({ "sip_trace": on }))).into_response()
 }
 
+/// The Twilio REST call update (`Status=completed`) that voice agent
+/// frameworks end a call with (Pipecat's auto hang-up with its `base_url`
+/// pointed here): hangs up the live call whose callSid is `{call}` (without
+/// `.json`). Served only with `http.agent_hangup_api`; guarded like `drain`.
+async fn agent_hangup(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path((_account, call)): axum::extract::Path<(String, String)>,
+    body: String,
+) -> Response {
+    let error = |status: StatusCode, code: u32, message: &str| {
+        (
+            status,
+            Json(json!({"code": code, "message": message, "status": status.as_u16()})),
+        )
+            .into_response()
+    };
+    if !shared.agent_hangup_api.load(Ordering::Relaxed) {
+        return error(
+            StatusCode::NOT_FOUND,
+            20404,
+            "not served (http.agent_hangup_api is off)",
+        );
+    }
+    let completed = body.split('&').any(|pair| {
+        pair.split_once('=')
+            .is_some_and(|(k, v)| k == "Status" && v.eq_ignore_ascii_case("completed"))
+    });
+    if !completed {
+        return error(
+            StatusCode::BAD_REQUEST,
+            21218,
+            "only Status=completed is supported",
+        );
+    }
+    let call_sid = call.strip_suffix(".json").unwrap_or(&call);
+    let Some(sip) = shared.sip.get() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            20503,
+            "the SIP core is not running",
+        );
+    };
+    let Some((_, calls)) = sip.calls(0, usize::MAX).await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            20503,
+            "the SIP core stopped",
+        );
+    };
+    let Some(name) = calls
+        .iter()
+        .map(|c| c.name.to_string())
+        .find(|name| crate::control::channel::agent::call_sid(name) == call_sid)
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            20404,
+            "no live call with that callSid",
+        );
+    };
+    match sip.act(&name, crate::engine::CallAction::Hangup).await {
+        Some(Ok(_)) => {
+            tracing::info!(call = %name, call_sid, "hang-up requested over the agent REST API");
+            (
+                StatusCode::OK,
+                Json(json!({"sid": call_sid, "status": "completed"})),
+            )
+                .into_response()
+        }
+        Some(Err(e)) => error(StatusCode::CONFLICT, 21220, &e.to_string()),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            20503,
+            "the SIP core stopped",
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
@@ -618,6 +700,43 @@ mod tests {
             "the polled idle connection gave way"
         );
         assert!(!slots.evict_idle());
+    }
+
+    #[tokio::test]
+    async fn the_agent_hangup_api_is_off_by_default_and_guarded_like_drain() {
+        let shared = shared();
+        let path = "/2010-04-01/Accounts/AC1/Calls/CA1.json";
+        let (status, _, body) = send(
+            &shared,
+            &Access::default(),
+            [127, 0, 0, 1],
+            "POST",
+            path,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        shared.agent_hangup_api.store(true, Ordering::Relaxed);
+        let (status, _, _) = send(&shared, &Access::default(), OUTSIDE, "POST", path, None).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "loopback only without a token"
+        );
+        let (status, _, body) = send(
+            &shared,
+            &Access::default(),
+            [127, 0, 0, 1],
+            "POST",
+            path,
+            None,
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "no Status=completed: {body}"
+        );
     }
 
     #[tokio::test]

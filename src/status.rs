@@ -47,6 +47,9 @@ pub struct Shared {
     pub sip: std::sync::OnceLock<crate::engine::SipCore>,
     /// Reads the media legs' totals, once the shards run.
     pub media: std::sync::OnceLock<crate::media::MediaReader>,
+    /// Whether the Twilio-shaped call hang-up route is served
+    /// (`http.agent_hangup_api`).
+    pub agent_hangup_api: std::sync::atomic::AtomicBool,
     /// Where `play` finds its WAV files (`media.prompt_dir`).
     pub prompt_dir: std::sync::OnceLock<std::path::PathBuf>,
 }
@@ -80,6 +83,7 @@ impl Shared {
             sip: std::sync::OnceLock::new(),
             media: std::sync::OnceLock::new(),
             prompt_dir: std::sync::OnceLock::new(),
+            agent_hangup_api: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -539,6 +539,11 @@ pub struct HttpSettings {
     pub token: Option<Secret>,
     /// File holding the bearer token (read at load).
     pub token_file: Option<PathBuf>,
+    /// Serve `POST /2010-04-01/Accounts/{AC}/Calls/{CA}.json` with
+    /// `Status=completed` (guarded like `/drain`): the Twilio REST call
+    /// update a voice agent framework (Pipecat's auto hang-up) ends a
+    /// call with. Off by default.
+    pub agent_hangup_api: bool,
 }
 
 impl Default for HttpSettings {
@@ -547,6 +552,7 @@ impl Default for HttpSettings {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
             token_file: None,
+            agent_hangup_api: false,
         }
     }
 }

@@ -151,11 +151,25 @@ def build_app(args: argparse.Namespace) -> FastAPI:
         emit({"event": "start", "streamSid": stream_sid, "callSid": call_sid,
               "customParameters": custom})
 
-        serializer = TwilioFrameSerializer(
-            stream_sid=stream_sid,
-            call_sid=call_sid,
-            params=TwilioFrameSerializer.InputParams(auto_hang_up=False),
-        )
+        if args.hangup_api:
+            # Pipecat's own auto hang-up: at the end of the call it POSTs the
+            # Twilio REST call update (Status=completed) to base_url, here
+            # dialerd's http.agent_hangup_api route. dialerd does not check
+            # the account or the token; they only have to be present.
+            serializer = TwilioFrameSerializer(
+                stream_sid=stream_sid,
+                call_sid=call_sid,
+                account_sid="AC" + "0" * 32,
+                auth_token="dialerd-test-token",
+                base_url=args.hangup_api,
+                params=TwilioFrameSerializer.InputParams(auto_hang_up=True),
+            )
+        else:
+            serializer = TwilioFrameSerializer(
+                stream_sid=stream_sid,
+                call_sid=call_sid,
+                params=TwilioFrameSerializer.InputParams(auto_hang_up=False),
+            )
         transport = FastAPIWebsocketTransport(
             websocket=websocket,
             params=FastAPIWebsocketParams(
@@ -244,6 +258,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
     ap.add_argument("--end-after", type=float, default=None, metavar="SECS",
                     help="end each call this long after the client connected")
+    ap.add_argument("--hangup-api", default=None, metavar="URL",
+                    help="auto_hang_up on, with this REST base URL (dialerd's status server)")
     ap.add_argument("--sample-rate", type=int, default=8000,
                     help="pipeline audio rate in Hz (Pipecat's Twilio examples use 8000; "
                          "Pipecat's own default is 16000 in / 24000 out)")
