@@ -257,6 +257,9 @@ pub struct MediaArgs {
     pub connect_timeout_ms: Option<u64>,
     /// `websocket`: `hangup` (default) or `continue` when the stream ends.
     pub on_end: Option<String>,
+    /// `websocket` with `on_end: "continue"`: a WAV file in the prompt
+    /// directory played to the caller when the stream ends.
+    pub on_end_prompt: Option<String>,
     /// `wss`: trust this CA file instead of the system roots.
     pub tls_ca_file: Option<String>,
     /// `wss`: trust exactly the certificate with this SHA-256 fingerprint.
@@ -862,6 +865,17 @@ fn check_websocket(m: &MediaArgs) -> Result<(), Problem> {
     if !matches!(m.on_end.as_deref(), None | Some("hangup" | "continue")) {
         return bad("args.media.on_end: hangup or continue".into());
     }
+    if let Some(file) = &m.on_end_prompt {
+        if m.on_end.as_deref() != Some("continue") {
+            return bad("args.media.on_end_prompt: only with on_end continue".into());
+        }
+        if !prompt_name(file) {
+            return bad(
+                "args.media.on_end_prompt: a file name (A-Z a-z 0-9 . _ -) in the prompt directory"
+                    .into(),
+            );
+        }
+    }
     if m.connect_timeout_ms
         .is_some_and(|t| !(100..=60_000).contains(&t))
     {
@@ -900,6 +914,16 @@ fn check_websocket(m: &MediaArgs) -> Result<(), Problem> {
     Ok(())
 }
 
+/// A file name `play` may read from the prompt directory.
+fn prompt_name(file: &str) -> bool {
+    !file.is_empty()
+        && file.len() <= 128
+        && !file.starts_with('.')
+        && file
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 fn check_play(a: &PlayArgs) -> Result<(), Problem> {
     let bad = |m: &str| Err((ErrorCode::BadField, m.to_owned()));
     let given = usize::from(a.file.is_some()) + usize::from(a.tone.is_some()) + usize::from(a.stop);
@@ -907,13 +931,7 @@ fn check_play(a: &PlayArgs) -> Result<(), Problem> {
         return bad("args: exactly one of file, tone or stop");
     }
     if let Some(file) = &a.file {
-        let ok = !file.is_empty()
-            && file.len() <= 128
-            && !file.starts_with('.')
-            && file
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !ok {
+        if !prompt_name(file) {
             return bad("args.file: a file name (A-Z a-z 0-9 . _ -) in the prompt directory");
         }
     }

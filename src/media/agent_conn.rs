@@ -45,6 +45,8 @@ pub struct AgentSpec {
     pub stream: StreamConfig,
     /// Whether the stream's end (other than our own stop) hangs the call up.
     pub hang_up_on_end: bool,
+    /// Otherwise, what to play to the caller when it ends (else silence).
+    pub on_end_prompt: Option<Box<super::player::Source>>,
 }
 
 /// One agent connection.
@@ -55,6 +57,7 @@ pub(super) struct AgentConn {
     tcp_up: bool,
     shut: bool,
     pub(super) hang_up_on_end: bool,
+    pub(super) on_end_prompt: Option<Box<super::player::Source>>,
 }
 
 impl AgentConn {
@@ -79,6 +82,7 @@ impl AgentConn {
             tcp_up: false,
             shut: false,
             hang_up_on_end: spec.hang_up_on_end,
+            on_end_prompt: spec.on_end_prompt,
         })
     }
 

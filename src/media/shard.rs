@@ -843,11 +843,22 @@ impl Shard {
                 StreamEvent::Overflow { dropped_ms } => {
                     MediaEventKind::AgentOverflow { dropped_ms }
                 }
-                StreamEvent::Ended(end) => MediaEventKind::AgentEnded {
-                    reason: end.as_str(),
-                    detail: end.to_string(),
-                    hang_up: entry.conn.hang_up_on_end,
-                },
+                StreamEvent::Ended(end) => {
+                    if !entry.conn.hang_up_on_end
+                        && let Some(prompt) = entry.conn.on_end_prompt.take()
+                    {
+                        // on_end continue: the caller hears the prompt.
+                        let call_leg = entry.leg & !ENDPOINT_BIT;
+                        if let Err(e) = self.relay.play(now, call_leg, Some(*prompt)) {
+                            tracing::debug!(error = %e, "agent fallback prompt not played");
+                        }
+                    }
+                    MediaEventKind::AgentEnded {
+                        reason: end.as_str(),
+                        detail: end.to_string(),
+                        hang_up: entry.conn.hang_up_on_end,
+                    }
+                }
             };
             if let Some(slot) = entry.slot {
                 self.relay.report(slot, kind);

@@ -11,6 +11,7 @@ use crate::agent::stream::{Protocol, StreamConfig};
 use crate::agent::twilio::StreamIds;
 use crate::control::command::MediaArgs;
 use crate::media::agent_conn::{AgentSpec, AgentTls};
+use crate::media::player::{Clip, Source};
 use crate::sip::transport::tls::{Trust, client_config};
 
 /// Longest a name lookup of the agent's host may take.
@@ -30,7 +31,21 @@ pub async fn agent_spec(
     media: &MediaArgs,
     call_name: &str,
     instance: &str,
+    prompt_dir: Option<&std::path::Path>,
 ) -> Result<AgentSpec, String> {
+    let on_end_prompt = match &media.on_end_prompt {
+        Some(name) => {
+            let dir =
+                prompt_dir.ok_or("args.media.on_end_prompt: no media.prompt_dir is configured")?;
+            let bytes = tokio::fs::read(dir.join(name))
+                .await
+                .map_err(|e| format!("args.media.on_end_prompt {name:?}: {e}"))?;
+            let clip = Clip::from_wav(&bytes)
+                .map_err(|e| format!("args.media.on_end_prompt {name:?}: {e}"))?;
+            Some(Box::new(Source::clip(clip, false)))
+        }
+        None => None,
+    };
     let url = media
         .url
         .as_deref()
@@ -128,6 +143,7 @@ pub async fn agent_spec(
             nonce: to16(nonce),
         },
         hang_up_on_end: media.on_end.as_deref() != Some("continue"),
+        on_end_prompt,
     })
 }
 

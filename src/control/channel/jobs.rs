@@ -76,9 +76,14 @@ pub(super) async fn execute(
             let call_id = o.call_id.clone().unwrap_or_else(|| job.command.id.clone());
             let agent = match o.media.as_ref().filter(|m| m.kind == "websocket") {
                 Some(m) => Some(Box::new(
-                    agent::agent_spec(m, &call_id, &shared.instance_id)
-                        .await
-                        .map_err(|e| fail(ErrorCode::BadField, e))?,
+                    agent::agent_spec(
+                        m,
+                        &call_id,
+                        &shared.instance_id,
+                        shared.prompt_dir.get().map(|p| p.as_path()),
+                    )
+                    .await
+                    .map_err(|e| fail(ErrorCode::BadField, e))?,
                 )),
                 None => None,
             };
@@ -130,9 +135,14 @@ pub(super) async fn execute(
         CommandKind::Stream { call_id, media } => {
             let spec = match media {
                 Some(m) => Some(Box::new(
-                    agent::agent_spec(m, call_id, &shared.instance_id)
-                        .await
-                        .map_err(|e| fail(ErrorCode::BadField, e))?,
+                    agent::agent_spec(
+                        m,
+                        call_id,
+                        &shared.instance_id,
+                        shared.prompt_dir.get().map(|p| p.as_path()),
+                    )
+                    .await
+                    .map_err(|e| fail(ErrorCode::BadField, e))?,
                 )),
                 None => None,
             };
@@ -171,9 +181,14 @@ pub(super) async fn execute(
                 let action = match rtp_endpoint(m) {
                     Some(endpoint) => CallAction::Attach(endpoint),
                     None => CallAction::Stream(Some(Box::new(
-                        agent::agent_spec(m, call_id, &shared.instance_id)
-                            .await
-                            .map_err(|e| fail(ErrorCode::BadField, e))?,
+                        agent::agent_spec(
+                            m,
+                            call_id,
+                            &shared.instance_id,
+                            shared.prompt_dir.get().map(|p| p.as_path()),
+                        )
+                        .await
+                        .map_err(|e| fail(ErrorCode::BadField, e))?,
                     ))),
                 };
                 if let (CallAction::Stream(_), Value::Object(map)) = (&action, &mut result) {
