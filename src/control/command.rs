@@ -930,10 +930,10 @@ fn check_play(a: &PlayArgs) -> Result<(), Problem> {
     if given != 1 {
         return bad("args: exactly one of file, tone or stop");
     }
-    if let Some(file) = &a.file {
-        if !prompt_name(file) {
-            return bad("args.file: a file name (A-Z a-z 0-9 . _ -) in the prompt directory");
-        }
+    if let Some(file) = &a.file
+        && !prompt_name(file)
+    {
+        return bad("args.file: a file name (A-Z a-z 0-9 . _ -) in the prompt directory");
     }
     if let Some(t) = &a.tone {
         if t.freqs.is_empty()
