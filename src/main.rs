@@ -176,6 +176,10 @@ enum CtlAction {
         /// The endpoint's codec: PCMU or PCMA.
         #[arg(long, requires = "media", default_value = "PCMU")]
         media_codec: String,
+        /// Stream the call's audio to a voice agent at this ws:// or wss://
+        /// URL (Twilio Media Streams).
+        #[arg(long, conflicts_with = "media")]
+        agent: Option<String>,
         /// SRTP for this call (default: the account's).
         #[arg(long, value_parser = ["off", "optional", "required", "dtls"])]
         srtp: Option<String>,
@@ -195,6 +199,21 @@ enum CtlAction {
         /// The endpoint's codec: PCMU or PCMA.
         #[arg(long, requires = "media", default_value = "PCMU")]
         media_codec: String,
+        /// Stream the call's audio to a voice agent at this ws:// or wss://
+        /// URL (Twilio Media Streams).
+        #[arg(long, conflicts_with = "media")]
+        agent: Option<String>,
+    },
+    /// Stream a live call's audio to a voice agent, or stop streaming.
+    Stream {
+        /// Call id.
+        call_id: String,
+        /// The agent's ws:// or wss:// URL (Twilio Media Streams).
+        #[arg(long, required_unless_present = "stop")]
+        agent: Option<String>,
+        /// Stop the stream.
+        #[arg(long, conflicts_with = "agent")]
+        stop: bool,
     },
     /// Play a prompt or a tone to a call's peer, or stop it.
     Play {
@@ -285,6 +304,7 @@ impl CtlAction {
                 force,
                 media,
                 media_codec,
+                agent,
                 srtp,
             } => {
                 let mut h = serde_json::Map::new();
@@ -307,6 +327,7 @@ impl CtlAction {
                     ("max_duration_secs", max_duration_secs.map(|v| json!(v))),
                     ("bridge_to", bridge_to.as_ref().map(|v| json!(v))),
                     ("media", media.map(|m| media_args(m, media_codec))),
+                    ("media", agent.as_ref().map(|url| agent_args(url))),
                     ("srtp", srtp.as_ref().map(|v| json!(v))),
                 ] {
                     if let Some(v) = v {
@@ -320,12 +341,28 @@ impl CtlAction {
                 call_id,
                 media,
                 media_codec,
-            } => match media {
-                Some(m) => (
+                agent,
+            } => match (media, agent) {
+                (Some(m), _) => (
                     "answer",
                     json!({ "call_id": call_id, "media": media_args(*m, media_codec) }),
                 ),
-                None => ("answer", json!({ "call_id": call_id })),
+                (None, Some(url)) => (
+                    "answer",
+                    json!({ "call_id": call_id, "media": agent_args(url) }),
+                ),
+                (None, None) => ("answer", json!({ "call_id": call_id })),
+            },
+            CtlAction::Stream {
+                call_id,
+                agent,
+                stop: _,
+            } => match agent {
+                Some(url) => (
+                    "stream",
+                    json!({ "call_id": call_id, "media": agent_args(url) }),
+                ),
+                None => ("stream", json!({ "call_id": call_id, "stop": true })),
             },
             CtlAction::Play {
                 call_id,
@@ -375,6 +412,11 @@ fn media_args(endpoint: std::net::SocketAddr, codec: &str) -> serde_json::Value 
         "port": endpoint.port(),
         "codec": codec,
     })
+}
+
+/// The `media` argument naming a voice agent.
+fn agent_args(url: &str) -> serde_json::Value {
+    serde_json::json!({ "type": "websocket", "url": url })
 }
 
 /// Arguments of `dialerd probe`.
