@@ -207,7 +207,9 @@ fn agent_refused_ends_the_call_by_default_and_continue_keeps_it_on_silence() {
     let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
     let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
     let dir = Scratch::new("agent-refused");
-    let (d, _sip) = dialerd(&redis, &pbx, "ring", "", 23700, &dir);
+    write_tone_wav(&dir.path().join("sorry.wav"), 1);
+    let media = format!("[media]\nprompt_dir = {:?}\n", dir.path());
+    let (d, _sip) = dialerd(&redis, &pbx, "ring", &media, 23700, &dir);
     let mut events = Events::new(&redis);
     // Nobody listens on this port.
     let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -280,6 +282,40 @@ fn agent_refused_ends_the_call_by_default_and_continue_keeps_it_on_silence() {
     );
     let end = ended(&mut events, "agent-3", Duration::from_secs(15));
     assert_ne!(end["cause"], "agent_failed", "{end}");
+
+    // continue with a prompt: the caller hears it instead of silence.
+    command_ok(
+        &mut events,
+        &redis,
+        "agent-4",
+        "originate",
+        json!({"account": "acct-a", "to": to, "max_duration_secs": 60}),
+    );
+    answered(&mut events, "agent-4");
+    command_ok(
+        &mut events,
+        &redis,
+        "stream-4",
+        "stream",
+        json!({"call_id": "agent-4",
+               "media": {"type": "websocket", "url": url, "on_end": "continue",
+                         "on_end_prompt": "sorry.wav"}}),
+    );
+    let port = local_port(&mut events, "agent-4");
+    let back = play_and_listen(&phone, ([127, 0, 0, 1], port).into(), 2);
+    let toned = back
+        .iter()
+        .filter(|p| tone_share(&p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>()) > 0.8)
+        .count();
+    assert!(toned >= 40, "the 1 s prompt played: {toned} tone frames");
+    command_ok(
+        &mut events,
+        &redis,
+        "hu-4",
+        "hangup",
+        json!({"call_id": "agent-4"}),
+    );
+    ended(&mut events, "agent-4", Duration::from_secs(15));
     assert!(
         crate::support::http::get(d.http(), "/healthz")
             .unwrap()
@@ -287,4 +323,618 @@ fn agent_refused_ends_the_call_by_default_and_continue_keeps_it_on_silence() {
             == 200,
         "dialerd stays healthy"
     );
+}
+
+/// Writes a WAV file (8 kHz mono 16-bit PCM) of `seconds` of the 1 kHz tone.
+fn write_tone_wav(path: &std::path::Path, seconds: usize) {
+    let samples: Vec<i16> = (0..seconds * 8000)
+        .map(|n| (8000.0 * (2.0 * std::f64::consts::PI * 1000.0 * n as f64 / 8000.0).sin()) as i16)
+        .collect();
+    let data_len = (samples.len() * 2) as u32;
+    let mut out = Vec::new();
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&8000u32.to_le_bytes());
+    out.extend_from_slice(&16000u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// Writes a pcap of `seconds` of a 1 kHz PCMU tone as RTP (Ethernet, IPv4,
+/// UDP), 20 ms a packet, for SIPp's `play_pcap_audio`.
+fn write_tone_pcap(path: &std::path::Path, seconds: usize) {
+    let mut out = Vec::new();
+    // Global header: magic, v2.4, zone 0, sigfigs 0, snaplen, Ethernet.
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&0i32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&65535u32.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    for k in 0..seconds * 50 {
+        let mut rtp = vec![0x80, 0];
+        rtp.extend_from_slice(&(k as u16).to_be_bytes());
+        rtp.extend_from_slice(&((k * 160) as u32).to_be_bytes());
+        rtp.extend_from_slice(&0x0bad_cafe_u32.to_be_bytes());
+        rtp.extend(tone_frame(k * 160));
+        let udp_len = 8 + rtp.len();
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[0x08, 0x00]);
+        let ip_len = 20 + udp_len;
+        frame.extend_from_slice(&[
+            0x45,
+            0,
+            (ip_len >> 8) as u8,
+            ip_len as u8,
+            0,
+            0,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ]);
+        frame.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+        frame.extend_from_slice(&6000u16.to_be_bytes());
+        frame.extend_from_slice(&6002u16.to_be_bytes());
+        frame.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        frame.extend_from_slice(&[0, 0]);
+        frame.extend(rtp);
+        let usec = k * 20_000;
+        out.extend_from_slice(&((usec / 1_000_000) as u32).to_le_bytes());
+        out.extend_from_slice(&((usec % 1_000_000) as u32).to_le_bytes());
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend(frame);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// A SIPp caller scenario offering PCMU and telephone-event that, once
+/// answered, plays `tone` (a pcap), then the digits 1 and 2 (RFC 4733),
+/// waits `hold_ms` and hangs up.
+fn agent_caller_scenario(
+    dir: &Scratch,
+    tone: &std::path::Path,
+    tone_ms: u64,
+    hold_ms: u64,
+) -> PathBuf {
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="agent_caller">
+  <send retrans="500"><![CDATA[
+      INVITE sip:[callee]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "SIPp caller" <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[callee]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:caller@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=sipp 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [rtp_port] RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+      a=fmtp:101 0-16
+    ]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="183" optional="true"/>
+  <recv response="200" rrs="true"/>
+  <send><![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "SIPp caller" <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]></send>
+  <nop><action><exec play_pcap_audio="{tone}"/></action></nop>
+  <pause milliseconds="{tone_ms}"/>
+  <nop><action><exec play_pcap_audio="/usr/share/sip-tester/dtmf_2833_1.pcap"/></action></nop>
+  <pause milliseconds="600"/>
+  <nop><action><exec play_pcap_audio="/usr/share/sip-tester/dtmf_2833_2.pcap"/></action></nop>
+  <pause milliseconds="{hold_ms}"/>
+  <send retrans="500"><![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "SIPp caller" <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]></send>
+  <recv response="200"/>
+</scenario>
+"#,
+        tone = tone.display(),
+    );
+    dir.write("agent_caller.xml", &xml)
+}
+
+/// The Python test agent (`tests/agent/test_agent.py`) in one `mode`,
+/// logging every message it receives (one JSON line each, `_t` its arrival
+/// in Unix ms) and checking them against the Twilio schema.
+struct TestAgent {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl TestAgent {
+    fn start(python: &PathBuf, mode: &str, dir: &Scratch) -> TestAgent {
+        let log = dir.path().join(format!("agent-{mode}.jsonl"));
+        let mut child = Command::new(python)
+            .arg(repo_root().join("tests/agent/test_agent.py"))
+            .args(["--host", "127.0.0.1", "--port", "0", "--mode", mode])
+            .arg("--log")
+            .arg(&log)
+            .arg("--schema")
+            .arg(repo_root().join("tests/agent/twilio-media-streams.schema.json"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the test agent");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let port = lines
+            .find_map(|l| l.ok()?.strip_prefix("listening ")?.trim().parse().ok())
+            .expect("the test agent says where it listens");
+        std::thread::spawn(move || for _ in lines {});
+        TestAgent { child, port, log }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/media", self.port)
+    }
+
+    /// Every line logged so far.
+    fn lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The Twilio messages received (not the agent's own notes).
+    fn messages(&self) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|m| m.get("event").is_some())
+            .collect()
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stream_cmd(events: &mut Events, redis: &RedisServer, id: &str, call: &str, media: Value) {
+    command_ok(
+        events,
+        redis,
+        id,
+        "stream",
+        json!({"call_id": call, "media": media}),
+    );
+}
+
+fn media_report(events: &mut Events, call: &str, report: &str, within: Duration) -> Value {
+    events.until(within, |e| {
+        e["type"] == "call.media" && e["call_id"] == call && e["report"] == report
+    })
+}
+
+#[test]
+fn agent_a_sipp_callers_tone_and_digits_reach_the_agent_in_twilios_schema() {
+    let Some(python) = agent_python() else {
+        eprintln!("skipped: the agent tools' virtualenv is missing (scripts/setup.sh)");
+        return;
+    };
+    let dir = Scratch::new("agent-sipp");
+    let agent = TestAgent::start(&python, "echo", &dir);
+    let redis = RedisServer::start(&[]);
+    let pbx = media_pbx(9, "0", "PCMU");
+    let (d, sip) = dialerd(&redis, &pbx, "ring", "", 23800, &dir);
+    let mut events = Events::new(&redis);
+    let tone = dir.path().join("tone.pcap");
+    write_tone_pcap(&tone, 2);
+    let scenario = agent_caller_scenario(&dir, &tone, 2200, 1500);
+    let media_port = 23800 + 150;
+    let uac = crate::support::sipp::Sipp::client(&scenario, sip)
+        .key("callee", "1001")
+        .key("rtp_port", &media_port.to_string())
+        .args(&["-mp", &media_port.to_string()])
+        .timeout(Duration::from_secs(60))
+        .spawn();
+    let call = crate::media::next_created(&mut events, &uac, &d);
+    events.until(Duration::from_secs(10), |e| {
+        e["type"] == "call.ringing" && e["call_id"] == call.as_str()
+    });
+    command_ok(
+        &mut events,
+        &redis,
+        "answer-agent",
+        "answer",
+        json!({"call_id": call, "media": {"type": "websocket", "url": agent.url(),
+               "custom_parameters": {"lead": "42", "campaign": "spring"}}}),
+    );
+    let result = uac.wait();
+    assert_eq!(result.exit_code, Some(0), "{}\n{}", result.errors, d.log());
+    ended(&mut events, &call, Duration::from_secs(15));
+    // The stream's stop goes out as the call ends; give the agent a moment.
+    let messages = crate::support::wait_for(Duration::from_secs(5), || {
+        let m = agent.messages();
+        m.iter().any(|m| m["event"] == "stop").then_some(m)
+    })
+    .unwrap_or_else(|| panic!("no stop: {:#?}\n{}", agent.lines(), d.log()));
+    let invalid: Vec<Value> = agent
+        .lines()
+        .into_iter()
+        .filter(|l| l.get("_invalid").is_some())
+        .collect();
+    assert!(invalid.is_empty(), "not Twilio's schema: {invalid:#?}");
+    let kinds: Vec<&str> = messages
+        .iter()
+        .map(|m| m["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds[..2], ["connected", "start"], "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"stop"));
+    assert_eq!(kinds.iter().filter(|k| **k == "start").count(), 1);
+    let start = &messages[1]["start"];
+    assert_eq!(
+        start["customParameters"],
+        json!({"lead": "42", "campaign": "spring"})
+    );
+    assert_eq!(start["mediaFormat"]["encoding"], "audio/x-mulaw");
+    // sequenceNumber counts every message after connected, as strings.
+    for (i, m) in messages.iter().skip(1).enumerate() {
+        assert_eq!(m["sequenceNumber"], (i + 1).to_string(), "{m}");
+    }
+    let media: Vec<&Value> = messages.iter().filter(|m| m["event"] == "media").collect();
+    for (i, m) in media.iter().enumerate() {
+        assert_eq!(m["media"]["chunk"], (i + 1).to_string(), "{m}");
+    }
+    let toned = media
+        .iter()
+        .filter(|m| {
+            let payload = m["media"]["payload"].as_str().unwrap();
+            let bytes = decode_b64(payload);
+            let samples: Vec<i32> = bytes.iter().map(|&b| ulaw_decode(b)).collect();
+            tone_share(&samples) > 0.8
+        })
+        .count();
+    assert!(
+        toned >= 80,
+        "the caller's tone reached the agent: {toned} of 100 frames"
+    );
+    let digits: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["event"] == "dtmf")
+        .map(|m| m["dtmf"]["digit"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        digits,
+        ["1", "2"],
+        "the caller's digits, once each, in order"
+    );
+    // Audio went back to the caller all along (the agent echoes it).
+    let totals = events.totals(&call, Duration::from_secs(10));
+    assert!(
+        crate::media::as_u64(&totals, "tx_packets") >= 150,
+        "the caller got a frame every 20 ms: {totals}"
+    );
+}
+
+/// Base64 (standard alphabet) for the tests' own checks.
+fn decode_b64(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(value).collect();
+    bytes
+        .chunks(4)
+        .flat_map(|c| {
+            let n = c.iter().fold(0u32, |acc, &v| acc << 6 | u32::from(v)) << (6 * (4 - c.len()));
+            let all = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            all.into_iter().take(c.len().saturating_sub(1))
+        })
+        .collect()
+}
+
+/// An answered call to the media PBX with `phone` as its media, streamed to
+/// `agent`; returns the call's RTP port at dialerd.
+fn streamed_call(
+    events: &mut Events,
+    redis: &RedisServer,
+    to: &str,
+    id: &str,
+    media: Value,
+) -> u16 {
+    command_ok(
+        events,
+        redis,
+        id,
+        "originate",
+        json!({"account": "acct-a", "to": to, "max_duration_secs": 120}),
+    );
+    events.until(Duration::from_secs(15), |e| {
+        e["type"] == "call.answered" && e["call_id"] == id
+    });
+    stream_cmd(events, redis, &format!("s-{id}"), id, media);
+    local_port(events, id)
+}
+
+#[test]
+fn agent_marks_come_back_in_order_after_their_audio_and_clear_cuts_the_queue() {
+    let Some(python) = agent_python() else {
+        eprintln!("skipped: the agent tools' virtualenv is missing (scripts/setup.sh)");
+        return;
+    };
+    let dir = Scratch::new("agent-marks");
+    let redis = RedisServer::start(&[]);
+    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
+    let (d, _sip) = dialerd(&redis, &pbx, "ring", "", 23900, &dir);
+    let mut events = Events::new(&redis);
+    let to = format!("sip:bob@{}", pbx.local_addr());
+
+    // marks: five 200 ms chunks of tone, each followed by a mark.
+    let agent = TestAgent::start(&python, "marks", &dir);
+    let port = streamed_call(
+        &mut events,
+        &redis,
+        &to,
+        "marks-1",
+        json!({"type": "websocket", "url": agent.url()}),
+    );
+    let back = play_and_listen(&phone, ([127, 0, 0, 1], port).into(), 3);
+    let marks: Vec<(String, f64)> = agent
+        .messages()
+        .iter()
+        .filter(|m| m["event"] == "mark")
+        .map(|m| {
+            (
+                m["mark"]["name"].as_str().unwrap().to_owned(),
+                m["_t"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = marks.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["m1", "m2", "m3", "m4", "m5"], "{}", d.log());
+    let span = marks[4].1 - marks[0].1;
+    assert!(
+        (600.0..=1600.0).contains(&span),
+        "each mark echoed as its 200 ms of audio played: m1 to m5 took {span} ms"
+    );
+    let toned = back
+        .iter()
+        .filter(|p| tone_share(&p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>()) > 0.8)
+        .count();
+    assert!(
+        (40..=60).contains(&toned),
+        "1 s of tone reached the phone: {toned} frames"
+    );
+    command_ok(
+        &mut events,
+        &redis,
+        "hu-m",
+        "hangup",
+        json!({"call_id": "marks-1"}),
+    );
+    ended(&mut events, "marks-1", Duration::from_secs(15));
+
+    // clear: 10 s of tone and a mark, then clear 500 ms later.
+    let agent = TestAgent::start(&python, "clear", &dir);
+    let port = streamed_call(
+        &mut events,
+        &redis,
+        &to,
+        "clear-1",
+        json!({"type": "websocket", "url": agent.url()}),
+    );
+    let back = play_and_listen(&phone, ([127, 0, 0, 1], port).into(), 3);
+    let toned = back
+        .iter()
+        .filter(|p| tone_share(&p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>()) > 0.8)
+        .count();
+    assert!(
+        (15..=45).contains(&toned),
+        "the clear cut 10 s of queued tone after about 0.5 s: {toned} tone frames"
+    );
+    let echoed: Vec<String> = agent
+        .messages()
+        .iter()
+        .filter(|m| m["event"] == "mark")
+        .map(|m| m["mark"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(echoed, ["before_clear"], "clear echoes the pending mark");
+    command_ok(
+        &mut events,
+        &redis,
+        "hu-c",
+        "hangup",
+        json!({"call_id": "clear-1"}),
+    );
+    ended(&mut events, "clear-1", Duration::from_secs(15));
+}
+
+#[test]
+fn agent_faults_end_the_call_with_a_cause_or_leave_it_on_silence_and_dialerd_healthy() {
+    let Some(python) = agent_python() else {
+        eprintln!("skipped: the agent tools' virtualenv is missing (scripts/setup.sh)");
+        return;
+    };
+    let dir = Scratch::new("agent-faults");
+    let redis = RedisServer::start(&[]);
+    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
+    let (d, _sip) = dialerd(&redis, &pbx, "ring", "", 24000, &dir);
+    let mut events = Events::new(&redis);
+    let to = format!("sip:bob@{}", pbx.local_addr());
+    // (mode, how the stream ends or None if it stays up, the call's cause)
+    let cases = [
+        ("refuse", Some("refused"), "agent_failed"),
+        ("vanish", Some("lost"), "agent_failed"),
+        ("huge", Some("message_too_big"), "agent_failed"),
+        ("hangup", Some("closed"), "agent_hangup"),
+        ("silent", None, ""),
+        ("malformed", None, ""),
+        ("burst", None, ""),
+    ];
+    for (n, (mode, ends, cause)) in cases.into_iter().enumerate() {
+        let agent = TestAgent::start(&python, mode, &dir);
+        let id = format!("fault-{mode}");
+        let port = streamed_call(
+            &mut events,
+            &redis,
+            &to,
+            &id,
+            json!({"type": "websocket", "url": agent.url()}),
+        );
+        let back = play_and_listen(&phone, ([127, 0, 0, 1], port).into(), 3);
+        match ends {
+            Some(reason) => {
+                let end = media_report(&mut events, &id, "agent_ended", Duration::from_secs(15));
+                assert_eq!(end["reason"], reason, "{mode}: {end}");
+                let e = ended(&mut events, &id, Duration::from_secs(15));
+                assert_eq!(e["cause"], cause, "{mode}: {e}");
+            }
+            None => {
+                assert!(
+                    back.len() >= 120,
+                    "{mode}: the phone is fed every 20 ms: {} frames in 3 s",
+                    back.len()
+                );
+                assert!(
+                    events.of(&id, "call.ended").is_empty(),
+                    "{mode}: the call stays up"
+                );
+                if mode == "malformed" {
+                    let bad = media_report(
+                        &mut events,
+                        &id,
+                        "agent_bad_message",
+                        Duration::from_secs(5),
+                    );
+                    assert!(bad["reason"].is_string(), "{bad}");
+                }
+                if mode == "burst" {
+                    let toned = back
+                        .iter()
+                        .filter(|p| {
+                            tone_share(&p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>()) > 0.8
+                        })
+                        .count();
+                    assert!(toned >= 120, "{mode}: the burst plays at its pace: {toned}");
+                }
+                command_ok(
+                    &mut events,
+                    &redis,
+                    &format!("hu-{n}"),
+                    "hangup",
+                    json!({"call_id": id}),
+                );
+                ended(&mut events, &id, Duration::from_secs(15));
+            }
+        }
+        assert_eq!(
+            crate::support::http::get(d.http(), "/healthz")
+                .unwrap()
+                .status,
+            200,
+            "{mode}: dialerd stays healthy"
+        );
+    }
+}
+
+#[test]
+fn agent_pipecat_auto_hang_up_ends_the_call_through_the_twilio_shaped_api() {
+    let Some(python) = agent_python() else {
+        eprintln!(
+            "skipped: the agent tools' virtualenv (pipecat-ai) is missing (scripts/setup.sh)"
+        );
+        return;
+    };
+    let redis = RedisServer::start(&[]);
+    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
+    let dir = Scratch::new("agent-rest");
+    let (d, _sip) = dialerd(
+        &redis,
+        &pbx,
+        "ring",
+        "[http]\nagent_hangup_api = true\n",
+        24100,
+        &dir,
+    );
+    let bot = Bot::start(
+        &python,
+        &[
+            "--end-after",
+            "3",
+            "--end-silence-secs",
+            "0",
+            "--hangup-api",
+            &format!("http://{}", d.http()),
+        ],
+    );
+    let mut events = Events::new(&redis);
+    let to = format!("sip:bob@{}", pbx.local_addr());
+    // on_end continue: the socket's close does not end the call; only the
+    // bot's REST call can.
+    command_ok(
+        &mut events,
+        &redis,
+        "agent-rest",
+        "originate",
+        json!({"account": "acct-a", "to": to, "max_duration_secs": 60,
+               "media": {"type": "websocket", "url": format!("ws://127.0.0.1:{}/ws", bot.port),
+                         "on_end": "continue"}}),
+    );
+    events.until(Duration::from_secs(15), |e| {
+        e["type"] == "call.answered" && e["call_id"] == "agent-rest"
+    });
+    let end = ended(&mut events, "agent-rest", Duration::from_secs(20));
+    assert_eq!(end["cause"], "normal", "{end}\n{}", d.log());
+    assert!(
+        d.log()
+            .contains("hang-up requested over the agent REST API"),
+        "{}",
+        d.log()
+    );
+    // Anything but Status=completed is refused.
+    let off = crate::support::http::post(d.http(), "/2010-04-01/Accounts/AC1/Calls/CA1.json");
+    assert_eq!(off.unwrap().status, 400, "Status=completed is required");
 }
