@@ -84,7 +84,12 @@ fn tone_frame(n: usize) -> Vec<u8> {
 
 /// The power of `samples` at 1 kHz relative to their whole power (0..1).
 fn tone_share(samples: &[i32]) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * 1000.0 / 8000.0;
+    share_at(samples, 1000.0)
+}
+
+/// The power of `samples` at `hz` relative to their whole power (0..1).
+fn share_at(samples: &[i32], hz: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * hz / 8000.0;
     let (mut s1, mut s2) = (0.0f64, 0.0f64);
     for &x in samples {
         let s = f64::from(x) + 2.0 * w.cos() * s1 - s2;
@@ -740,7 +745,12 @@ fn agent_marks_come_back_in_order_after_their_audio_and_clear_cuts_the_queue() {
     );
     let toned = back
         .iter()
-        .filter(|p| tone_share(&p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>()) > 0.8)
+        .filter(|p| {
+            share_at(
+                &p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>(),
+                440.0,
+            ) > 0.8
+        })
         .count();
     assert!(
         (40..=60).contains(&toned),
@@ -767,7 +777,12 @@ fn agent_marks_come_back_in_order_after_their_audio_and_clear_cuts_the_queue() {
     let back = play_and_listen(&phone, ([127, 0, 0, 1], port).into(), 3);
     let toned = back
         .iter()
-        .filter(|p| tone_share(&p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>()) > 0.8)
+        .filter(|p| {
+            share_at(
+                &p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>(),
+                440.0,
+            ) > 0.8
+        })
         .count();
     assert!(
         (15..=45).contains(&toned),
@@ -854,7 +869,10 @@ fn agent_faults_end_the_call_with_a_cause_or_leave_it_on_silence_and_dialerd_hea
                     let toned = back
                         .iter()
                         .filter(|p| {
-                            tone_share(&p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>()) > 0.8
+                            share_at(
+                                &p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>(),
+                                440.0,
+                            ) > 0.8
                         })
                         .count();
                     assert!(toned >= 120, "{mode}: the burst plays at its pace: {toned}");
