@@ -19,7 +19,8 @@ own. Every path is accepted.
 
 Modes:
   echo       every received `media` is sent straight back as
-             {"event":"media","streamSid":SID,"media":{"payload":SAME}}.
+             {"event":"media","streamSid":SID,"media":{"payload":SAME}};
+             every binary frame (dialerd's raw L16 protocol) as it is.
   marks      after `start`: 5 media of 200 ms (1600 bytes) of a 440 Hz tone,
              each followed by a mark m1..m5, all sent at once.
   clear      after `start`: 10 s of tone in one media (80000 bytes), a mark
@@ -321,6 +322,9 @@ class Session:
             self.log({"_binary": len(message)}, t)
             if self.agent.schema is not None:
                 self.log({"_invalid": "binary frame (the protocol uses JSON text frames)"}, t)
+            if self.mode == "echo":
+                # dialerd's raw L16 protocol: audio is binary; echo it as is.
+                await self.ws.send(bytes(message))
             return
         try:
             msg = json.loads(message)

@@ -491,14 +491,24 @@ struct TestAgent {
 
 impl TestAgent {
     fn start(python: &PathBuf, mode: &str, dir: &Scratch) -> TestAgent {
-        let log = dir.path().join(format!("agent-{mode}.jsonl"));
-        let mut child = Command::new(python)
+        Self::start_with(python, mode, dir, true)
+    }
+
+    /// `schema`: check what it receives against Twilio's schema.
+    fn start_with(python: &PathBuf, mode: &str, dir: &Scratch, schema: bool) -> TestAgent {
+        let log = dir.path().join(format!("agent-{mode}-{schema}.jsonl"));
+        let mut command = Command::new(python);
+        command
             .arg(repo_root().join("tests/agent/test_agent.py"))
             .args(["--host", "127.0.0.1", "--port", "0", "--mode", mode])
             .arg("--log")
-            .arg(&log)
-            .arg("--schema")
-            .arg(repo_root().join("tests/agent/twilio-media-streams.schema.json"))
+            .arg(&log);
+        if schema {
+            command
+                .arg("--schema")
+                .arg(repo_root().join("tests/agent/twilio-media-streams.schema.json"));
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -955,4 +965,63 @@ fn agent_pipecat_auto_hang_up_ends_the_call_through_the_twilio_shaped_api() {
     // Anything but Status=completed is refused.
     let off = crate::support::http::post(d.http(), "/2010-04-01/Accounts/AC1/Calls/CA1.json");
     assert_eq!(off.unwrap().status, 400, "Status=completed is required");
+}
+
+#[test]
+fn agent_raw_l16_at_16_khz_carries_the_calls_tone_there_and_back() {
+    let Some(python) = agent_python() else {
+        eprintln!("skipped: the agent tools' virtualenv is missing (scripts/setup.sh)");
+        return;
+    };
+    let dir = Scratch::new("agent-l16");
+    let redis = RedisServer::start(&[]);
+    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
+    let (d, _sip) = dialerd(&redis, &pbx, "ring", "", 24200, &dir);
+    let mut events = Events::new(&redis);
+    let to = format!("sip:bob@{}", pbx.local_addr());
+    let agent = TestAgent::start_with(&python, "echo", &dir, false);
+    let port = streamed_call(
+        &mut events,
+        &redis,
+        &to,
+        "l16-1",
+        json!({"type": "websocket", "url": agent.url(), "protocol": "l16", "sample_rate": 16000}),
+    );
+    let back = play_and_listen(&phone, ([127, 0, 0, 1], port).into(), 3);
+    let start = agent
+        .messages()
+        .into_iter()
+        .find(|m| m["event"] == "start")
+        .expect("a start message");
+    assert_eq!(start["encoding"], "L16", "{start}");
+    assert_eq!(start["sample_rate"], 16000, "{start}");
+    let frames: Vec<u64> = agent
+        .lines()
+        .iter()
+        .filter_map(|l| l["_binary"].as_u64())
+        .collect();
+    assert!(frames.len() >= 100, "binary audio frames: {}", frames.len());
+    assert!(
+        frames.iter().all(|&n| n == 640),
+        "20 ms at 16 kHz, 16 bits: {frames:?}"
+    );
+    let toned = back
+        .iter()
+        .filter(|p| tone_share(&p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>()) > 0.8)
+        .count();
+    assert!(
+        toned >= 75,
+        "the tone came back through L16: {toned} of {}\n{}",
+        back.len(),
+        d.log()
+    );
+    command_ok(
+        &mut events,
+        &redis,
+        "hu-l16",
+        "hangup",
+        json!({"call_id": "l16-1"}),
+    );
+    ended(&mut events, "l16-1", Duration::from_secs(15));
 }
