@@ -38,8 +38,10 @@ pub enum Protocol {
     },
 }
 
-/// What one stream is.
-#[derive(Debug, Clone)]
+/// What one stream is. Its `Debug` shows header names, not their values,
+/// and the path without its query (either may carry the agent's
+/// credentials).
+#[derive(Clone)]
 pub struct StreamConfig {
     /// The `Host` header: the URL's host, and its port if not the default.
     pub host: String,
@@ -66,6 +68,20 @@ pub struct StreamConfig {
     pub max_backlog: usize,
     /// 16 random bytes: the handshake nonce, and the seed of the masks.
     pub nonce: [u8; 16],
+}
+
+impl std::fmt::Debug for StreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("StreamConfig")
+            .field("host", &self.host)
+            .field("path", &self.path.split('?').next().unwrap_or_default())
+            .field("headers", &headers)
+            .field("protocol", &self.protocol)
+            .field("ids", &self.ids)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a stream ended.

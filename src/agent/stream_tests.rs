@@ -424,3 +424,13 @@ fn l16_streams_binary_pcm_at_16_khz_and_takes_it_back() {
     let back = l16_to_ulaw(&ulaw_to_l16(&frame, 16_000), 16_000);
     assert_eq!(back.len(), 160);
 }
+
+#[test]
+fn debug_output_keeps_header_values_and_the_query_out() {
+    let mut c = config(Protocol::Twilio);
+    c.path = "/media?token=s3cret-query".into();
+    c.headers = vec![("Authorization".into(), "Bearer s3cret-header".into())];
+    let shown = format!("{c:?}");
+    assert!(shown.contains("Authorization"), "{shown}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+}

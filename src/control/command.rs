@@ -229,8 +229,10 @@ pub struct OriginateArgs {
 /// The SRTP policies a command may name.
 pub const SRTP_POLICIES: [&str; 4] = ["off", "optional", "required", "dtls"];
 
-/// An external media endpoint for a call's audio (`originate`, `answer`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+/// An external media endpoint for a call's audio (`originate`, `answer`,
+/// `stream`). Its `Debug` shows header names, not their values, and the
+/// URL without its query.
+#[derive(Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MediaArgs {
     /// `rtp`: plain RTP to and from `host:port`; `websocket`: a voice agent
@@ -264,6 +266,28 @@ pub struct MediaArgs {
     pub tls_ca_file: Option<String>,
     /// `wss`: trust exactly the certificate with this SHA-256 fingerprint.
     pub tls_fingerprint: Option<String>,
+}
+
+impl std::fmt::Debug for MediaArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Option<Vec<&String>> = self.headers.as_ref().map(|h| h.keys().collect());
+        f.debug_struct("MediaArgs")
+            .field("kind", &self.kind)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("codec", &self.codec)
+            .field(
+                "url",
+                &self
+                    .url
+                    .as_deref()
+                    .map(|u| u.split('?').next().unwrap_or_default()),
+            )
+            .field("protocol", &self.protocol)
+            .field("headers", &headers)
+            .field("on_end", &self.on_end)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What `play` plays: a WAV file from the prompt directory, a tone, or
