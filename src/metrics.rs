@@ -71,6 +71,13 @@ pub struct SipMetrics {
     pub calls: Family<StateLabel, Gauge>,
     /// Calls refused before their INVITE, by reason.
     pub calls_refused_total: Family<ReasonLabel, Counter>,
+    /// Voice agent streams started (`start` sent).
+    pub agent_streams_started_total: Counter,
+    /// Voice agent streams that ended other than by our stop, by reason.
+    pub agent_streams_ended_total: Family<ReasonLabel, Counter>,
+    /// Messages from voice agents that were ignored and reported (the first
+    /// three per stream).
+    pub agent_bad_messages_total: Counter,
 }
 
 impl SipMetrics {
@@ -150,6 +157,30 @@ impl SipMetrics {
             "Calls refused before their INVITE (capacity, rate_limited, ...), by reason",
             self.calls_refused_total.clone(),
         );
+        registry.register(
+            "agent_streams_started",
+            "Voice agent streams started (start sent)",
+            self.agent_streams_started_total.clone(),
+        );
+        registry.register(
+            "agent_streams_ended",
+            "Voice agent streams ended by the agent or a fault, by reason",
+            self.agent_streams_ended_total.clone(),
+        );
+        registry.register(
+            "agent_bad_messages",
+            "Voice agent messages ignored and reported (the first three per stream)",
+            self.agent_bad_messages_total.clone(),
+        );
+    }
+
+    /// Counts one agent stream that ended for `reason`.
+    pub fn agent_stream_ended(&self, reason: &str) {
+        self.agent_streams_ended_total
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one call refused for `reason`.

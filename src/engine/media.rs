@@ -137,6 +137,18 @@ impl Core {
         let call = CallId(event.leg & !ENDPOINT_BIT);
         let endpoint = event.leg & ENDPOINT_BIT != 0;
         match &event.kind {
+            MediaEventKind::AgentStarted { .. } => {
+                self.publish.sip.agent_streams_started_total.inc();
+            }
+            MediaEventKind::AgentEnded { reason, .. } => {
+                self.publish.sip.agent_stream_ended(reason)
+            }
+            MediaEventKind::AgentBadMessage { .. } => {
+                self.publish.sip.agent_bad_messages_total.inc();
+            }
+            _ => {}
+        }
+        match &event.kind {
             MediaEventKind::Timeout if !endpoint => {
                 tracing::info!(call = %call, name = %event.name, "no RTP from the peer; the call ends");
                 let _ = self

@@ -905,6 +905,21 @@ fn agent_faults_end_the_call_with_a_cause_or_leave_it_on_silence_and_dialerd_hea
             "{mode}: dialerd stays healthy"
         );
     }
+    let metrics = crate::support::http::get(d.http(), "/metrics")
+        .unwrap()
+        .body;
+    for reason in ["refused", "lost", "message_too_big", "closed"] {
+        let line = format!("dialerd_agent_streams_ended_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("dialerd_agent_streams_started_total 6"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dialerd_agent_bad_messages_total 3"),
+        "{metrics}"
+    );
 }
 
 #[test]
