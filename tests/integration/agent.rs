@@ -496,13 +496,33 @@ impl TestAgent {
 
     /// `schema`: check what it receives against Twilio's schema.
     fn start_with(python: &PathBuf, mode: &str, dir: &Scratch, schema: bool) -> TestAgent {
-        let log = dir.path().join(format!("agent-{mode}-{schema}.jsonl"));
+        Self::start_tls(python, mode, dir, schema, None)
+    }
+
+    /// Over TLS with `tls` (certificate and key PEM files), if given.
+    fn start_tls(
+        python: &PathBuf,
+        mode: &str,
+        dir: &Scratch,
+        schema: bool,
+        tls: Option<(&PathBuf, &PathBuf)>,
+    ) -> TestAgent {
+        let log = dir
+            .path()
+            .join(format!("agent-{mode}-{schema}-{}.jsonl", tls.is_some()));
         let mut command = Command::new(python);
         command
             .arg(repo_root().join("tests/agent/test_agent.py"))
             .args(["--host", "127.0.0.1", "--port", "0", "--mode", mode])
             .arg("--log")
             .arg(&log);
+        if let Some((cert, key)) = tls {
+            command
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key);
+        }
         if schema {
             command
                 .arg("--schema")
@@ -1039,4 +1059,100 @@ fn agent_raw_l16_at_16_khz_carries_the_calls_tone_there_and_back() {
         json!({"call_id": "l16-1"}),
     );
     ended(&mut events, "l16-1", Duration::from_secs(15));
+}
+
+#[test]
+fn agent_over_wss_trusts_a_ca_file_or_a_pinned_certificate_and_refuses_others() {
+    let Some(python) = agent_python() else {
+        eprintln!("skipped: the agent tools' virtualenv is missing (scripts/setup.sh)");
+        return;
+    };
+    let pki = crate::support::tls::TestPki::generate();
+    let dir = Scratch::new("agent-wss");
+    let redis = RedisServer::start(&[]);
+    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
+    let (d, _sip) = dialerd(&redis, &pbx, "ring", "", 24300, &dir);
+    let mut events = Events::new(&redis);
+    let to = format!("sip:bob@{}", pbx.local_addr());
+    let signed = TestAgent::start_tls(&python, "echo", &dir, true, Some((&pki.cert, &pki.key)));
+    let url = format!("wss://localhost:{}/media", signed.port);
+    let port = streamed_call(
+        &mut events,
+        &redis,
+        &to,
+        "wss-ca",
+        json!({"type": "websocket", "url": url, "tls_ca_file": pki.ca}),
+    );
+    let back = play_and_listen(&phone, ([127, 0, 0, 1], port).into(), 2);
+    let toned = back
+        .iter()
+        .filter(|p| tone_share(&p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>()) > 0.8)
+        .count();
+    assert!(
+        toned >= 50,
+        "the echo came back over wss: {toned}\n{}",
+        d.log()
+    );
+    command_ok(
+        &mut events,
+        &redis,
+        "hu-ca",
+        "hangup",
+        json!({"call_id": "wss-ca"}),
+    );
+    ended(&mut events, "wss-ca", Duration::from_secs(15));
+
+    // A pinned self-signed certificate.
+    let pinned = TestAgent::start_tls(
+        &python,
+        "echo",
+        &dir,
+        true,
+        Some((&pki.self_signed, &pki.self_signed_key)),
+    );
+    let url = format!("wss://127.0.0.1:{}/media", pinned.port);
+    streamed_call(
+        &mut events,
+        &redis,
+        &to,
+        "wss-pin",
+        json!({"type": "websocket", "url": url, "tls_fingerprint": pki.self_signed_fingerprint}),
+    );
+    media_report(
+        &mut events,
+        "wss-pin",
+        "agent_started",
+        Duration::from_secs(10),
+    );
+    command_ok(
+        &mut events,
+        &redis,
+        "hu-pin",
+        "hangup",
+        json!({"call_id": "wss-pin"}),
+    );
+    ended(&mut events, "wss-pin", Duration::from_secs(15));
+
+    // The CA-signed agent under another CA: refused, the call ends.
+    let url = format!("wss://localhost:{}/media", signed.port);
+    streamed_call(
+        &mut events,
+        &redis,
+        &to,
+        "wss-bad",
+        json!({"type": "websocket", "url": url, "tls_ca_file": pki.other_ca}),
+    );
+    let end = media_report(
+        &mut events,
+        "wss-bad",
+        "agent_ended",
+        Duration::from_secs(10),
+    );
+    assert!(
+        end["detail"].as_str().is_some_and(|d| d.contains("TLS")),
+        "{end}"
+    );
+    let e = ended(&mut events, "wss-bad", Duration::from_secs(15));
+    assert_eq!(e["cause"], "agent_failed", "{e}");
 }
