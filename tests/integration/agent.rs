@@ -31,6 +31,18 @@ fn agent_python() -> Option<PathBuf> {
     python.exists().then_some(python)
 }
 
+/// [`agent_python`], or `None` after saying the test is skipped.
+fn agent_python_or_skip() -> Option<PathBuf> {
+    let python = agent_python();
+    if python.is_none() {
+        eprintln!(
+            "skipped: the agent tools' virtualenv (pipecat-ai, websockets) is missing and \
+             scripts/setup.sh could not install it"
+        );
+    }
+    python
+}
+
 /// A running Pipecat bot and the port it listens on.
 struct Bot {
     child: Child,
@@ -82,11 +94,6 @@ fn tone_frame(n: usize) -> Vec<u8> {
         .collect()
 }
 
-/// The power of `samples` at 1 kHz relative to their whole power (0..1).
-fn tone_share(samples: &[i32]) -> f64 {
-    share_at(samples, 1000.0)
-}
-
 /// The power of `samples` at `hz` relative to their whole power (0..1).
 fn share_at(samples: &[i32], hz: f64) -> f64 {
     let w = 2.0 * std::f64::consts::PI * hz / 8000.0;
@@ -102,6 +109,46 @@ fn share_at(samples: &[i32], hz: f64) -> f64 {
         0.0
     } else {
         2.0 * at_tone / (samples.len() as f64 * total)
+    }
+}
+
+/// How many of `frames` (µ-law payloads) carry the tone of `hz`.
+fn count_toned(frames: &[Vec<u8>], hz: f64) -> usize {
+    frames
+        .iter()
+        .filter(|p| share_at(&p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>(), hz) > 0.8)
+        .count()
+}
+
+/// A dialerd (instance `a`, account `acct-a`, inbound calls ringing, RTP
+/// ports from `rtp_base`) registered with a SIPp PBX whose callee answers
+/// with PCMU at `phone`, the test's own UDP socket.
+struct Rig {
+    redis: RedisServer,
+    phone: UdpSocket,
+    pbx: crate::support::sipp::SippRun,
+    d: crate::support::daemon::Daemon,
+    events: Events,
+    /// A URI the PBX answers.
+    to: String,
+}
+
+impl Rig {
+    fn start(dir: &Scratch, extra_toml: &str, rtp_base: u16) -> Rig {
+        let redis = RedisServer::start(&[]);
+        let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
+        let (d, _sip) = dialerd(&redis, &pbx, "ring", extra_toml, rtp_base, dir);
+        let events = Events::new(&redis);
+        let to = format!("sip:bob@{}", pbx.local_addr());
+        Rig {
+            redis,
+            phone,
+            pbx,
+            d,
+            events,
+            to,
+        }
     }
 }
 
@@ -142,21 +189,19 @@ fn ended(events: &mut Events, call: &str, within: Duration) -> Value {
 
 #[test]
 fn agent_pipecat_echoes_a_real_calls_audio_and_its_end_of_call_hangs_up() {
-    let Some(python) = agent_python() else {
-        eprintln!(
-            "skipped: the agent tools' virtualenv (pipecat-ai) is missing and could not be \
-             installed by scripts/setup.sh"
-        );
+    let Some(python) = agent_python_or_skip() else {
         return;
     };
     let bot = Bot::start(&python, &["--end-after", "6", "--end-silence-secs", "0"]);
-    let redis = RedisServer::start(&[]);
-    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
     let dir = Scratch::new("agent-pipecat");
-    let (d, _sip) = dialerd(&redis, &pbx, "ring", "", 23600, &dir);
-    let mut events = Events::new(&redis);
-    let to = format!("sip:bob@{}", pbx.local_addr());
+    let Rig {
+        redis,
+        phone,
+        d,
+        mut events,
+        to,
+        pbx: _pbx,
+    } = Rig::start(&dir, "", 23600);
     let url = format!("ws://127.0.0.1:{}/ws", bot.port);
     command_ok(
         &mut events,
@@ -181,13 +226,7 @@ fn agent_pipecat_echoes_a_real_calls_audio_and_its_end_of_call_hangs_up() {
     );
     let port = local_port(&mut events, "agent-1");
     let back = play_and_listen(&phone, ([127, 0, 0, 1], port).into(), 3);
-    let toned = back
-        .iter()
-        .filter(|p| {
-            let samples: Vec<i32> = p.iter().map(|&b| ulaw_decode(b)).collect();
-            tone_share(&samples) > 0.8
-        })
-        .count();
+    let toned = count_toned(&back, 1000.0);
     assert!(
         back.len() >= 100,
         "a frame every 20 ms came back: {} in 3 s\n{}",
@@ -208,18 +247,20 @@ fn agent_pipecat_echoes_a_real_calls_audio_and_its_end_of_call_hangs_up() {
 
 #[test]
 fn agent_refused_ends_the_call_by_default_and_continue_keeps_it_on_silence() {
-    let redis = RedisServer::start(&[]);
-    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
     let dir = Scratch::new("agent-refused");
     write_tone_wav(&dir.path().join("sorry.wav"), 1);
     let media = format!("[media]\nprompt_dir = {:?}\n", dir.path());
-    let (d, _sip) = dialerd(&redis, &pbx, "ring", &media, 23700, &dir);
-    let mut events = Events::new(&redis);
+    let Rig {
+        redis,
+        phone,
+        d,
+        mut events,
+        to,
+        pbx: _pbx,
+    } = Rig::start(&dir, &media, 23700);
     // Nobody listens on this port.
     let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
     let url = format!("ws://127.0.0.1:{}/ws", closed.local_addr().unwrap().port());
-    let to = format!("sip:bob@{}", pbx.local_addr());
     // Answered first, then streamed (the `stream` command).
     let answered = |events: &mut Events, id: &str| {
         events.until(Duration::from_secs(15), |e| {
@@ -308,10 +349,7 @@ fn agent_refused_ends_the_call_by_default_and_continue_keeps_it_on_silence() {
     );
     let port = local_port(&mut events, "agent-4");
     let back = play_and_listen(&phone, ([127, 0, 0, 1], port).into(), 2);
-    let toned = back
-        .iter()
-        .filter(|p| tone_share(&p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>()) > 0.8)
-        .count();
+    let toned = count_toned(&back, 1000.0);
     assert!(toned >= 40, "the 1 s prompt played: {toned} tone frames");
     command_ok(
         &mut events,
@@ -589,8 +627,7 @@ fn media_report(events: &mut Events, call: &str, report: &str, within: Duration)
 
 #[test]
 fn agent_a_sipp_callers_tone_and_digits_reach_the_agent_in_twilios_schema() {
-    let Some(python) = agent_python() else {
-        eprintln!("skipped: the agent tools' virtualenv is missing (scripts/setup.sh)");
+    let Some(python) = agent_python_or_skip() else {
         return;
     };
     let dir = Scratch::new("agent-sipp");
@@ -657,15 +694,11 @@ fn agent_a_sipp_callers_tone_and_digits_reach_the_agent_in_twilios_schema() {
     for (i, m) in media.iter().enumerate() {
         assert_eq!(m["media"]["chunk"], (i + 1).to_string(), "{m}");
     }
-    let toned = media
+    let payloads: Vec<Vec<u8>> = media
         .iter()
-        .filter(|m| {
-            let payload = m["media"]["payload"].as_str().unwrap();
-            let bytes = decode_b64(payload);
-            let samples: Vec<i32> = bytes.iter().map(|&b| ulaw_decode(b)).collect();
-            tone_share(&samples) > 0.8
-        })
-        .count();
+        .map(|m| decode_b64(m["media"]["payload"].as_str().unwrap()))
+        .collect();
+    let toned = count_toned(&payloads, 1000.0);
     assert!(
         toned >= 80,
         "the caller's tone reached the agent: {toned} of 100 frames"
@@ -733,17 +766,18 @@ fn streamed_call(
 
 #[test]
 fn agent_marks_come_back_in_order_after_their_audio_and_clear_cuts_the_queue() {
-    let Some(python) = agent_python() else {
-        eprintln!("skipped: the agent tools' virtualenv is missing (scripts/setup.sh)");
+    let Some(python) = agent_python_or_skip() else {
         return;
     };
     let dir = Scratch::new("agent-marks");
-    let redis = RedisServer::start(&[]);
-    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
-    let (d, _sip) = dialerd(&redis, &pbx, "ring", "", 23900, &dir);
-    let mut events = Events::new(&redis);
-    let to = format!("sip:bob@{}", pbx.local_addr());
+    let Rig {
+        redis,
+        phone,
+        d,
+        mut events,
+        to,
+        pbx: _pbx,
+    } = Rig::start(&dir, "", 23900);
 
     // marks: five 200 ms chunks of tone, each followed by a mark.
     let agent = TestAgent::start(&python, "marks", &dir);
@@ -773,15 +807,7 @@ fn agent_marks_come_back_in_order_after_their_audio_and_clear_cuts_the_queue() {
         (600.0..=1600.0).contains(&span),
         "each mark echoed as its 200 ms of audio played: m1 to m5 took {span} ms"
     );
-    let toned = back
-        .iter()
-        .filter(|p| {
-            share_at(
-                &p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>(),
-                440.0,
-            ) > 0.8
-        })
-        .count();
+    let toned = count_toned(&back, 440.0);
     assert!(
         (40..=60).contains(&toned),
         "1 s of tone reached the phone: {toned} frames"
@@ -805,15 +831,7 @@ fn agent_marks_come_back_in_order_after_their_audio_and_clear_cuts_the_queue() {
         json!({"type": "websocket", "url": agent.url()}),
     );
     let back = play_and_listen(&phone, ([127, 0, 0, 1], port).into(), 3);
-    let toned = back
-        .iter()
-        .filter(|p| {
-            share_at(
-                &p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>(),
-                440.0,
-            ) > 0.8
-        })
-        .count();
+    let toned = count_toned(&back, 440.0);
     assert!(
         (15..=45).contains(&toned),
         "the clear cut 10 s of queued tone after about 0.5 s: {toned} tone frames"
@@ -837,17 +855,18 @@ fn agent_marks_come_back_in_order_after_their_audio_and_clear_cuts_the_queue() {
 
 #[test]
 fn agent_faults_end_the_call_with_a_cause_or_leave_it_on_silence_and_dialerd_healthy() {
-    let Some(python) = agent_python() else {
-        eprintln!("skipped: the agent tools' virtualenv is missing (scripts/setup.sh)");
+    let Some(python) = agent_python_or_skip() else {
         return;
     };
     let dir = Scratch::new("agent-faults");
-    let redis = RedisServer::start(&[]);
-    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
-    let (d, _sip) = dialerd(&redis, &pbx, "ring", "", 24000, &dir);
-    let mut events = Events::new(&redis);
-    let to = format!("sip:bob@{}", pbx.local_addr());
+    let Rig {
+        redis,
+        phone,
+        d,
+        mut events,
+        to,
+        pbx: _pbx,
+    } = Rig::start(&dir, "", 24000);
     // (mode, how the stream ends or None if it stays up, the call's cause)
     let cases = [
         ("refuse", Some("refused"), "agent_failed"),
@@ -896,15 +915,7 @@ fn agent_faults_end_the_call_with_a_cause_or_leave_it_on_silence_and_dialerd_hea
                     assert!(bad["reason"].is_string(), "{bad}");
                 }
                 if mode == "burst" {
-                    let toned = back
-                        .iter()
-                        .filter(|p| {
-                            share_at(
-                                &p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>(),
-                                440.0,
-                            ) > 0.8
-                        })
-                        .count();
+                    let toned = count_toned(&back, 440.0);
                     assert!(toned >= 120, "{mode}: the burst plays at its pace: {toned}");
                 }
                 command_ok(
@@ -944,24 +955,18 @@ fn agent_faults_end_the_call_with_a_cause_or_leave_it_on_silence_and_dialerd_hea
 
 #[test]
 fn agent_pipecat_auto_hang_up_ends_the_call_through_the_twilio_shaped_api() {
-    let Some(python) = agent_python() else {
-        eprintln!(
-            "skipped: the agent tools' virtualenv (pipecat-ai) is missing (scripts/setup.sh)"
-        );
+    let Some(python) = agent_python_or_skip() else {
         return;
     };
-    let redis = RedisServer::start(&[]);
-    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
     let dir = Scratch::new("agent-rest");
-    let (d, _sip) = dialerd(
-        &redis,
-        &pbx,
-        "ring",
-        "[http]\nagent_hangup_api = true\n",
-        24100,
-        &dir,
-    );
+    let Rig {
+        redis,
+        phone: _phone,
+        pbx: _pbx,
+        d,
+        mut events,
+        to,
+    } = Rig::start(&dir, "[http]\nagent_hangup_api = true\n", 24100);
     let bot = Bot::start(
         &python,
         &[
@@ -973,8 +978,6 @@ fn agent_pipecat_auto_hang_up_ends_the_call_through_the_twilio_shaped_api() {
             &format!("http://{}", d.http()),
         ],
     );
-    let mut events = Events::new(&redis);
-    let to = format!("sip:bob@{}", pbx.local_addr());
     // on_end continue: the socket's close does not end the call; only the
     // bot's REST call can.
     command_ok(
@@ -1004,17 +1007,18 @@ fn agent_pipecat_auto_hang_up_ends_the_call_through_the_twilio_shaped_api() {
 
 #[test]
 fn agent_raw_l16_at_16_khz_carries_the_calls_tone_there_and_back() {
-    let Some(python) = agent_python() else {
-        eprintln!("skipped: the agent tools' virtualenv is missing (scripts/setup.sh)");
+    let Some(python) = agent_python_or_skip() else {
         return;
     };
     let dir = Scratch::new("agent-l16");
-    let redis = RedisServer::start(&[]);
-    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
-    let (d, _sip) = dialerd(&redis, &pbx, "ring", "", 24200, &dir);
-    let mut events = Events::new(&redis);
-    let to = format!("sip:bob@{}", pbx.local_addr());
+    let Rig {
+        redis,
+        phone,
+        d,
+        mut events,
+        to,
+        pbx: _pbx,
+    } = Rig::start(&dir, "", 24200);
     let agent = TestAgent::start_with(&python, "echo", &dir, false);
     let port = streamed_call(
         &mut events,
@@ -1041,10 +1045,7 @@ fn agent_raw_l16_at_16_khz_carries_the_calls_tone_there_and_back() {
         frames.iter().all(|&n| n == 640),
         "20 ms at 16 kHz, 16 bits: {frames:?}"
     );
-    let toned = back
-        .iter()
-        .filter(|p| tone_share(&p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>()) > 0.8)
-        .count();
+    let toned = count_toned(&back, 1000.0);
     assert!(
         toned >= 75,
         "the tone came back through L16: {toned} of {}\n{}",
@@ -1063,18 +1064,19 @@ fn agent_raw_l16_at_16_khz_carries_the_calls_tone_there_and_back() {
 
 #[test]
 fn agent_over_wss_trusts_a_ca_file_or_a_pinned_certificate_and_refuses_others() {
-    let Some(python) = agent_python() else {
-        eprintln!("skipped: the agent tools' virtualenv is missing (scripts/setup.sh)");
+    let Some(python) = agent_python_or_skip() else {
         return;
     };
     let pki = crate::support::tls::TestPki::generate();
     let dir = Scratch::new("agent-wss");
-    let redis = RedisServer::start(&[]);
-    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
-    let (d, _sip) = dialerd(&redis, &pbx, "ring", "", 24300, &dir);
-    let mut events = Events::new(&redis);
-    let to = format!("sip:bob@{}", pbx.local_addr());
+    let Rig {
+        redis,
+        phone,
+        d,
+        mut events,
+        to,
+        pbx: _pbx,
+    } = Rig::start(&dir, "", 24300);
     let signed = TestAgent::start_tls(&python, "echo", &dir, true, Some((&pki.cert, &pki.key)));
     let url = format!("wss://localhost:{}/media", signed.port);
     let port = streamed_call(
@@ -1085,10 +1087,7 @@ fn agent_over_wss_trusts_a_ca_file_or_a_pinned_certificate_and_refuses_others() 
         json!({"type": "websocket", "url": url, "tls_ca_file": pki.ca}),
     );
     let back = play_and_listen(&phone, ([127, 0, 0, 1], port).into(), 2);
-    let toned = back
-        .iter()
-        .filter(|p| tone_share(&p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>()) > 0.8)
-        .count();
+    let toned = count_toned(&back, 1000.0);
     assert!(
         toned >= 50,
         "the echo came back over wss: {toned}\n{}",
