@@ -93,6 +93,13 @@ agent="${DIALERD_AGENT_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/dialerd-agent}"
 agent_list="$(dirname "$0")/agent-tools.txt"
 if ! cmp -s "$agent_list" "$agent/agent-tools.txt"; then
   echo "setup: installing the agent test tools (pipecat-ai) into $agent" >&2
+  if ! python3 -m venv --clear "$agent" >/dev/null 2>&1; then
+    # Debian's python3 without ensurepip.
+    sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends python3-venv >/dev/null || true
+  fi
   if python3 -m venv --clear "$agent" >/dev/null 2>&1 \
     && "$agent/bin/python" -m pip install --quiet --disable-pip-version-check -r "$agent_list"; then
     cp "$agent_list" "$agent/agent-tools.txt"
