@@ -20,7 +20,7 @@ fi
 cargo metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null
 
 # Seed corpora from the RFC 4475 vectors and the benchmark messages.
-for target in parse_message transaction endpoint sdp control relay; do
+for target in parse_message transaction endpoint sdp control relay agent; do
   mkdir -p "fuzz/corpus/$target"
 done
 cp tests/data/rfc4475/*.dat benches/data/*.sip fuzz/corpus/parse_message/
@@ -29,8 +29,9 @@ cp fuzz/seeds/transaction/*.bin fuzz/corpus/endpoint/
 cp fuzz/seeds/sdp/* fuzz/corpus/sdp/
 cp fuzz/seeds/control/* fuzz/corpus/control/
 cp fuzz/seeds/relay/* fuzz/corpus/relay/
+cp fuzz/seeds/agent/* fuzz/corpus/agent/
 
-for target in parse_message transaction endpoint sdp control relay; do
+for target in parse_message transaction endpoint sdp control relay agent; do
   echo "fuzz: $target for ${seconds}s" >&2
   log="fuzz/$target.log"
   status=0
