@@ -97,7 +97,7 @@ pub enum StreamEnd {
     #[error(transparent)]
     WebSocket(#[from] WsError),
     /// The agent closed the WebSocket (its code, if it gave one).
-    #[error("the agent closed the stream (code {0:?})")]
+    #[error("the agent closed the stream (code {})", .0.map_or_else(|| "none".to_owned(), |c| c.to_string()))]
     Closed(Option<u16>),
     /// The connection was lost without a close frame.
     #[error("connection lost: {0}")]
