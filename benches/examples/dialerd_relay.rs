@@ -138,6 +138,7 @@ fn main() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(100),
         ),
+        identity: None,
     };
     let counters = ShardCounters::default();
     let (mut media, mut events, _threads) = Media::start(&config, counters.clone(), 0x5EED)
@@ -172,8 +173,8 @@ fn main() {
         let name: Arc<str> = format!("bench-{c}").into();
         media.open(a, name.clone(), port_a, None);
         media.open(b, name, port_b, Some(a));
-        media.spec(a, pcmu(*gen_a));
-        media.spec(b, pcmu(*gen_b));
+        media.spec(a, pcmu(*gen_a), None, None);
+        media.spec(b, pcmu(*gen_b), None, None);
         media.connect(a, b);
         text.push_str(&format!("127.0.0.1:{port_a} 127.0.0.1:{port_b}\n"));
         if (c + 1) % BATCH == 0 {

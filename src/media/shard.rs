@@ -819,7 +819,6 @@ impl Shard {
             .unwrap_or_default();
         entry.conn.stream.audio(payload, h.timestamp);
         entry.conn.flush();
-        self.counters.sent.inc();
         // Its reports and the end of a stream are handled with its next
         // deadline, at most a frame away.
     }
