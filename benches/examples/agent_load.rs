@@ -485,7 +485,12 @@ impl Load {
                 break;
             }
             if masked {
-                let mask = [rest[mask_at], rest[mask_at + 1], rest[mask_at + 2], rest[mask_at + 3]];
+                let mask = [
+                    rest[mask_at],
+                    rest[mask_at + 1],
+                    rest[mask_at + 2],
+                    rest[mask_at + 3],
+                ];
                 for (k, b) in rest[at..at + len].iter_mut().enumerate() {
                     *b ^= mask[k & 3];
                 }
@@ -574,7 +579,9 @@ impl Load {
             }
             if self.in_window(stamp) {
                 self.c.media_in_window += 1;
-                self.c.up_ns.push(u32::try_from(now - stamp).unwrap_or(u32::MAX));
+                self.c
+                    .up_ns
+                    .push(u32::try_from(now - stamp).unwrap_or(u32::MAX));
             }
             return;
         }
@@ -750,7 +757,9 @@ fn load_loop(
             match read_ports(&args.ports, streams) {
                 Ok(Some(p)) => {
                     for (phone, to) in load.phones.iter().zip(&p) {
-                        phone.connect(*to).map_err(|e| format!("connect {to}: {e}"))?;
+                        phone
+                            .connect(*to)
+                            .map_err(|e| format!("connect {to}: {e}"))?;
                     }
                     ports = Some(p);
                 }
@@ -955,7 +964,9 @@ fn distribution(v: &mut [u32]) -> Value {
     let mean = if v.is_empty() {
         None
     } else {
-        Some(round1(v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64 / 1000.0))
+        Some(round1(
+            v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64 / 1000.0,
+        ))
     };
     json!({
         "p50_us": quantile_us(v, 0.50),

@@ -300,7 +300,10 @@ fn main() {
 
     let pairs = wait_pairs(&addrs, Duration::from_secs(120)).unwrap_or_else(|e| fail(e));
     if pairs.len() != streams {
-        fail(format!("{addrs}: {} streams, expected {streams}", pairs.len()));
+        fail(format!(
+            "{addrs}: {} streams, expected {streams}",
+            pairs.len()
+        ));
     }
     let mut text = String::with_capacity(streams * 20);
     let mut next = base;
@@ -311,7 +314,13 @@ fn main() {
         let name: Arc<str> = format!("agent-bench-{s}").into();
         media.open(leg, name.clone(), port, None);
         media.spec(leg, pcmu(*phone), None, None);
-        media.open_agent(agent_leg, name, leg, pcmu(*agent), Box::new(agent_spec(s, *agent)));
+        media.open_agent(
+            agent_leg,
+            name,
+            leg,
+            pcmu(*agent),
+            Box::new(agent_spec(s, *agent)),
+        );
         media.connect(leg, agent_leg);
         text.push_str(&format!("127.0.0.1:{port}\n"));
         if (s + 1) % BATCH == 0 {
@@ -343,7 +352,11 @@ fn main() {
     }
     let mut sums: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
     for l in stats_now() {
-        let side = if l.leg & ENDPOINT_BIT != 0 { "agent" } else { "phone" };
+        let side = if l.leg & ENDPOINT_BIT != 0 {
+            "agent"
+        } else {
+            "phone"
+        };
         let e = sums.entry(side).or_default();
         for (k, v) in [
             ("legs", 1),
