@@ -7,6 +7,7 @@ pub mod base64;
 pub mod call;
 pub mod config;
 pub mod control;
+pub mod cpa;
 pub mod daemon;
 pub mod drain_client;
 pub mod engine;

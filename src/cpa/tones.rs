@@ -1,0 +1,381 @@
+//! The tone stage of call progress analysis (sans-IO): 20 ms frames of
+//! 8 kHz linear audio in, tone events out.
+//!
+//! Each frame goes through a bank of Goertzel filters 50 Hz apart from 300
+//! to 2,100 Hz. A frame is a *single tone* when its strongest bin and that
+//! bin's stronger neighbour hold most of its power; the tone's frequency is
+//! refined by parabolic interpolation over the bin magnitudes. Dual tones a
+//! network plays (dial tone 350+440 Hz, ringback 440+480 Hz, busy 480+620
+//! Hz) are checked with filters at their exact frequencies and never count
+//! as single tones. Runs of single-tone frames at one frequency become
+//! events when they end: a voicemail beep (one tone held at least
+//! `min_beep`), a fax CED (2,100 Hz held about a second or more), a fax CNG
+//! burst (1,100 Hz for about half a second), and a special information tone
+//! (SIT: three tones in the 914-986, 1,371-1,429 and 1,777 Hz bands in a
+//! row, ITU-T E.180 / ATIS-0300020).
+//!
+//! Nothing here knows RTP or time beyond the frame count: the caller decodes
+//! G.711, feeds frames in order and treats a lost packet as a frame of
+//! silence.
+
+use std::f64::consts::PI;
+
+/// Samples in a frame (20 ms at 8 kHz).
+pub const FRAME: usize = 160;
+/// Milliseconds per frame.
+const FRAME_MS: u32 = 20;
+/// Lowest and highest bin, Hz, and their spacing.
+const LOW_HZ: f64 = 300.0;
+const HIGH_HZ: f64 = 2100.0;
+const STEP_HZ: f64 = 50.0;
+/// The network's dual tones (North American precise tone plan, which the
+/// European 425 Hz single tone does not need: it is below no beep band).
+const DUAL_TONES: [(f64, f64); 3] = [(350.0, 440.0), (440.0, 480.0), (480.0, 620.0)];
+
+/// What the tone stage reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ToneEvent {
+    /// One tone held at least the minimum beep length (a voicemail beep).
+    Beep {
+        /// Its frequency, Hz.
+        hz: f64,
+        /// When it started, ms from the first frame.
+        start_ms: u32,
+        /// How long it lasted, ms.
+        duration_ms: u32,
+    },
+    /// A fax machine's answer tone (CED, 2,100 Hz).
+    FaxCed {
+        /// When it started, ms from the first frame.
+        start_ms: u32,
+    },
+    /// A calling fax machine's tone (CNG, 1,100 Hz, about 0.5 s).
+    FaxCng {
+        /// When it started, ms from the first frame.
+        start_ms: u32,
+    },
+    /// A special information tone (the three-tone sequence before a network
+    /// announcement: number changed, not in service, congestion, ...).
+    Sit {
+        /// The three frequencies heard, Hz.
+        hz: [f64; 3],
+        /// When the first one started, ms from the first frame.
+        start_ms: u32,
+    },
+}
+
+/// How the tone stage decides.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ToneConfig {
+    /// Frames quieter than this (mean square of linear samples) are silence.
+    pub silence_power: f64,
+    /// Share of a frame's power its tone must hold (0..1).
+    pub tone_share: f64,
+    /// A tone drifting more than this between frames is another tone, Hz.
+    pub max_drift_hz: f64,
+    /// Shortest beep, ms.
+    pub min_beep_ms: u32,
+}
+
+impl Default for ToneConfig {
+    fn default() -> Self {
+        Self {
+            // About -50 dBm0 for G.711 (full scale 32,767 at +3.17 dBm0).
+            silence_power: 3_000.0,
+            tone_share: 0.7,
+            max_drift_hz: 20.0,
+            min_beep_ms: 160,
+        }
+    }
+}
+
+/// One Goertzel filter's coefficient for `hz` over a frame.
+fn coefficient(hz: f64) -> f64 {
+    2.0 * (2.0 * PI * hz / 8000.0).cos()
+}
+
+/// The power at the filter's frequency, normalised so that a sinusoid of
+/// amplitude A at that frequency gives A²/2 (its mean square).
+fn goertzel(samples: &[f64], coefficient: f64) -> f64 {
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in samples {
+        let s = x + coefficient * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    let magnitude2 = s1 * s1 + s2 * s2 - coefficient * s1 * s2;
+    let n = samples.len() as f64;
+    2.0 * magnitude2 / (n * n)
+}
+
+/// A run of single-tone frames.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    start_ms: u32,
+    frames: u32,
+    hz_sum: f64,
+    last_hz: f64,
+}
+
+impl Run {
+    fn hz(&self) -> f64 {
+        self.hz_sum / f64::from(self.frames.max(1))
+    }
+
+    fn duration_ms(&self) -> u32 {
+        self.frames * FRAME_MS
+    }
+}
+
+/// A finished tone, kept to find a SIT's three segments.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    hz: f64,
+    start_ms: u32,
+    end_ms: u32,
+}
+
+/// The tone stage of one call.
+#[derive(Debug)]
+pub struct ToneDetector {
+    config: ToneConfig,
+    bins: Vec<(f64, f64)>,
+    duals: Vec<((f64, f64), (f64, f64))>,
+    frames: u32,
+    run: Option<Run>,
+    segments: Vec<Segment>,
+    /// A beep that could be a SIT's first or second tone: reported once no
+    /// next tone follows it.
+    pending_beep: Option<ToneEvent>,
+    events: Vec<ToneEvent>,
+    samples: Vec<f64>,
+}
+
+impl ToneDetector {
+    /// A detector deciding as `config` says.
+    pub fn new(config: ToneConfig) -> ToneDetector {
+        let count = ((HIGH_HZ - LOW_HZ) / STEP_HZ) as usize + 1;
+        let bins = (0..count)
+            .map(|i| {
+                let hz = LOW_HZ + STEP_HZ * i as f64;
+                (hz, coefficient(hz))
+            })
+            .collect();
+        let duals = DUAL_TONES
+            .iter()
+            .map(|&(a, b)| ((a, coefficient(a)), (b, coefficient(b))))
+            .collect();
+        ToneDetector {
+            config,
+            bins,
+            duals,
+            frames: 0,
+            run: None,
+            segments: Vec::new(),
+            pending_beep: None,
+            events: Vec::new(),
+            samples: Vec::with_capacity(FRAME),
+        }
+    }
+
+    /// Milliseconds of audio taken so far.
+    pub fn elapsed_ms(&self) -> u32 {
+        self.frames * FRAME_MS
+    }
+
+    /// The next 20 ms (160 samples; fewer are padded with silence).
+    pub fn push_frame(&mut self, frame: &[i16]) {
+        self.samples.clear();
+        self.samples
+            .extend(frame.iter().take(FRAME).map(|&s| f64::from(s)));
+        self.samples.resize(FRAME, 0.0);
+        let tone = self.single_tone();
+        let now_ms = self.elapsed_ms();
+        self.frames += 1;
+        match (tone, self.run.as_mut()) {
+            (Some(hz), Some(run)) if (hz - run.last_hz).abs() <= self.config.max_drift_hz => {
+                run.frames += 1;
+                run.hz_sum += hz;
+                run.last_hz = hz;
+            }
+            (tone, _) => {
+                self.end_run(now_ms);
+                self.run = tone.map(|hz| Run {
+                    start_ms: now_ms,
+                    frames: 1,
+                    hz_sum: hz,
+                    last_hz: hz,
+                });
+            }
+        }
+        // A SIT's next tone follows within 60 ms; past that, a held beep
+        // was a beep.
+        let last_end = self.segments.last().map_or(0, |s| s.end_ms);
+        if self.run.is_none() && now_ms >= last_end + 80 {
+            self.events.extend(self.pending_beep.take());
+        }
+    }
+
+    /// Ends the analysis: a tone still running is judged as it stands.
+    pub fn finish(&mut self) {
+        let now = self.elapsed_ms();
+        self.end_run(now);
+        self.events.extend(self.pending_beep.take());
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ToneEvent> {
+        if self.events.is_empty() {
+            None
+        } else {
+            Some(self.events.remove(0))
+        }
+    }
+
+    /// The frequency of the frame's single tone, if it is one.
+    fn single_tone(&self) -> Option<f64> {
+        let samples = &self.samples;
+        let power = samples.iter().map(|x| x * x).sum::<f64>() / samples.len() as f64;
+        if power < self.config.silence_power {
+            return None;
+        }
+        for &((_, ca), (_, cb)) in &self.duals {
+            let (pa, pb) = (goertzel(samples, ca), goertzel(samples, cb));
+            if pa > power * 0.2 && pb > power * 0.2 {
+                return None;
+            }
+        }
+        let powers: Vec<f64> = self
+            .bins
+            .iter()
+            .map(|&(_, c)| goertzel(samples, c))
+            .collect();
+        let (k, &peak) = powers
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))?;
+        let left = k
+            .checked_sub(1)
+            .and_then(|i| powers.get(i))
+            .copied()
+            .unwrap_or(0.0);
+        let right = powers.get(k + 1).copied().unwrap_or(0.0);
+        if (peak + left.max(right)) < power * self.config.tone_share {
+            return None;
+        }
+        // Parabolic interpolation over the magnitudes.
+        let (ml, mc, mr) = (left.sqrt(), peak.sqrt(), right.sqrt());
+        let denominator = ml - 2.0 * mc + mr;
+        let delta = if denominator.abs() > f64::EPSILON {
+            (0.5 * (ml - mr) / denominator).clamp(-0.5, 0.5)
+        } else {
+            0.0
+        };
+        let hz = self.bins.get(k)?.0 + delta * STEP_HZ;
+        Some(hz)
+    }
+
+    /// Judges the run that ended at `now_ms`.
+    fn end_run(&mut self, now_ms: u32) {
+        let Some(run) = self.run.take() else {
+            return;
+        };
+        let hz = run.hz();
+        let duration = run.duration_ms();
+        // Tones shorter than two frames are not kept, not even for a SIT.
+        if run.frames < 2 {
+            return;
+        }
+        self.segments.push(Segment {
+            hz,
+            start_ms: run.start_ms,
+            end_ms: now_ms,
+        });
+        if self.segments.len() > 3 {
+            self.segments.remove(0);
+        }
+        if let Some(sit) = self.sit() {
+            self.events.push(sit);
+            self.segments.clear();
+            self.pending_beep = None;
+            return;
+        }
+        // A held beep is decided by the tone after it: the next tone of a
+        // SIT keeps it from being a beep, anything else reports it.
+        let continues = match self.segments.as_slice() {
+            [.., prev, this] => continues_sit(prev, this),
+            _ => false,
+        };
+        let held = self.pending_beep.take();
+        if !continues {
+            self.events.extend(held);
+        }
+        let event = if (hz - 2100.0).abs() <= 30.0 && duration >= 1000 {
+            Some(ToneEvent::FaxCed {
+                start_ms: run.start_ms,
+            })
+        } else if (hz - 1100.0).abs() <= 30.0 && (400..=700).contains(&duration) {
+            Some(ToneEvent::FaxCng {
+                start_ms: run.start_ms,
+            })
+        } else if duration >= self.config.min_beep_ms {
+            Some(ToneEvent::Beep {
+                hz,
+                start_ms: run.start_ms,
+                duration_ms: duration,
+            })
+        } else {
+            None
+        };
+        if event.is_some() && in_sit_band(hz) && (200..=460).contains(&duration) {
+            // It may be the start of a SIT: wait for what follows.
+            self.pending_beep = event;
+            return;
+        }
+        self.events.extend(event);
+    }
+
+    /// The last three segments as a SIT, if they are one.
+    fn sit(&self) -> Option<ToneEvent> {
+        let [a, b, c] = <[Segment; 3]>::try_from(self.segments.as_slice()).ok()?;
+        let in_bands = [a.hz, b.hz, c.hz]
+            .iter()
+            .zip(SIT_BANDS)
+            .all(|(hz, (low, high))| (low..=high).contains(hz));
+        let lengths_ok = [a, b, c]
+            .iter()
+            .all(|s| (200..=460).contains(&(s.end_ms - s.start_ms)));
+        let gaps_ok =
+            b.start_ms.saturating_sub(a.end_ms) <= 60 && c.start_ms.saturating_sub(b.end_ms) <= 60;
+        (in_bands && lengths_ok && gaps_ok).then_some(ToneEvent::Sit {
+            hz: [a.hz, b.hz, c.hz],
+            start_ms: a.start_ms,
+        })
+    }
+}
+
+/// The SIT bands, Hz: the first, second and third tone.
+const SIT_BANDS: [(f64, f64); 3] = [(900.0, 1000.0), (1355.0, 1445.0), (1760.0, 1795.0)];
+
+/// Which SIT band `hz` lies in.
+fn sit_band(hz: f64) -> Option<usize> {
+    SIT_BANDS
+        .iter()
+        .position(|&(low, high)| (low..=high).contains(&hz))
+}
+
+/// Whether `hz` lies in one of the SIT bands (such a tone may be the start
+/// of a SIT).
+fn in_sit_band(hz: f64) -> bool {
+    sit_band(hz).is_some()
+}
+
+/// Whether `this` can be the SIT tone after `prev`.
+fn continues_sit(prev: &Segment, this: &Segment) -> bool {
+    matches!((sit_band(prev.hz), sit_band(this.hz)), (Some(a), Some(b)) if b == a + 1)
+        && this.start_ms.saturating_sub(prev.end_ms) <= 60
+}
+
+#[cfg(test)]
+#[path = "tones_tests.rs"]
+mod tests;
