@@ -2,7 +2,9 @@
 //! 8 kHz linear audio in, tone events out.
 //!
 //! Each frame goes through a bank of Goertzel filters 50 Hz apart from 300
-//! to 2,100 Hz. A frame is a *single tone* when its strongest bin and that
+//! to 2,100 Hz (only the seven bins around the frequency its zero crossings
+//! give, which keeps a frame at a few µs). A frame is a *single tone* when
+//! its strongest bin and that
 //! bin's stronger neighbour hold most of its power; the tone's frequency is
 //! refined by parabolic interpolation over the bin magnitudes. Dual tones a
 //! network plays (dial tone 350+440 Hz, ringback 440+480 Hz, busy 480+620
@@ -239,16 +241,34 @@ impl ToneDetector {
         if power < self.config.silence_power {
             return None;
         }
-        for &((_, ca), (_, cb)) in &self.duals {
-            let (pa, pb) = (goertzel(samples, ca), goertzel(samples, cb));
-            if pa > power * 0.2 && pb > power * 0.2 {
-                return None;
+        // Zero crossings estimate a tone's frequency (to within a bin or
+        // two at 20 dB SNR): only the bins around it are computed, and the
+        // dual-tone checks only where the network's dual tones lie.
+        let crossings = samples
+            .iter()
+            .zip(samples.iter().skip(1))
+            .filter(|(a, b)| (**a < 0.0) != (**b < 0.0))
+            .count();
+        let estimate = crossings as f64 * 8000.0 / (2.0 * FRAME as f64);
+        if !(LOW_HZ - 3.0 * STEP_HZ..=HIGH_HZ + 3.0 * STEP_HZ).contains(&estimate) {
+            return None;
+        }
+        if estimate < 800.0 {
+            for &((_, ca), (_, cb)) in &self.duals {
+                let (pa, pb) = (goertzel(samples, ca), goertzel(samples, cb));
+                if pa > power * 0.2 && pb > power * 0.2 {
+                    return None;
+                }
             }
         }
-        let powers: Vec<f64> = self
-            .bins
-            .iter()
-            .map(|&(_, c)| goertzel(samples, c))
+        let center = ((estimate - LOW_HZ) / STEP_HZ).round().max(0.0) as usize;
+        let first = center.saturating_sub(3);
+        let last = (center + 3).min(self.bins.len().saturating_sub(1));
+        let powers: Vec<f64> = (0..self.bins.len())
+            .map(|i| match self.bins.get(i) {
+                Some(&(_, c)) if (first..=last).contains(&i) => goertzel(samples, c),
+                _ => 0.0,
+            })
             .collect();
         let (k, &peak) = powers
             .iter()
