@@ -182,9 +182,18 @@ fn play_and_listen(phone: &UdpSocket, to: std::net::SocketAddr, seconds: u64) ->
 
 /// Waits for `call`'s `call.ended`; returns it.
 fn ended(events: &mut Events, call: &str, within: Duration) -> Value {
-    events.until(within, |e| {
+    seen_or_until(events, within, |e| {
         e["type"] == "call.ended" && e["call_id"] == call
     })
+}
+
+/// The first event matching `matches`, whether it was read already (while
+/// waiting for another) or comes `within`.
+fn seen_or_until(events: &mut Events, within: Duration, matches: impl Fn(&Value) -> bool) -> Value {
+    match events.all.iter().find(|e| matches(e)) {
+        Some(e) => e.clone(),
+        None => events.until(within, matches),
+    }
 }
 
 #[test]
@@ -212,12 +221,15 @@ fn agent_pipecat_echoes_a_real_calls_audio_and_its_end_of_call_hangs_up() {
                "media": {"type": "websocket", "url": url,
                          "custom_parameters": {"campaign": "spring"}}}),
     );
-    events.until(Duration::from_secs(15), |e| {
+    seen_or_until(&mut events, Duration::from_secs(15), |e| {
         e["type"] == "call.answered" && e["call_id"] == "agent-1"
     });
-    let started = events.until(Duration::from_secs(15), |e| {
-        e["type"] == "call.media" && e["call_id"] == "agent-1" && e["report"] == "agent_started"
-    });
+    let started = media_report(
+        &mut events,
+        "agent-1",
+        "agent_started",
+        Duration::from_secs(15),
+    );
     assert!(
         started["stream_sid"]
             .as_str()
@@ -263,7 +275,7 @@ fn agent_refused_ends_the_call_by_default_and_continue_keeps_it_on_silence() {
     let url = format!("ws://127.0.0.1:{}/ws", closed.local_addr().unwrap().port());
     // Answered first, then streamed (the `stream` command).
     let answered = |events: &mut Events, id: &str| {
-        events.until(Duration::from_secs(15), |e| {
+        seen_or_until(events, Duration::from_secs(15), |e| {
             e["type"] == "call.answered" && e["call_id"] == id
         });
     };
@@ -282,9 +294,12 @@ fn agent_refused_ends_the_call_by_default_and_continue_keeps_it_on_silence() {
         "stream",
         json!({"call_id": "agent-2", "media": {"type": "websocket", "url": url}}),
     );
-    let failed = events.until(Duration::from_secs(15), |e| {
-        e["type"] == "call.media" && e["call_id"] == "agent-2" && e["report"] == "agent_ended"
-    });
+    let failed = media_report(
+        &mut events,
+        "agent-2",
+        "agent_ended",
+        Duration::from_secs(15),
+    );
     assert_eq!(failed["reason"], "connect_failed", "{failed}");
     let end = ended(&mut events, "agent-2", Duration::from_secs(15));
     assert_eq!(end["cause"], "agent_failed", "{end}\n{}", d.log());
@@ -305,9 +320,12 @@ fn agent_refused_ends_the_call_by_default_and_continue_keeps_it_on_silence() {
         json!({"call_id": "agent-3",
                "media": {"type": "websocket", "url": url, "on_end": "continue"}}),
     );
-    events.until(Duration::from_secs(15), |e| {
-        e["type"] == "call.media" && e["call_id"] == "agent-3" && e["report"] == "agent_ended"
-    });
+    media_report(
+        &mut events,
+        "agent-3",
+        "agent_ended",
+        Duration::from_secs(15),
+    );
     let port = local_port(&mut events, "agent-3");
     let back = play_and_listen(&phone, ([127, 0, 0, 1], port).into(), 2);
     assert!(
@@ -619,8 +637,10 @@ fn stream_cmd(events: &mut Events, redis: &RedisServer, id: &str, call: &str, me
     );
 }
 
+/// `call`'s first `call.media` report of kind `report`, whether it came
+/// already (an agent may start while the call rings) or comes `within`.
 fn media_report(events: &mut Events, call: &str, report: &str, within: Duration) -> Value {
-    events.until(within, |e| {
+    seen_or_until(events, within, |e| {
         e["type"] == "call.media" && e["call_id"] == call && e["report"] == report
     })
 }
@@ -757,7 +777,7 @@ fn streamed_call(
         "originate",
         json!({"account": "acct-a", "to": to, "max_duration_secs": 120}),
     );
-    events.until(Duration::from_secs(15), |e| {
+    seen_or_until(events, Duration::from_secs(15), |e| {
         e["type"] == "call.answered" && e["call_id"] == id
     });
     stream_cmd(events, redis, &format!("s-{id}"), id, media);
@@ -989,7 +1009,7 @@ fn agent_pipecat_auto_hang_up_ends_the_call_through_the_twilio_shaped_api() {
                "media": {"type": "websocket", "url": format!("ws://127.0.0.1:{}/ws", bot.port),
                          "on_end": "continue"}}),
     );
-    events.until(Duration::from_secs(15), |e| {
+    seen_or_until(&mut events, Duration::from_secs(15), |e| {
         e["type"] == "call.answered" && e["call_id"] == "agent-rest"
     });
     let end = ended(&mut events, "agent-rest", Duration::from_secs(20));

@@ -27,7 +27,7 @@ const PCAPS: &str = "/usr/share/sip-tester";
 /// everything it read.
 pub(crate) struct Events {
     client: RespClient,
-    all: Vec<Value>,
+    pub(crate) all: Vec<Value>,
 }
 
 impl Events {
