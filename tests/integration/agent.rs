@@ -260,7 +260,7 @@ fn agent_pipecat_echoes_a_real_calls_audio_and_its_end_of_call_hangs_up() {
 #[test]
 fn agent_refused_ends_the_call_by_default_and_continue_keeps_it_on_silence() {
     let dir = Scratch::new("agent-refused");
-    write_tone_wav(&dir.path().join("sorry.wav"), 1);
+    crate::srtp_calls::write_tone_wav(&dir.path().join("sorry.wav"), 1000.0, 1.0);
     let media = format!("[media]\nprompt_dir = {:?}\n", dir.path());
     let Rig {
         redis,
@@ -384,83 +384,6 @@ fn agent_refused_ends_the_call_by_default_and_continue_keeps_it_on_silence() {
             == 200,
         "dialerd stays healthy"
     );
-}
-
-/// Writes a WAV file (8 kHz mono 16-bit PCM) of `seconds` of the 1 kHz tone.
-fn write_tone_wav(path: &std::path::Path, seconds: usize) {
-    let samples: Vec<i16> = (0..seconds * 8000)
-        .map(|n| (8000.0 * (2.0 * std::f64::consts::PI * 1000.0 * n as f64 / 8000.0).sin()) as i16)
-        .collect();
-    let data_len = (samples.len() * 2) as u32;
-    let mut out = Vec::new();
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data_len).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&8000u32.to_le_bytes());
-    out.extend_from_slice(&16000u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&data_len.to_le_bytes());
-    for s in samples {
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    std::fs::write(path, out).unwrap();
-}
-
-/// Writes a pcap of `seconds` of a 1 kHz PCMU tone as RTP (Ethernet, IPv4,
-/// UDP), 20 ms a packet, for SIPp's `play_pcap_audio`.
-fn write_tone_pcap(path: &std::path::Path, seconds: usize) {
-    let mut out = Vec::new();
-    // Global header: magic, v2.4, zone 0, sigfigs 0, snaplen, Ethernet.
-    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&4u16.to_le_bytes());
-    out.extend_from_slice(&0i32.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&65535u32.to_le_bytes());
-    out.extend_from_slice(&1u32.to_le_bytes());
-    for k in 0..seconds * 50 {
-        let mut rtp = vec![0x80, 0];
-        rtp.extend_from_slice(&(k as u16).to_be_bytes());
-        rtp.extend_from_slice(&((k * 160) as u32).to_be_bytes());
-        rtp.extend_from_slice(&0x0bad_cafe_u32.to_be_bytes());
-        rtp.extend(tone_frame(k * 160));
-        let udp_len = 8 + rtp.len();
-        let mut frame = vec![0u8; 12];
-        frame.extend_from_slice(&[0x08, 0x00]);
-        let ip_len = 20 + udp_len;
-        frame.extend_from_slice(&[
-            0x45,
-            0,
-            (ip_len >> 8) as u8,
-            ip_len as u8,
-            0,
-            0,
-            0,
-            0,
-            64,
-            17,
-            0,
-            0,
-        ]);
-        frame.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
-        frame.extend_from_slice(&6000u16.to_be_bytes());
-        frame.extend_from_slice(&6002u16.to_be_bytes());
-        frame.extend_from_slice(&(udp_len as u16).to_be_bytes());
-        frame.extend_from_slice(&[0, 0]);
-        frame.extend(rtp);
-        let usec = k * 20_000;
-        out.extend_from_slice(&((usec / 1_000_000) as u32).to_le_bytes());
-        out.extend_from_slice(&((usec % 1_000_000) as u32).to_le_bytes());
-        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-        out.extend(frame);
-    }
-    std::fs::write(path, out).unwrap();
 }
 
 /// A SIPp caller scenario offering PCMU and telephone-event that, once
@@ -657,7 +580,7 @@ fn agent_a_sipp_callers_tone_and_digits_reach_the_agent_in_twilios_schema() {
     let (d, sip) = dialerd(&redis, &pbx, "ring", "", 23800, &dir);
     let mut events = Events::new(&redis);
     let tone = dir.path().join("tone.pcap");
-    write_tone_pcap(&tone, 2);
+    std::fs::write(&tone, crate::kamailio::tone_pcap(100)).unwrap();
     let scenario = agent_caller_scenario(&dir, &tone, 2200, 1500);
     let media_port = 23800 + 150;
     let uac = crate::support::sipp::Sipp::client(&scenario, sip)

@@ -611,7 +611,7 @@ fn dialerd_calls_a_phone_registered_with_kamailio_answering_the_proxy_challenge(
 /// A pcap (Ethernet, IPv4, UDP) of `packets` 20 ms RTP packets, PCMU
 /// payload type 0, carrying a 1 kHz tone at about -10 dBm0: what SIPp's
 /// `play_pcap_audio` sends.
-fn tone_pcap(packets: u16) -> Vec<u8> {
+pub(crate) fn tone_pcap(packets: u16) -> Vec<u8> {
     let mut out = Vec::new();
     // Global header: magic, version 2.4, zone, sigfigs, snaplen, Ethernet.
     out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());

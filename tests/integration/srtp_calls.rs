@@ -30,7 +30,7 @@ use crate::support::{ports, wait_for};
 const RATE: f64 = 8000.0;
 
 /// `secs` of a `hz` sine at 8 kHz, 16-bit mono, as a WAV file.
-fn write_tone_wav(path: &Path, hz: f64, secs: f64) {
+pub(crate) fn write_tone_wav(path: &Path, hz: f64, secs: f64) {
     let samples: Vec<i16> = (0..(secs * RATE) as usize)
         .map(|n| (8000.0 * (2.0 * std::f64::consts::PI * hz * n as f64 / RATE).sin()) as i16)
         .collect();
