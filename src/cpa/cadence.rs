@@ -137,6 +137,7 @@ pub struct Cadence {
     voice_ms: u32,
     last_word_end: Option<u32>,
     verdict: Option<Verdict>,
+    voiced: bool,
 }
 
 impl Cadence {
@@ -155,6 +156,7 @@ impl Cadence {
             voice_ms: 0,
             last_word_end: None,
             verdict: None,
+            voiced: false,
         }
     }
 
@@ -163,11 +165,14 @@ impl Cadence {
         self.verdict
     }
 
+    /// Whether the last frame was voice (the detector keeps following the
+    /// noise floor after its verdict).
+    pub fn voiced(&self) -> bool {
+        self.voiced
+    }
+
     /// The next 20 ms; returns the verdict when this frame decided it.
     pub fn push_frame(&mut self, frame: &[i16]) -> Option<Verdict> {
-        if self.verdict.is_some() {
-            return None;
-        }
         let level = frame
             .iter()
             .take(FRAME)
@@ -187,6 +192,10 @@ impl Cadence {
             self.floor * 1.0023
         };
         let voice = level >= f64::from(self.config.silence_threshold) && level >= self.floor * 4.0;
+        self.voiced = voice;
+        if self.verdict.is_some() {
+            return None;
+        }
         let c = self.config;
         if voice {
             self.voice_run += FRAME_MS;

@@ -218,6 +218,12 @@ impl ToneDetector {
         }
     }
 
+    /// Whether a single tone is sounding now (its kind is known once it
+    /// ends).
+    pub fn tone_running(&self) -> bool {
+        self.run.is_some_and(|r| r.frames >= 2)
+    }
+
     /// Ends the analysis: a tone still running is judged as it stands.
     pub fn finish(&mut self) {
         let now = self.elapsed_ms();
