@@ -148,6 +148,14 @@ pub async fn run(settings: Settings, env: HashMap<String, String>) -> Result<(),
         settings.http.agent_hangup_api,
         std::sync::atomic::Ordering::Relaxed,
     );
+    let _ = shared
+        .progress
+        .set(crate::control::channel::progress::ProgressDefaults {
+            abandon_ms: settings.calls.abandon_ms,
+            safe_harbor: settings.calls.safe_harbor.clone(),
+            campaign_max_calls: settings.calls.campaign_max_calls,
+            capture: settings.media.amd_capture_dir.is_some(),
+        });
     if let Some(dir) = &settings.media.prompt_dir {
         let _ = shared.prompt_dir.set(dir.clone());
     }

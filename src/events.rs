@@ -27,6 +27,16 @@ pub enum CoreEvent {
     Note(crate::call::CallNote),
     /// A media shard's report about a call's leg.
     Media(crate::media::MediaEvent),
+    /// Call progress (`call.amd`, `call.dropped`): the event type, the
+    /// call's name and the fields.
+    Progress {
+        /// The event type.
+        kind: &'static str,
+        /// The call's name.
+        name: std::sync::Arc<str>,
+        /// Its fields.
+        fields: serde_json::Value,
+    },
 }
 
 /// A transition and when it happened (Unix milliseconds).

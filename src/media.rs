@@ -11,6 +11,7 @@
 //! channel.
 
 pub mod agent_conn;
+pub mod cpa_tap;
 pub mod dtls;
 pub mod g711;
 pub mod handle;

@@ -52,6 +52,8 @@ pub struct Shared {
     pub agent_hangup_api: std::sync::atomic::AtomicBool,
     /// Where `play` finds its WAV files (`media.prompt_dir`).
     pub prompt_dir: std::sync::OnceLock<std::path::PathBuf>,
+    /// What originates' campaign, AMD and abandon-guard fields fall back on.
+    pub progress: std::sync::OnceLock<crate::control::channel::progress::ProgressDefaults>,
 }
 
 impl Shared {
@@ -83,6 +85,7 @@ impl Shared {
             sip: std::sync::OnceLock::new(),
             media: std::sync::OnceLock::new(),
             prompt_dir: std::sync::OnceLock::new(),
+            progress: std::sync::OnceLock::new(),
             agent_hangup_api: std::sync::atomic::AtomicBool::new(false),
         }
     }

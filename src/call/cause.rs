@@ -62,6 +62,16 @@ pub enum EndCause {
     /// The voice agent's stream could not be made or was lost
     /// (`on_end: "hangup"`).
     AgentFailed,
+    /// Answering-machine detection found a machine and the command said
+    /// hang up (or its message was left).
+    Machine,
+    /// A fax machine answered.
+    Fax,
+    /// A network announcement answered (special information tone).
+    Sit,
+    /// The abandon guard dropped the call: its agent was not connected in
+    /// time after the greeting (the safe-harbor recording was played).
+    Dropped,
     /// Any other final response.
     Failed,
 }
@@ -97,6 +107,10 @@ impl EndCause {
             Self::DtlsFailed => "dtls_failed",
             Self::AgentHangup => "agent_hangup",
             Self::AgentFailed => "agent_failed",
+            Self::Machine => "machine",
+            Self::Fax => "fax",
+            Self::Sit => "sit",
+            Self::Dropped => "dropped",
             Self::Failed => "failed",
         }
     }
@@ -122,6 +136,79 @@ impl EndCause {
 impl std::fmt::Display for EndCause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.label())
+    }
+}
+
+/// What an ended call came to, in the terms dialers use (`call.ended`'s
+/// `disposition`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    /// Answered, with no analysis (or none decided).
+    Answered,
+    /// A person answered (answering-machine detection).
+    Human,
+    /// An answering machine or voicemail answered.
+    Machine,
+    /// A fax machine answered.
+    Fax,
+    /// A person answered and was not connected in time (abandoned; the
+    /// safe-harbor recording was played).
+    Dropped,
+    /// Busy.
+    Busy,
+    /// The callee's side gave up ringing (408, 480).
+    NoAnswer,
+    /// Our ring timeout passed.
+    RingTimeout,
+    /// The number does not exist (404, 410, 484, 604, or a SIT).
+    InvalidNumber,
+    /// The network could not complete it (503, 5xx, no response).
+    Congestion,
+    /// Refused (403, 603).
+    Rejected,
+    /// Cancelled before the answer by a command or the caller.
+    Cancelled,
+    /// Anything else.
+    Failed,
+}
+
+impl Disposition {
+    /// The label in events and records.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::Human => "human",
+            Self::Machine => "machine",
+            Self::Fax => "fax",
+            Self::Dropped => "dropped",
+            Self::Busy => "busy",
+            Self::NoAnswer => "no_answer",
+            Self::RingTimeout => "ring_timeout",
+            Self::InvalidNumber => "invalid_number",
+            Self::Congestion => "congestion",
+            Self::Rejected => "rejected",
+            Self::Cancelled => "cancelled",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// The disposition of a call that ended unanswered as `ended` says.
+    pub fn unanswered(ended: &Ended) -> Self {
+        match ended.cause {
+            EndCause::Busy => Self::Busy,
+            EndCause::NoAnswer if ended.side == Side::Local => Self::RingTimeout,
+            EndCause::NoAnswer => Self::NoAnswer,
+            EndCause::Unavailable if ended.code == Some(480) => Self::NoAnswer,
+            EndCause::NotFound | EndCause::Sit => Self::InvalidNumber,
+            EndCause::Unavailable
+            | EndCause::Congestion
+            | EndCause::Timeout
+            | EndCause::Transport => Self::Congestion,
+            EndCause::Rejected => Self::Rejected,
+            EndCause::Cancelled => Self::Cancelled,
+            _ => Self::Failed,
+        }
     }
 }
 
@@ -186,6 +273,30 @@ mod tests {
             (499, EndCause::Failed),
         ] {
             assert_eq!(EndCause::from_status(code), cause, "{code}");
+        }
+    }
+
+    #[test]
+    fn unanswered_calls_get_the_dispositions_dialers_use() {
+        for (ended, d) in [
+            (Ended::remote(EndCause::Busy, Some(486)), "busy"),
+            (Ended::local(EndCause::NoAnswer, Some(487)), "ring_timeout"),
+            (Ended::remote(EndCause::NoAnswer, Some(408)), "no_answer"),
+            (Ended::remote(EndCause::Unavailable, Some(480)), "no_answer"),
+            (
+                Ended::remote(EndCause::Unavailable, Some(502)),
+                "congestion",
+            ),
+            (
+                Ended::remote(EndCause::NotFound, Some(404)),
+                "invalid_number",
+            ),
+            (Ended::remote(EndCause::Congestion, Some(503)), "congestion"),
+            (Ended::remote(EndCause::Rejected, Some(603)), "rejected"),
+            (Ended::local(EndCause::Cancelled, Some(487)), "cancelled"),
+            (Ended::remote(EndCause::Incompatible, Some(488)), "failed"),
+        ] {
+            assert_eq!(Disposition::unanswered(&ended).label(), d, "{ended:?}");
         }
     }
 }

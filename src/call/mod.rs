@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use cause::{EndCause, Ended, Side};
+pub use cause::{Disposition, EndCause, Ended, Side};
 pub use dtmf::{MAX_DIGITS, is_digit};
 pub use media::{MediaError, MediaOp, PortClaim, PortPool};
 pub use table::{AccountLimit, CallError, CallSummary, Calls, Live};
@@ -128,6 +128,9 @@ pub struct CallEvent {
     pub code: Option<u16>,
     /// How it ended (with [`CallState::Ended`] only).
     pub ended: Option<Ended>,
+    /// What it came to (with [`CallState::Ended`] only; set by the SIP
+    /// core, which knows the analysis).
+    pub disposition: Option<Disposition>,
     /// The account it belongs to, if any.
     pub account: Option<String>,
     /// Milliseconds since the call was created.
@@ -185,6 +188,17 @@ pub struct Originate {
     pub name: Option<String>,
     /// Whether its audio is encrypted (SDES-SRTP).
     pub srtp: SrtpPolicy,
+    /// The campaign it belongs to, if any.
+    pub campaign: Option<Campaign>,
+}
+
+/// A campaign tag and its limit of live calls here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Campaign {
+    /// The tag.
+    pub tag: Arc<str>,
+    /// Most live calls of the campaign in this table (0: no limit).
+    pub max_calls: usize,
 }
 
 /// Something a call reports that is not a change of state.
@@ -256,6 +270,9 @@ pub trait KeySource: Send + std::fmt::Debug {
 pub struct CallConfig {
     /// Outbound: how long to ring before a CANCEL.
     pub ring_timeout: Duration,
+    /// The shortest ring timeout an originate may ask for (unanswered calls
+    /// must ring long enough; 0: no floor).
+    pub min_ring: Duration,
     /// Timer C: a CANCEL when no provisional came for this long.
     pub timer_c: Duration,
     /// Inbound `Ring`: how long to wait for an answer request.
@@ -291,6 +308,7 @@ impl Default for CallConfig {
     fn default() -> Self {
         Self {
             ring_timeout: Duration::from_secs(60),
+            min_ring: Duration::ZERO,
             timer_c: Duration::from_secs(180),
             answer_timeout: Duration::from_secs(30),
             max_duration: Duration::from_secs(4 * 3600),

@@ -31,7 +31,20 @@ impl Calls {
         {
             return Err(CallError::Header(name.clone()));
         }
-        self.admit_outbound(now, origin.account.as_deref(), origin.name.as_deref())?;
+        if let Some(asked) = origin.ring_timeout
+            && asked < self.config.min_ring
+        {
+            return Err(CallError::RingBelowFloor {
+                asked_secs: asked.as_secs(),
+                floor_secs: self.config.min_ring.as_secs(),
+            });
+        }
+        self.admit_outbound(
+            now,
+            origin.account.as_deref(),
+            origin.name.as_deref(),
+            origin.campaign.as_ref(),
+        )?;
         let keys = self.call_keys(origin.srtp)?;
         let id = self.admit()?;
         let media = self

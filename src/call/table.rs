@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::Disposition;
 use super::media::{MediaError, MediaOp, PortPool};
 use super::{
     CallConfig, CallDirection, CallEvent, CallId, CallNote, CallState, EndCause, Ended, KeySource,
@@ -88,6 +89,24 @@ pub enum CallError {
     /// Media is not running (no media shards), so nothing can be streamed.
     #[error("media is not running in this dialer")]
     NoMedia,
+    /// The campaign has as many live calls here as it may.
+    #[error("campaign {campaign:?} has {max} live calls, the most allowed")]
+    CampaignFull {
+        /// The campaign.
+        campaign: String,
+        /// Its limit.
+        max: usize,
+    },
+    /// The ring timeout asked for is below the configured floor.
+    #[error(
+        "a ring timeout of {asked_secs} s is below the {floor_secs} s floor ([calls].min_ring_secs)"
+    )]
+    RingBelowFloor {
+        /// What was asked, seconds.
+        asked_secs: u64,
+        /// The floor, seconds.
+        floor_secs: u64,
+    },
 }
 
 /// An account's own call limits.
@@ -441,7 +460,29 @@ impl Calls {
         now: Instant,
         account: Option<&str>,
         name: Option<&str>,
+        campaign: Option<&super::Campaign>,
     ) -> Result<(), CallError> {
+        if let Some(c) = campaign
+            && c.max_calls > 0
+        {
+            // Counted from the table itself, never by hand.
+            let live = self
+                .calls
+                .values()
+                .filter(|call| {
+                    call.origin
+                        .as_ref()
+                        .and_then(|o| o.campaign.as_ref())
+                        .is_some_and(|o| o.tag == c.tag)
+                })
+                .count();
+            if live >= c.max_calls {
+                return Err(CallError::CampaignFull {
+                    campaign: c.tag.to_string(),
+                    max: c.max_calls,
+                });
+            }
+        }
         if let Some(name) = name
             && self.names.contains_key(name)
         {
@@ -1226,6 +1267,13 @@ fn event(c: &Call, now: Instant, code: Option<u16>, ended: Option<Ended>) -> Cal
         direction: c.direction,
         state: c.state,
         code,
+        disposition: ended.as_ref().map(|e| {
+            if c.answered.is_some() {
+                Disposition::Answered
+            } else {
+                Disposition::unanswered(e)
+            }
+        }),
         ended,
         account: c.account.clone(),
         elapsed_ms: u64::try_from(now.saturating_duration_since(c.created).as_millis())

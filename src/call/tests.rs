@@ -95,6 +95,7 @@ impl Net {
             max_duration: None,
             name: None,
             srtp: self.srtp_b,
+            campaign: None,
         };
         let now = self.pair.now;
         let id = self.b.originate(now, &mut self.pair.b.ep, origin).unwrap();
@@ -128,6 +129,7 @@ impl Net {
             max_duration: None,
             name: None,
             srtp: self.srtp_a,
+            campaign: None,
         }
     }
 
@@ -615,6 +617,7 @@ fn new_calls_beyond_the_rate_are_refused_and_the_bucket_refills() {
         max_duration: None,
         name: None,
         srtp: crate::sdp::SrtpPolicy::Off,
+        campaign: None,
     };
     let now = net.pair.now;
     assert!(net.a.originate(now, &mut net.pair.a.ep, origin()).is_ok());

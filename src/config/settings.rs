@@ -108,6 +108,20 @@ pub struct CallSettings {
     pub destination_window_secs: u64,
     /// How long an ended call's record is kept in Redis, seconds.
     pub record_ttl_secs: u64,
+    /// The shortest ring timeout an originate may ask for, seconds
+    /// (unanswered calls must ring at least 15 s under US rules; 0 lifts
+    /// the floor).
+    pub min_ring_secs: u64,
+    /// The abandon guard: an answered call's agent must be connected
+    /// within this many ms of the greeting's end, else the safe-harbor
+    /// recording is played and the call dropped (default 2000).
+    pub abandon_ms: u64,
+    /// The safe-harbor recording (a file in `media.prompt_dir`) for
+    /// originates that name none.
+    pub safe_harbor: Option<String>,
+    /// Most live calls of one campaign on this instance, for originates
+    /// that give no `campaign_max_calls` (0: no limit).
+    pub campaign_max_calls: usize,
 }
 
 impl Default for CallSettings {
@@ -125,6 +139,10 @@ impl Default for CallSettings {
             early_media: true,
             destination_window_secs: 60,
             record_ttl_secs: 86_400,
+            min_ring_secs: 15,
+            abandon_ms: 2000,
+            safe_harbor: None,
+            campaign_max_calls: 0,
         }
     }
 }
@@ -438,6 +456,9 @@ pub struct MediaSettings {
     pub port_drain_ms: u32,
     /// Where the `play` command's WAV files are; `play` names a file in it.
     pub prompt_dir: Option<std::path::PathBuf>,
+    /// Where answering-machine detection writes the callee audio it
+    /// captures (`amd.capture_ms`), one WAV per call.
+    pub amd_capture_dir: Option<std::path::PathBuf>,
     /// While packets flow, a media shard sleeps this long between polls and
     /// reads what gathered in one go, instead of waking for every packet;
     /// microseconds, 0 to wake per packet (least latency, most CPU).
@@ -461,6 +482,7 @@ impl Default for MediaSettings {
             quiet_report_ms: 2000,
             port_drain_ms: 2000,
             prompt_dir: None,
+            amd_capture_dir: None,
             batch_wait_us: 100,
             srtp: SrtpMode::Off,
         }

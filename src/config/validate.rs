@@ -555,6 +555,15 @@ fn check_calls(s: &Settings, p: &mut Vec<Problem>) {
             p.push(Problem::new(key, "must be at least 1"));
         }
     }
+    if c.ring_timeout_secs < c.min_ring_secs {
+        p.push(Problem::new(
+            "calls.ring_timeout_secs",
+            format!("must be at least calls.min_ring_secs ({})", c.min_ring_secs),
+        ));
+    }
+    if !(100..=60_000).contains(&c.abandon_ms) {
+        p.push(Problem::new("calls.abandon_ms", "must be 100 to 60000"));
+    }
     if c.session_expires_secs > 0 && c.session_expires_secs < c.min_se_secs {
         p.push(Problem::new(
             "calls.session_expires_secs",

@@ -58,6 +58,8 @@ pub enum ErrorCode {
     InProgress,
     /// The SIP core or Redis is not available now.
     Unavailable,
+    /// The campaign's gate is closed, or could not be read (fail closed).
+    CampaignGated,
     /// dialerd failed while executing.
     Internal,
 }
@@ -70,6 +72,7 @@ impl ErrorCode {
             ErrorCode::BadVersion => "bad_version",
             ErrorCode::MissingField => "missing_field",
             ErrorCode::BadField => "bad_field",
+            ErrorCode::CampaignGated => "campaign_gated",
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::NotImplemented => "not_implemented",
@@ -224,7 +227,67 @@ pub struct OriginateArgs {
     /// SRTP policy for this call: `off`, `optional`, `required` or `dtls`
     /// (default: the account's).
     pub srtp: Option<String>,
+    /// The campaign the call belongs to: its Redis gate must be open, and
+    /// its live calls on this instance are limited.
+    pub campaign: Option<String>,
+    /// Most live calls of the campaign on this instance (default
+    /// `[calls].campaign_max_calls`).
+    pub campaign_max_calls: Option<usize>,
+    /// Answering-machine detection.
+    pub amd: Option<AmdArgs>,
+    /// The safe-harbor recording (a prompt file) played when the abandon
+    /// guard drops the call.
+    pub safe_harbor: Option<String>,
+    /// The abandon guard: the agent must be connected within this many ms
+    /// of the greeting's end (default `[calls].abandon_ms`).
+    pub abandon_ms: Option<u64>,
 }
+
+/// Answering-machine detection for an `originate` (every timing overrides
+/// its default; see docs/control-channel.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmdArgs {
+    /// `off`, `async` (default: the agent or bridge is connected at once)
+    /// or `sync` (only after `human`).
+    pub mode: Option<String>,
+    /// On `machine`: `hangup` (default), `prompt` (play `machine_prompt`
+    /// after the greeting's end, then hang up) or `bridge` (connect anyway).
+    pub on_machine: Option<String>,
+    /// The message left on a machine (a prompt file).
+    pub machine_prompt: Option<String>,
+    /// Record this many ms of the callee's audio as a WAV for tuning.
+    pub capture_ms: Option<u32>,
+    /// Silence before any word that makes a machine, ms.
+    pub initial_silence_ms: Option<u32>,
+    /// Greeting voice that makes a machine, ms.
+    pub greeting_ms: Option<u32>,
+    /// Silence after a short greeting that makes a person, ms.
+    pub after_greeting_silence_ms: Option<u32>,
+    /// Longest analysis, ms.
+    pub total_analysis_ms: Option<u32>,
+    /// Shortest word, ms.
+    pub min_word_ms: Option<u32>,
+    /// Shortest silence between words, ms.
+    pub between_words_ms: Option<u32>,
+    /// More words than this make a machine.
+    pub max_words: Option<u32>,
+    /// A longer word makes a machine, ms.
+    pub max_word_ms: Option<u32>,
+    /// Level under which a frame is silence (mean absolute amplitude).
+    pub silence_threshold: Option<u32>,
+    /// Silence that ends a machine's greeting without a beep, ms.
+    pub machine_end_silence_ms: Option<u32>,
+    /// Longest wait for a machine's greeting to end, ms.
+    pub machine_end_timeout_ms: Option<u32>,
+    /// Shortest beep, ms.
+    pub min_beep_ms: Option<u32>,
+}
+
+/// The AMD modes a command may name.
+pub const AMD_MODES: [&str; 3] = ["off", "async", "sync"];
+/// The actions on `machine` a command may name.
+pub const AMD_ON_MACHINE: [&str; 3] = ["hangup", "prompt", "bridge"];
 
 /// The SRTP policies a command may name.
 pub const SRTP_POLICIES: [&str; 4] = ["off", "optional", "required", "dtls"];
@@ -996,6 +1059,76 @@ fn check_call(call_id: &str, field: &str) -> Result<(), Problem> {
     Ok(())
 }
 
+/// The campaign, AMD and abandon-guard fields of an `originate`.
+fn check_progress(o: &OriginateArgs) -> Result<(), Problem> {
+    let bad = |m: &str| Err((ErrorCode::BadField, m.to_owned()));
+    if o.campaign.as_deref().is_some_and(|c| !valid_id(c)) {
+        return bad("args.campaign: 1 to 128 characters of A-Z a-z 0-9 . _ : -");
+    }
+    if o.campaign_max_calls.is_some() && o.campaign.is_none() {
+        return bad("args.campaign_max_calls: needs args.campaign");
+    }
+    if o.safe_harbor.as_deref().is_some_and(|f| !prompt_name(f)) {
+        return bad("args.safe_harbor: a file name (A-Z a-z 0-9 . _ -) in the prompt directory");
+    }
+    if o.abandon_ms.is_some_and(|ms| !(100..=60_000).contains(&ms)) {
+        return bad("args.abandon_ms: 100 to 60000");
+    }
+    let Some(a) = &o.amd else {
+        return Ok(());
+    };
+    if a.mode.as_deref().is_some_and(|m| !AMD_MODES.contains(&m)) {
+        return bad("args.amd.mode: \"off\", \"async\" or \"sync\"");
+    }
+    if a.mode.as_deref() == Some("sync") && o.media.as_ref().is_none_or(|m| m.kind != "websocket") {
+        return bad("args.amd.mode: sync needs a websocket media endpoint to connect after human");
+    }
+    match a.on_machine.as_deref() {
+        None | Some("hangup" | "bridge") => {}
+        Some("prompt") if a.machine_prompt.is_none() => {
+            return bad("args.amd.machine_prompt: needed with on_machine \"prompt\"");
+        }
+        Some("prompt") => {}
+        Some(_) => return bad("args.amd.on_machine: \"hangup\", \"prompt\" or \"bridge\""),
+    }
+    if a.machine_prompt.as_deref().is_some_and(|f| !prompt_name(f)) {
+        return bad(
+            "args.amd.machine_prompt: a file name (A-Z a-z 0-9 . _ -) in the prompt directory",
+        );
+    }
+    if a.capture_ms.is_some_and(|ms| ms > 30_000) {
+        return bad("args.amd.capture_ms: at most 30000");
+    }
+    let timings = [
+        ("initial_silence_ms", a.initial_silence_ms),
+        ("greeting_ms", a.greeting_ms),
+        ("after_greeting_silence_ms", a.after_greeting_silence_ms),
+        ("total_analysis_ms", a.total_analysis_ms),
+        ("min_word_ms", a.min_word_ms),
+        ("between_words_ms", a.between_words_ms),
+        ("max_word_ms", a.max_word_ms),
+        ("machine_end_silence_ms", a.machine_end_silence_ms),
+        ("machine_end_timeout_ms", a.machine_end_timeout_ms),
+        ("min_beep_ms", a.min_beep_ms),
+    ];
+    if let Some((name, _)) = timings
+        .iter()
+        .find(|(_, v)| v.is_some_and(|ms| !(20..=120_000).contains(&ms)))
+    {
+        return Err((
+            ErrorCode::BadField,
+            format!("args.amd.{name}: 20 to 120000"),
+        ));
+    }
+    if a.max_words.is_some_and(|w| !(1..=100).contains(&w)) {
+        return bad("args.amd.max_words: 1 to 100");
+    }
+    if a.silence_threshold.is_some_and(|t| t > 32_767) {
+        return bad("args.amd.silence_threshold: 0 to 32767");
+    }
+    Ok(())
+}
+
 fn check_originate(o: &OriginateArgs) -> Result<(), Problem> {
     let bad = |m: &str| Err((ErrorCode::BadField, m.to_owned()));
     check_account(&o.account)?;
@@ -1011,6 +1144,7 @@ fn check_originate(o: &OriginateArgs) -> Result<(), Problem> {
             return bad("args: media and bridge_to exclude each other");
         }
     }
+    check_progress(o)?;
     let to_ok = !o.to.is_empty()
         && o.to.len() <= 256
         && !o

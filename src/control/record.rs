@@ -30,6 +30,9 @@ pub fn event_fields(c: &CallEvent, at_ms: u64, created: u64) -> Value {
         if let Some(e) = c.ended {
             let answered = c.answered_ms.map(|a| created + a);
             m.insert("cause".into(), Value::String(e.cause.label().into()));
+            if let Some(d) = c.disposition {
+                m.insert("disposition".into(), Value::String(d.label().into()));
+            }
             m.insert("side".into(), Value::String(e.side.label().into()));
             m.insert(
                 "answered_ms".into(),
@@ -78,6 +81,9 @@ pub fn of_event(
             .answered_ms
             .map_or(0, |a| at_ms.saturating_sub(created + a));
         f.push(("cause", e.cause.label().to_owned()));
+        if let Some(d) = c.disposition {
+            f.push(("disposition", d.label().to_owned()));
+        }
         f.push(("side", e.side.label().to_owned()));
         f.push(("ended_ms", at_ms.to_string()));
         f.push(("duration_ms", duration.to_string()));

@@ -7,9 +7,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use std::sync::Arc;
 
+use super::progress::Mode;
 use crate::call::{
-    AccountLimit, CallConfig, CallError, CallEvent, CallId, CallSummary, Calls, Credentials,
-    Inbound, InboundAction, Live, Originate, PortPool,
+    AccountLimit, CallConfig, CallError, CallEvent, CallId, CallState, CallSummary, Calls,
+    Credentials, Inbound, InboundAction, Live, Originate, PortPool,
 };
 use crate::config::{InboundPolicy, Settings};
 use crate::sdp::{Codec, SrtpPolicy};
@@ -30,6 +31,7 @@ pub fn call_config(settings: &Settings, media_address: std::net::IpAddr) -> Call
     let c = &settings.calls;
     CallConfig {
         ring_timeout: Duration::from_secs(c.ring_timeout_secs),
+        min_ring: Duration::from_secs(c.min_ring_secs),
         answer_timeout: Duration::from_secs(c.answer_timeout_secs),
         max_duration: Duration::from_secs(c.max_duration_secs),
         media_address,
@@ -149,6 +151,10 @@ pub struct PlaceCall {
     pub agent: Option<Box<crate::media::agent_conn::AgentSpec>>,
     /// SRTP policy (default: the account's, else `[media].srtp`).
     pub srtp: Option<SrtpPolicy>,
+    /// The campaign it belongs to (its limit of live calls here).
+    pub campaign: Option<crate::call::Campaign>,
+    /// Answering-machine detection and the abandon guard, if asked for.
+    pub progress: Option<Box<super::progress::Plan>>,
 }
 
 /// A call placed.
@@ -287,7 +293,16 @@ impl super::Core {
             } => {
                 let bridge_to = place.bridge_to.clone();
                 let endpoint = place.endpoint;
-                let agent = place.agent.clone();
+                let mut place = place;
+                let mut plan = place.progress.take();
+                // In sync mode the agent is connected only after `human`.
+                let agent = match plan.as_mut() {
+                    Some(p) if p.amd.as_ref().is_some_and(|a| a.mode == Mode::Sync) => {
+                        p.held_agent = place.agent.take();
+                        None
+                    }
+                    _ => place.agent.clone(),
+                };
                 let result = self.place(now, *place, direct);
                 if let Err(e) = &result {
                     self.publish.sip.call_refused(refusal(e));
@@ -317,6 +332,9 @@ impl super::Core {
                 let placed = result.map(|(id, endpoint)| {
                     if let Some(events) = events {
                         self.watchers.insert(id, events);
+                    }
+                    if let (Some(plan), Some(name)) = (plan, self.calls.name_of(id)) {
+                        self.progress.track(id, name, *plan);
                     }
                     Placed {
                         id,
@@ -519,9 +537,25 @@ impl super::Core {
     /// ended calls.
     pub(super) fn publish_calls(&mut self) {
         self.apply_media_ops();
-        for event in self.calls.take_events() {
+        let now = Instant::now();
+        let events: Vec<CallEvent> = self.calls.take_events().collect();
+        for mut event in events {
+            if self.progress.tracks(event.call) {
+                let actions = match event.state {
+                    CallState::EarlyMedia => self.progress.early_media(event.call),
+                    CallState::Answered => self.progress.answered(now, event.call),
+                    _ => Vec::new(),
+                };
+                self.apply_progress(now, actions);
+            }
             if let Some(ended) = &event.ended {
                 self.publish.sip.call_ended(ended.cause.label());
+                if let Some(d) =
+                    self.progress
+                        .finish(event.call, ended, event.answered_ms.is_some())
+                {
+                    event.disposition = Some(d);
+                }
             }
             if let Some(watcher) = self.watchers.get(&event.call) {
                 let _ = watcher.try_send(event.clone());
@@ -576,5 +610,6 @@ fn origin_of(place: &PlaceCall) -> Originate {
         max_duration: place.max_duration,
         name: place.name.clone(),
         srtp: place.srtp.unwrap_or_default(),
+        campaign: place.campaign.clone(),
     }
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Core;
+use super::progress::Action;
 use crate::call::{CallError, CallId, EndCause, MediaOp};
+use crate::events::CoreEvent;
 use crate::media::agent_conn::AgentSpec;
 use crate::media::dtls::DtlsSetup;
 use crate::media::srtp::{MasterKey, SrtpKeys, Suite};
@@ -132,10 +134,86 @@ impl Core {
         }
     }
 
+    /// Carries out what call progress asks.
+    pub(super) fn apply_progress(&mut self, now: Instant, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Analyse { call, analysis } => {
+                    self.publish.media.analyse(call.0, Some(analysis));
+                }
+                Action::Attach { call, agent } => {
+                    if let Err(e) = self.attach_agent(call, agent) {
+                        tracing::warn!(call = %call, error = %e, "the agent could not be connected");
+                    }
+                }
+                Action::StopAgent { call } => self.publish.media.close(call.0 | ENDPOINT_BIT),
+                Action::Play { call, source } => self.publish.media.play(call.0, Some(*source)),
+                Action::End { call, cause } => {
+                    let _ = self.calls.end_with(now, &mut self.ep, call, cause);
+                }
+                Action::Event(event) => {
+                    let (kind, name, fields) = event.wire(now, crate::events::unix_ms());
+                    self.publish
+                        .events
+                        .emit(CoreEvent::Progress { kind, name, fields });
+                }
+            }
+        }
+    }
+
+    /// Writes the callee audio an analysis captured, off the core.
+    fn write_capture(&self, name: Arc<str>, samples: Arc<[i16]>) {
+        let Some(dir) = self.capture_dir.clone() else {
+            return;
+        };
+        let mut events = self.publish.events.clone();
+        let file: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path = dir.join(format!("{file}.wav"));
+        tokio::task::spawn_blocking(move || {
+            match std::fs::write(&path, crate::media::player::wav_bytes(&samples)) {
+                Ok(()) => events.emit(CoreEvent::Progress {
+                    kind: "call.amd",
+                    name,
+                    fields: serde_json::json!({"result": "capture", "file": path.display().to_string(),
+                        "ms": samples.len() / 8}),
+                }),
+                Err(e) => tracing::warn!(call = %name, error = %e, "captured audio not written"),
+            }
+        });
+    }
+
     /// A report from a media shard.
     pub(super) fn on_media(&mut self, now: Instant, event: MediaEvent) {
         let call = CallId(event.leg & !ENDPOINT_BIT);
         let endpoint = event.leg & ENDPOINT_BIT != 0;
+        match &event.kind {
+            MediaEventKind::Progress { report, .. } if !endpoint => {
+                let actions = self.progress.report(now, call, *report);
+                self.apply_progress(now, actions);
+                return;
+            }
+            MediaEventKind::ProgressCapture { samples } => {
+                self.write_capture(event.name.clone(), samples.clone());
+                return;
+            }
+            MediaEventKind::AgentStarted { .. } if endpoint => {
+                self.progress.agent_started(now, call);
+            }
+            MediaEventKind::PlayDone if !endpoint => {
+                let actions = self.progress.play_done(call);
+                self.apply_progress(now, actions);
+            }
+            _ => {}
+        }
         match &event.kind {
             MediaEventKind::AgentStarted { .. } => {
                 self.publish.sip.agent_streams_started_total.inc();
@@ -188,9 +266,7 @@ impl Core {
             }
             _ => {}
         }
-        self.publish
-            .events
-            .emit(crate::events::CoreEvent::Media(event));
+        self.publish.events.emit(CoreEvent::Media(event));
     }
 
     /// Attaches an external RTP endpoint to `call`: a leg of its own,

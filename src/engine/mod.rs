@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 mod calls;
 mod media;
+pub mod progress;
 pub use media::{Attached, RtpEndpoint};
 
 pub use calls::{CallAction, CallCommand, PlaceCall, PlaceError, Placed, direct_target};
@@ -275,6 +276,8 @@ impl SipCore {
             inbound_policy: settings.calls.inbound,
             default_srtp: calls::srtp_policy(settings.media.srtp),
             inbound_reject_code: settings.calls.inbound_reject_code,
+            progress: progress::Progress::default(),
+            capture_dir: settings.media.amd_capture_dir.clone(),
         };
         let task = tokio::spawn(core.run(inbound, rx, dns_rx, config.panic_after));
         Ok((SipCore { commands, locals }, task))
@@ -588,6 +591,10 @@ struct Core {
     default_srtp: crate::sdp::SrtpPolicy,
     /// The status the `reject` policy answers with.
     inbound_reject_code: u16,
+    /// Outbound calls' progress: analysis verdicts, abandon guard.
+    progress: progress::Progress,
+    /// Where captured callee audio is written (`media.amd_capture_dir`).
+    capture_dir: Option<std::path::PathBuf>,
 }
 
 /// The next media report, or never when media does not run.
@@ -618,6 +625,7 @@ impl Core {
                 self.ep.poll_timeout(),
                 self.accounts.poll_timeout(),
                 self.calls.poll_timeout(),
+                self.progress.poll_timeout(),
             ]
             .into_iter()
             .flatten()
@@ -666,6 +674,8 @@ impl Core {
                     self.ep.handle_timeout(now);
                     self.accounts.handle_timeout(now);
                     self.calls.handle_timeout(now, &mut self.ep);
+                    let actions = self.progress.handle_timeout(now);
+                    self.apply_progress(now, actions);
                     self.accounts_touched = true;
                 }
                 () = sleep_until(fault_at) => {

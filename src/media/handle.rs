@@ -308,6 +308,16 @@ impl Media {
         );
     }
 
+    /// Analyses what `leg`'s peer sends: early media's tones, or the
+    /// answer; `None` stops.
+    pub fn analyse(
+        &self,
+        leg: LegId,
+        analysis: Option<(crate::cpa::analyzer::AnalysisConfig, bool, u32)>,
+    ) {
+        self.send(leg, ShardCommand::Analyse { leg, analysis });
+    }
+
     /// Sends `digits` as telephone-events toward `leg`'s peer.
     pub fn dtmf(&self, leg: LegId, digits: &str, duration: Duration) {
         self.send(

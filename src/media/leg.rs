@@ -272,6 +272,8 @@ pub(super) struct Leg {
     /// The DTLS-SRTP association that keys `transform`, on a DTLS leg.
     pub dtls: Option<Box<DtlsSession>>,
     pub srtp_rejected: u64,
+    /// Call progress analysis of what the peer sends.
+    pub cpa: Option<Box<super::cpa_tap::Tap>>,
 }
 
 impl Leg {
@@ -308,6 +310,7 @@ impl Leg {
             transform: None,
             dtls: None,
             srtp_rejected: 0,
+            cpa: None,
         }
     }
 

@@ -63,6 +63,28 @@ pub struct Clip {
     samples: Arc<[i16]>,
 }
 
+/// A WAV file of `samples`: mono, 8,000 Hz, 16-bit PCM.
+pub fn wav_bytes(samples: &[i16]) -> Vec<u8> {
+    let data = u32::try_from(samples.len() * 2).unwrap_or(u32::MAX - 36);
+    let mut out = Vec::with_capacity(44 + samples.len() * 2);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&8000u32.to_le_bytes());
+    out.extend_from_slice(&16_000u32.to_le_bytes()); // bytes a second
+    out.extend_from_slice(&2u16.to_le_bytes()); // block align
+    out.extend_from_slice(&16u16.to_le_bytes()); // bits
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data.to_le_bytes());
+    for s in samples {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    out
+}
+
 impl Clip {
     /// Decodes a WAV file: RIFF/WAVE with its chunks in any order
     /// (unknown ones skipped, odd sizes padded), mono, 8,000 Hz, in 16-bit

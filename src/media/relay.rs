@@ -150,6 +150,20 @@ pub enum MediaEventKind {
         /// The port.
         port: u16,
     },
+    /// Call progress analysis of the leg's inbound audio reported.
+    #[serde(skip)]
+    Progress {
+        /// What.
+        report: crate::cpa::analyzer::Report,
+        /// Whether the analysis was of early media.
+        early: bool,
+    },
+    /// The audio an analysis captured for tuning (8 kHz linear).
+    #[serde(skip)]
+    ProgressCapture {
+        /// The samples.
+        samples: Arc<[i16]>,
+    },
     /// The leg closed; its totals.
     Closed {
         /// The totals.
@@ -309,6 +323,15 @@ impl Relay {
             p.peer = None;
         }
         self.free.push(slot);
+        if let Some(samples) = leg.cpa.as_mut().and_then(|t| t.take_capture()) {
+            self.events.push_back(MediaEvent {
+                leg: id,
+                name: leg.name.clone(),
+                kind: MediaEventKind::ProgressCapture {
+                    samples: samples.into(),
+                },
+            });
+        }
         if let Some((digit, units)) = leg.detector.flush() {
             self.events.push_back(MediaEvent {
                 leg: id,
@@ -562,6 +585,64 @@ impl Relay {
         Ok(())
     }
 
+    /// Starts call progress analysis of what `id`'s peer sends (early
+    /// media's when `answered` is false; an analysis running is replaced),
+    /// capturing its first `capture_ms` of audio; `None` stops it.
+    pub fn analyse(
+        &mut self,
+        now: Instant,
+        id: LegId,
+        analysis: Option<(crate::cpa::analyzer::AnalysisConfig, bool, u32)>,
+    ) -> Result<(), RelayError> {
+        let slot = self.slot(id).ok_or(RelayError::UnknownLeg(id))?;
+        let leg = self.leg_mut(slot).ok_or(RelayError::UnknownLeg(id))?;
+        let old = leg.cpa.take();
+        leg.cpa = analysis.map(|(config, answered, capture_ms)| {
+            Box::new(super::cpa_tap::Tap::new(now, config, answered, capture_ms))
+        });
+        if let Some(samples) = old.and_then(|mut t| t.take_capture()) {
+            self.report(
+                slot,
+                MediaEventKind::ProgressCapture {
+                    samples: samples.into(),
+                },
+            );
+        }
+        self.schedule(slot, now);
+        Ok(())
+    }
+
+    /// Reports what the leg's analysis found; a finished one is removed
+    /// (with its capture).
+    fn drain_tap(&mut self, slot: usize) {
+        let Some(tap) = self.leg_mut(slot).and_then(|l| l.cpa.as_mut()) else {
+            return;
+        };
+        let mut reports = Vec::new();
+        while let Some(r) = tap.poll_report() {
+            reports.push(r);
+        }
+        let mut capture = None;
+        let mut early = true;
+        if let Some(leg) = self.leg_mut(slot) {
+            early = leg.cpa.as_ref().is_some_and(|t| t.is_early());
+            if leg.cpa.as_ref().is_some_and(|t| t.is_done()) {
+                capture = leg.cpa.take().and_then(|mut t| t.take_capture());
+            }
+        }
+        for report in reports {
+            self.report(slot, MediaEventKind::Progress { report, early });
+        }
+        if let Some(samples) = capture {
+            self.report(
+                slot,
+                MediaEventKind::ProgressCapture {
+                    samples: samples.into(),
+                },
+            );
+        }
+    }
+
     /// The totals of `leg`.
     pub fn stats(&self, now: Instant, id: LegId) -> Option<LegStats> {
         self.slot(id)
@@ -767,7 +848,15 @@ impl Relay {
             // Audio again: an event whose end packets were all lost is over.
             leg.detector.flush()
         };
+        if !dtmf
+            && h.payload_type == spec.payload_type
+            && let (Some(tap), Some(law)) = (leg.cpa.as_mut(), spec.codec.law())
+        {
+            let payload = packet.get(h.payload_start..h.payload_end).unwrap_or(&[]);
+            tap.on_audio(h.timestamp, payload, law);
+        }
         let peer = leg.peer;
+        self.drain_tap(slot);
         if latched_now {
             self.report(slot, MediaEventKind::Latched { address: from });
         }
@@ -948,6 +1037,10 @@ impl Relay {
             }
         }
         let due = leg.gen_next.is_some_and(|at| at <= now);
+        if let Some(tap) = leg.cpa.as_mut() {
+            tap.on_tick(now);
+        }
+        self.drain_tap(slot);
         if let Some(kind) = report {
             self.report(slot, kind);
         }
@@ -1102,6 +1195,9 @@ impl Relay {
             if leg.gen_next.is_none() && leg.fillable() {
                 earliest(leg.out.at.unwrap_or(leg.started) + config.fill_after);
             }
+        }
+        if let Some(at) = leg.cpa.as_ref().and_then(|t| t.next_tick()) {
+            earliest(at);
         }
         let Some(mut at) = next else {
             return;

@@ -146,6 +146,14 @@ pub enum ShardCommand {
         /// The prompt or tone.
         source: Option<Box<Source>>,
     },
+    /// Analyse what the leg's peer sends (call progress); `None` stops.
+    Analyse {
+        /// The leg.
+        leg: LegId,
+        /// The rules, whether the call is answered, and the capture length
+        /// (ms).
+        analysis: Option<(crate::cpa::analyzer::AnalysisConfig, bool, u32)>,
+    },
     /// Send DTMF digits as telephone-events.
     Dtmf {
         /// The leg.
@@ -529,6 +537,12 @@ impl Shard {
                     return self.orphan(now, ShardCommand::Play { leg, source });
                 }
                 self.relay.play(now, leg, source.map(|s| *s))
+            }
+            ShardCommand::Analyse { leg, analysis } => {
+                if self.relay.slot(leg).is_none() {
+                    return self.orphan(now, ShardCommand::Analyse { leg, analysis });
+                }
+                self.relay.analyse(now, leg, analysis)
             }
             ShardCommand::Dtmf {
                 leg,
@@ -927,6 +941,7 @@ fn command_leg(command: &ShardCommand) -> Option<LegId> {
     match command {
         ShardCommand::Spec { leg, .. }
         | ShardCommand::Play { leg, .. }
+        | ShardCommand::Analyse { leg, .. }
         | ShardCommand::Dtmf { leg, .. }
         | ShardCommand::Close { leg } => Some(*leg),
         _ => None,

@@ -25,6 +25,21 @@ pub const MAX_QUEUE: usize = 8 * 60_000;
 /// Most bytes waiting to be written to an agent (about 10 s of media).
 pub const MAX_BACKLOG: usize = 512 * 1024;
 
+/// The prompt file `name` of the prompt directory, to be played once;
+/// the error names `field`.
+pub async fn prompt(
+    prompt_dir: Option<&std::path::Path>,
+    name: &str,
+    field: &str,
+) -> Result<Box<Source>, String> {
+    let dir = prompt_dir.ok_or_else(|| format!("{field}: no media.prompt_dir is configured"))?;
+    let bytes = tokio::fs::read(dir.join(name))
+        .await
+        .map_err(|e| format!("{field} {name:?}: {e}"))?;
+    let clip = Clip::from_wav(&bytes).map_err(|e| format!("{field} {name:?}: {e}"))?;
+    Ok(Box::new(Source::clip(clip, false)))
+}
+
 /// The stream for `media` on the call `call_name` of instance `instance`;
 /// the error is the message for the command's result.
 pub async fn agent_spec(
@@ -34,16 +49,7 @@ pub async fn agent_spec(
     prompt_dir: Option<&std::path::Path>,
 ) -> Result<AgentSpec, String> {
     let on_end_prompt = match &media.on_end_prompt {
-        Some(name) => {
-            let dir =
-                prompt_dir.ok_or("args.media.on_end_prompt: no media.prompt_dir is configured")?;
-            let bytes = tokio::fs::read(dir.join(name))
-                .await
-                .map_err(|e| format!("args.media.on_end_prompt {name:?}: {e}"))?;
-            let clip = Clip::from_wav(&bytes)
-                .map_err(|e| format!("args.media.on_end_prompt {name:?}: {e}"))?;
-            Some(Box::new(Source::clip(clip, false)))
-        }
+        Some(name) => Some(prompt(prompt_dir, name, "args.media.on_end_prompt").await?),
         None => None,
     };
     let url = media

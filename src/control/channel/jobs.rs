@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::agent;
+use super::{agent, progress};
 use crate::call::CallError;
 use crate::control::command::{CommandError, CommandKind, ErrorCode, MediaArgs, PlayArgs};
 use crate::control::machine::Job;
@@ -87,6 +87,10 @@ pub(super) async fn execute(
                 )),
                 None => None,
             };
+            let defaults = shared.progress.get().cloned().unwrap_or_default();
+            let plan = progress::plan(o, &defaults, shared.prompt_dir.get().map(|p| p.as_path()))
+                .await
+                .map_err(|e| fail(ErrorCode::BadField, e))?;
             let place = PlaceCall {
                 to: o.to.clone(),
                 account: Some(o.account.clone()),
@@ -112,6 +116,8 @@ pub(super) async fn execute(
                     .srtp
                     .as_deref()
                     .and_then(crate::sdp::SrtpPolicy::from_name),
+                campaign: progress::campaign(o, &defaults),
+                progress: plan,
             };
             match sip.place(place).await {
                 Ok(placed) => Ok(match placed.endpoint {
@@ -299,9 +305,11 @@ pub(super) fn call_error(kind: &CommandKind, e: CallError) -> CommandError {
         CallError::Unknown(_) | CallError::NotFound(_) => ErrorCode::CallEnded,
         CallError::WrongState { .. } | CallError::NoDialog(_) => ErrorCode::WrongState,
         CallError::Header(_) => ErrorCode::BadField,
-        CallError::Full(_) | CallError::AccountFull { .. } | CallError::Media(_) => {
-            ErrorCode::Capacity
-        }
+        CallError::Full(_)
+        | CallError::AccountFull { .. }
+        | CallError::CampaignFull { .. }
+        | CallError::Media(_) => ErrorCode::Capacity,
+        CallError::RingBelowFloor { .. } => ErrorCode::BadField,
         CallError::RateLimited(_) | CallError::AccountRateLimited { .. } => ErrorCode::RateLimited,
         CallError::NameInUse(_) => ErrorCode::CallIdInUse,
         CallError::Send(_) | CallError::NoKeySource | CallError::NoMedia => ErrorCode::Unavailable,

@@ -26,6 +26,7 @@ pub mod agent;
 mod connect;
 mod jobs;
 mod pipeline;
+pub mod progress;
 mod streams;
 
 use crate::events::{EventReceiver, unix_ms};

@@ -109,6 +109,20 @@ impl Machine {
                 ),
             },
             CoreEvent::Media(m) => self.media_event(at, m),
+            CoreEvent::Progress { kind, name, fields } => {
+                let mut fields = fields;
+                if let Some(m) = fields.as_object_mut() {
+                    m.insert("call_id".into(), serde_json::Value::from(&*name));
+                    if kind == "call.amd"
+                        && let Some(result) = m.get("result").and_then(|r| r.as_str())
+                        && matches!(result, "human" | "machine" | "unknown" | "fax" | "sit")
+                    {
+                        let verdict = vec![("amd", result.to_owned())];
+                        self.write_record(&name, verdict, Stage::Update);
+                    }
+                }
+                self.event(at, kind, fields);
+            }
         }
     }
 
