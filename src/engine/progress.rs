@@ -16,6 +16,9 @@ use crate::media::player::Source;
 /// How long past its limit an analysis may stay silent before it is
 /// treated as `unknown` (no audio path at all).
 const ANALYSIS_GRACE: Duration = Duration::from_secs(2);
+/// The guard acts this much before its limit, so the recording is heard
+/// within it (the shard's next frame, the network).
+const GUARD_MARGIN: Duration = Duration::from_millis(100);
 /// Longest prompt (safe-harbor recording, machine message) awaited.
 const PROMPT_LIMIT: Duration = Duration::from_secs(120);
 
@@ -558,7 +561,7 @@ impl Progress {
         }
         match &e.plan.guard {
             Some(guard) if e.connected_at.is_none() => {
-                let at = (greeting_end + guard.within).max(now);
+                let at = (greeting_end + guard.within.saturating_sub(GUARD_MARGIN)).max(now);
                 self.set_stage(call, Stage::Guarding, Some(at));
             }
             _ => self.set_stage(call, Stage::Settled, None),

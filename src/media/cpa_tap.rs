@@ -66,6 +66,15 @@ impl Tap {
         self.analyzer.is_done()
     }
 
+    /// Whether the analysis is done and its capture full: the tap can go.
+    pub fn is_finished(&self) -> bool {
+        self.is_done()
+            && self
+                .capture
+                .as_ref()
+                .is_none_or(|c| c.len() >= self.capture_limit)
+    }
+
     /// The next report.
     pub fn poll_report(&mut self) -> Option<Report> {
         self.analyzer.poll_report()
@@ -99,9 +108,6 @@ impl Tap {
         let skip = usize::try_from(self.fed.saturating_sub(position)).unwrap_or(usize::MAX);
         for &b in payload.iter().skip(skip) {
             self.sample(law.decode(b));
-            if self.is_done() {
-                return;
-            }
         }
     }
 
@@ -118,7 +124,7 @@ impl Tap {
 
     /// When silence is next due if nothing arrives.
     pub fn next_tick(&self) -> Option<Instant> {
-        if self.is_done() {
+        if self.is_finished() {
             return None;
         }
         let ahead = Duration::from_micros((self.fed + FRAME as u64) * 1_000_000 / RATE);
@@ -127,10 +133,10 @@ impl Tap {
 
     fn silence(&mut self, samples: u64) {
         for _ in 0..samples.min(MAX_GAP) {
-            self.sample(0);
-            if self.is_done() {
+            if self.is_finished() {
                 return;
             }
+            self.sample(0);
         }
         // Beyond a gap's limit the timeline moves on without analysing.
         self.fed += samples.saturating_sub(MAX_GAP);
@@ -142,6 +148,9 @@ impl Tap {
             && c.len() < self.capture_limit
         {
             c.push(s);
+        }
+        if self.analyzer.is_done() {
+            return;
         }
         self.partial.push(s);
         if self.partial.len() == FRAME {

@@ -626,7 +626,7 @@ impl Relay {
         let mut early = true;
         if let Some(leg) = self.leg_mut(slot) {
             early = leg.cpa.as_ref().is_some_and(|t| t.is_early());
-            if leg.cpa.as_ref().is_some_and(|t| t.is_done()) {
+            if leg.cpa.as_ref().is_some_and(|t| t.is_finished()) {
                 capture = leg.cpa.take().and_then(|mut t| t.take_capture());
             }
         }

@@ -449,6 +449,7 @@ class Agent:
         self.schema = SchemaCheck(args.schema) if args.schema else None
         self.conn_count = 0
         self.legacy = _new_serve is None or args.legacy_api
+        self.accept_delay = args.accept_delay_ms / 1000.0
 
     # -- request/close description (API differences) -----------------------------
 
@@ -503,7 +504,10 @@ class Agent:
             {"_refused": {"path": path, "peer": f"{peer[0]}:{peer[1]}" if peer else None, "status": 403}},
         )
 
-    def process_request_new(self, connection, request):
+    async def process_request_new(self, connection, request):
+        if self.accept_delay > 0:
+            # A slow agent: the upgrade is answered only after the delay.
+            await asyncio.sleep(self.accept_delay)
         if self.mode != "refuse":
             return None
         self._refused(request.path, connection.remote_address)
@@ -530,6 +534,8 @@ class Agent:
             agent = self
 
             async def process_request(path, request_headers):
+                if agent.accept_delay > 0:
+                    await asyncio.sleep(agent.accept_delay)
                 if agent.mode != "refuse":
                     return None
                 agent._refused(path, None)
@@ -572,6 +578,8 @@ def main() -> int:
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--log", help="JSON-lines log file ('-' = stderr); none by default")
     p.add_argument("--schema", help="JSON Schema to validate received JSON text messages against")
+    p.add_argument("--accept-delay-ms", type=int, default=0,
+                   help="answer each WebSocket upgrade only after this many ms (a slow agent)")
     p.add_argument("--tls-cert", help="PEM certificate (chain): serve wss://")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument("--legacy-api", action="store_true",

@@ -32,7 +32,7 @@ fn agent_python() -> Option<PathBuf> {
 }
 
 /// [`agent_python`], or `None` after saying the test is skipped.
-fn agent_python_or_skip() -> Option<PathBuf> {
+pub(crate) fn agent_python_or_skip() -> Option<PathBuf> {
     let python = agent_python();
     if python.is_none() {
         eprintln!(
@@ -113,7 +113,7 @@ fn share_at(samples: &[i32], hz: f64) -> f64 {
 }
 
 /// How many of `frames` (µ-law payloads) carry the tone of `hz`.
-fn count_toned(frames: &[Vec<u8>], hz: f64) -> usize {
+pub(crate) fn count_toned(frames: &[Vec<u8>], hz: f64) -> usize {
     frames
         .iter()
         .filter(|p| share_at(&p.iter().map(|&b| ulaw_decode(b)).collect::<Vec<_>>(), hz) > 0.8)
@@ -123,18 +123,18 @@ fn count_toned(frames: &[Vec<u8>], hz: f64) -> usize {
 /// A dialerd (instance `a`, account `acct-a`, inbound calls ringing, RTP
 /// ports from `rtp_base`) registered with a SIPp PBX whose callee answers
 /// with PCMU at `phone`, the test's own UDP socket.
-struct Rig {
-    redis: RedisServer,
-    phone: UdpSocket,
-    pbx: crate::support::sipp::SippRun,
-    d: crate::support::daemon::Daemon,
-    events: Events,
+pub(crate) struct Rig {
+    pub(crate) redis: RedisServer,
+    pub(crate) phone: UdpSocket,
+    pub(crate) pbx: crate::support::sipp::SippRun,
+    pub(crate) d: crate::support::daemon::Daemon,
+    pub(crate) events: Events,
     /// A URI the PBX answers.
-    to: String,
+    pub(crate) to: String,
 }
 
 impl Rig {
-    fn start(dir: &Scratch, extra_toml: &str, rtp_base: u16) -> Rig {
+    pub(crate) fn start(dir: &Scratch, extra_toml: &str, rtp_base: u16) -> Rig {
         let redis = RedisServer::start(&[]);
         let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
         let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
@@ -181,7 +181,7 @@ fn play_and_listen(phone: &UdpSocket, to: std::net::SocketAddr, seconds: u64) ->
 }
 
 /// Waits for `call`'s `call.ended`; returns it.
-fn ended(events: &mut Events, call: &str, within: Duration) -> Value {
+pub(crate) fn ended(events: &mut Events, call: &str, within: Duration) -> Value {
     seen_or_until(events, within, |e| {
         e["type"] == "call.ended" && e["call_id"] == call
     })
@@ -189,7 +189,11 @@ fn ended(events: &mut Events, call: &str, within: Duration) -> Value {
 
 /// The first event matching `matches`, whether it was read already (while
 /// waiting for another) or comes `within`.
-fn seen_or_until(events: &mut Events, within: Duration, matches: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn seen_or_until(
+    events: &mut Events,
+    within: Duration,
+    matches: impl Fn(&Value) -> bool,
+) -> Value {
     match events.all.iter().find(|e| matches(e)) {
         Some(e) => e.clone(),
         None => events.until(within, matches),
@@ -462,20 +466,37 @@ fn agent_caller_scenario(
 /// The Python test agent (`tests/agent/test_agent.py`) in one `mode`,
 /// logging every message it receives (one JSON line each, `_t` its arrival
 /// in Unix ms) and checking them against the Twilio schema.
-struct TestAgent {
+pub(crate) struct TestAgent {
     child: Child,
     port: u16,
     log: PathBuf,
 }
 
 impl TestAgent {
-    fn start(python: &PathBuf, mode: &str, dir: &Scratch) -> TestAgent {
+    pub(crate) fn start(python: &PathBuf, mode: &str, dir: &Scratch) -> TestAgent {
         Self::start_with(python, mode, dir, true)
     }
 
     /// `schema`: check what it receives against Twilio's schema.
     fn start_with(python: &PathBuf, mode: &str, dir: &Scratch, schema: bool) -> TestAgent {
         Self::start_tls(python, mode, dir, schema, None)
+    }
+
+    /// An agent that answers each WebSocket upgrade only after `delay_ms`.
+    pub(crate) fn start_slow(
+        python: &PathBuf,
+        mode: &str,
+        dir: &Scratch,
+        delay_ms: u64,
+    ) -> TestAgent {
+        Self::start_args(
+            python,
+            mode,
+            dir,
+            true,
+            None,
+            &["--accept-delay-ms", &delay_ms.to_string()],
+        )
     }
 
     /// Over TLS with `tls` (certificate and key PEM files), if given.
@@ -486,13 +507,27 @@ impl TestAgent {
         schema: bool,
         tls: Option<(&PathBuf, &PathBuf)>,
     ) -> TestAgent {
-        let log = dir
-            .path()
-            .join(format!("agent-{mode}-{schema}-{}.jsonl", tls.is_some()));
+        Self::start_args(python, mode, dir, schema, tls, &[])
+    }
+
+    fn start_args(
+        python: &PathBuf,
+        mode: &str,
+        dir: &Scratch,
+        schema: bool,
+        tls: Option<(&PathBuf, &PathBuf)>,
+        extra: &[&str],
+    ) -> TestAgent {
+        let log = dir.path().join(format!(
+            "agent-{mode}-{schema}-{}-{}.jsonl",
+            tls.is_some(),
+            extra.join("")
+        ));
         let mut command = Command::new(python);
         command
             .arg(repo_root().join("tests/agent/test_agent.py"))
             .args(["--host", "127.0.0.1", "--port", "0", "--mode", mode])
+            .args(extra)
             .arg("--log")
             .arg(&log);
         if let Some((cert, key)) = tls {
@@ -521,12 +556,12 @@ impl TestAgent {
         TestAgent { child, port, log }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("ws://127.0.0.1:{}/media", self.port)
     }
 
     /// Every line logged so far.
-    fn lines(&self) -> Vec<Value> {
+    pub(crate) fn lines(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
@@ -535,7 +570,7 @@ impl TestAgent {
     }
 
     /// The Twilio messages received (not the agent's own notes).
-    fn messages(&self) -> Vec<Value> {
+    pub(crate) fn messages(&self) -> Vec<Value> {
         self.lines()
             .into_iter()
             .filter(|m| m.get("event").is_some())
