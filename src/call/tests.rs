@@ -631,6 +631,55 @@ fn new_calls_beyond_the_rate_are_refused_and_the_bucket_refills() {
 }
 
 #[test]
+fn a_campaign_at_its_limit_and_a_ring_below_the_floor_are_refused() {
+    let mut net = Net::new(27, Wire::perfect(), InboundAction::Ring);
+    net.a.config.min_ring = Duration::from_secs(15);
+    let campaign = |tag: &str| super::Campaign {
+        tag: tag.into(),
+        max_calls: 2,
+    };
+    let origin = |c: Option<super::Campaign>, ring: Option<Duration>| Originate {
+        campaign: c,
+        ring_timeout: ring,
+        ..net.origin()
+    };
+    let (first, second, third, other, short, floor) = (
+        origin(Some(campaign("spring")), None),
+        origin(Some(campaign("spring")), Some(Duration::from_secs(20))),
+        origin(Some(campaign("spring")), None),
+        origin(Some(campaign("autumn")), None),
+        origin(None, Some(Duration::from_secs(10))),
+        origin(None, Some(Duration::from_secs(15))),
+    );
+    let now = net.pair.now;
+    let ep = &mut net.pair.a.ep;
+    let a = net.a.originate(now, ep, first).unwrap();
+    assert!(net.a.originate(now, ep, second).is_ok());
+    assert_eq!(
+        net.a.originate(now, ep, third.clone()),
+        Err(CallError::CampaignFull {
+            campaign: "spring".into(),
+            max: 2
+        })
+    );
+    assert!(net.a.originate(now, ep, other).is_ok(), "another campaign");
+    assert_eq!(
+        net.a.originate(now, ep, short),
+        Err(CallError::RingBelowFloor {
+            asked_secs: 10,
+            floor_secs: 15
+        })
+    );
+    assert!(net.a.originate(now, ep, floor).is_ok());
+    // A call of the campaign ends: room for one more (counted from the
+    // table, not by hand).
+    net.a.hangup(now, ep, a).unwrap();
+    net.run_for(Duration::from_secs(40));
+    let now = net.pair.now;
+    assert!(net.a.originate(now, &mut net.pair.a.ep, third).is_ok());
+}
+
+#[test]
 fn the_same_invite_by_another_path_gets_482() {
     let mut net = Net::new(18, Wire::perfect(), InboundAction::Ring);
     let _call = net.originate();
