@@ -112,7 +112,8 @@ impl ErrorCode {
     }
 }
 
-const ALL_CODES: [ErrorCode; 21] = [
+const ALL_CODES: [ErrorCode; 22] = [
+    ErrorCode::CampaignGated,
     ErrorCode::BadJson,
     ErrorCode::BadVersion,
     ErrorCode::MissingField,
@@ -245,7 +246,7 @@ pub struct OriginateArgs {
 
 /// Answering-machine detection for an `originate` (every timing overrides
 /// its default; see docs/control-channel.md).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmdArgs {
     /// `off`, `async` (default: the agent or bridge is connected at once)

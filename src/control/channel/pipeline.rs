@@ -27,7 +27,10 @@ pub(super) fn reply_of(v: RedisValue) -> Reply {
         RedisValue::Array(items) | RedisValue::Set(items) => {
             Reply::List(items.iter().filter_map(string).collect())
         }
-        other => string(&other).map_or(Reply::Nil, Reply::Text),
+        other => string(&other).map_or_else(
+            || Reply::Error(format!("an unexpected reply: {other:?}")),
+            Reply::Text,
+        ),
     }
 }
 
@@ -149,11 +152,15 @@ pub(super) fn fly(mut conn: MultiplexedConnection, batch: Vec<Op>) -> Flight {
             .query_async::<Vec<RedisValue>>(&mut conn)
             .await
             .map_err(describe)
-            .map(|values| {
+            .and_then(|values| {
+                // A reply missing from the pipeline fails the batch (it is
+                // sent again), never reads as a nil: a nil can mean "no
+                // flag", an open gate.
                 firsts
                     .iter()
-                    .map(|&i| values.get(i).cloned().unwrap_or(RedisValue::Nil))
-                    .collect()
+                    .map(|&i| values.get(i).cloned())
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| "a short pipeline reply".to_owned())
             });
         (batch, result)
     })

@@ -100,6 +100,12 @@ impl MachineConfig {
         self.key(&format!("call:{call}"))
     }
 
+    /// The flag that closes `campaign`'s gate: while it holds any value,
+    /// its originates are refused `campaign_gated`.
+    pub fn gate_key(&self, campaign: &str) -> String {
+        self.key(&format!("campaign:{campaign}:gated"))
+    }
+
     /// The key that says which instance has `account`.
     pub fn account_key(&self, account: &str) -> String {
         self.key(&format!("account:{account}"))

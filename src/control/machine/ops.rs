@@ -132,6 +132,7 @@ pub(super) enum Step {
     Owner,
     Claim,
     Check,
+    Gate,
     Destination,
     DestinationHolder,
     Record,

@@ -1,5 +1,5 @@
-//! The steps of an `originate` before its INVITE: the destination window,
-//! then the call record and the live set, then the job.
+//! The steps of an `originate` before its INVITE: its campaign's gate, the
+//! destination window, then the call record and the live set, then the job.
 
 use serde_json::{Value, json};
 
@@ -10,6 +10,61 @@ use crate::control::command::{CommandKind, ErrorCode};
 use crate::control::record;
 
 impl Machine {
+    /// The campaign's gate flag: absent, the originate goes on; set, it is
+    /// refused; unreadable (an error reply), it is refused too (fail
+    /// closed). A refusal leaves no record and no destination key.
+    pub(super) fn on_gate(&mut self, now_ms: u64, token: u64, reply: &Reply) {
+        if *reply == Reply::Nil {
+            self.check_destination(token);
+            return;
+        }
+        let Some(p) = self.pending.get(&token) else {
+            return;
+        };
+        let campaign = match &p.command.kind {
+            CommandKind::Originate(o) => o.campaign.clone().unwrap_or_default(),
+            _ => String::new(),
+        };
+        let message = match reply {
+            Reply::Error(e) => {
+                tracing::warn!(
+                    campaign = %campaign,
+                    command = %p.command.id,
+                    error = %e,
+                    "campaign gate unreadable; originate refused (fail closed)"
+                );
+                format!(
+                    "the gate of campaign {campaign:?} could not be read; refused (fail closed)"
+                )
+            }
+            _ => format!(
+                "campaign {campaign:?} is gated (its flag {} is set)",
+                self.cfg.gate_key(&campaign)
+            ),
+        };
+        let e = error_of(&p.command, ErrorCode::CampaignGated, &message);
+        self.finish(now_ms, token, Err(e));
+    }
+
+    /// The destination window (unless off or forced), then the record.
+    pub(super) fn check_destination(&mut self, token: u64) {
+        let Some(p) = self.pending.get_mut(&token) else {
+            return;
+        };
+        let CommandKind::Originate(o) = &p.command.kind else {
+            return;
+        };
+        if self.cfg.destination_window_ms == 0 || o.force {
+            self.create_record(token);
+            return;
+        }
+        let key = self.cfg.key(&format!("dest:{}", o.to));
+        let value = p.call_id.clone().unwrap_or_else(|| p.command.id.clone());
+        p.destination = Some(key.clone());
+        let ms = self.cfg.destination_window_ms;
+        self.ask(token, Step::Destination, RedisOp::SetNx { key, value, ms });
+    }
+
     pub(super) fn on_destination(&mut self, now_ms: u64, token: u64, reply: &Reply) {
         match reply {
             Reply::Nil => {

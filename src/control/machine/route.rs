@@ -159,6 +159,7 @@ impl Machine {
             }
             Step::Claim => self.on_claim(now_ms, token, &reply),
             Step::Check => self.on_check(now_ms, token, text(&reply)),
+            Step::Gate => self.on_gate(now_ms, token, &reply),
             Step::Destination => self.on_destination(now_ms, token, &reply),
             Step::DestinationHolder => self.on_destination_holder(now_ms, token, &reply),
             Step::Record => self.on_record(now_ms, token, &reply),
@@ -346,23 +347,11 @@ impl Machine {
         };
         self.running.insert(p.command.id.clone(), token);
         if let CommandKind::Originate(o) = &p.command.kind {
-            let call_id = o.call_id.clone().unwrap_or_else(|| p.command.id.clone());
-            p.call_id = Some(call_id.clone());
-            if self.cfg.destination_window_ms > 0 && !o.force {
-                let key = self.cfg.key(&format!("dest:{}", o.to));
-                p.destination = Some(key.clone());
-                let ms = self.cfg.destination_window_ms;
-                self.ask(
-                    token,
-                    Step::Destination,
-                    RedisOp::SetNx {
-                        key,
-                        value: call_id,
-                        ms,
-                    },
-                );
-            } else {
-                self.create_record(token);
+            p.call_id = Some(o.call_id.clone().unwrap_or_else(|| p.command.id.clone()));
+            // A campaign's gate first: a closed one leaves nothing behind.
+            match o.campaign.as_deref().map(|c| self.cfg.gate_key(c)) {
+                Some(key) => self.ask(token, Step::Gate, RedisOp::Get { key }),
+                None => self.check_destination(token),
             }
             return;
         }

@@ -561,6 +561,7 @@ fn call_event(name: &str, state: CallState, ended: Option<Ended>, elapsed_ms: u6
             state,
             code: ended.and_then(|e| e.code),
             ended,
+            disposition: None,
             account: Some("acc-a".into()),
             elapsed_ms,
         }),
@@ -1658,6 +1659,255 @@ fn originate_without_destination_window_sets_no_destination_key() {
     }
     assert_eq!(ids(&settle(&mut a, &mut r)), ["o1", "o2"]);
     assert!(r.string("dialer:dest:sip:1@pbx").is_none());
+}
+
+// 8b. Campaign gate: read after the claim, before the destination window.
+
+const GATE: &str = "dialer:campaign:c1:gated";
+
+/// The GETs of campaign gate flags run so far.
+fn gate_reads(r: &Fake) -> usize {
+    r.log
+        .iter()
+        .filter(|op| matches!(op, RedisOp::Get { key } if key.contains(":campaign:")))
+        .count()
+}
+
+/// Asserts that the refused originate `id` to `to` left nothing behind.
+fn assert_nothing_left(a: &Machine, r: &Fake, id: &str, to: &str) {
+    assert!(r.hash(&format!("dialer:call:{id}")).is_empty(), "no record");
+    assert!(!r.members("dialer:a:calls").contains(id), "not live");
+    assert!(
+        r.string(&format!("dialer:dest:{to}")).is_none(),
+        "no destination key"
+    );
+    assert!(
+        !r.log.iter().any(|op| matches!(op, RedisOp::HSetNx { .. })),
+        "no record write was even tried"
+    );
+    assert_eq!(a.in_flight(), 0);
+}
+
+#[test]
+fn originate_of_an_open_campaign_reads_its_gate_then_is_placed() {
+    let mut r = Fake::new();
+    let mut a = machine_a();
+    a.receive(
+        r.now,
+        Source::Instance,
+        &originate("o1", "acc-a", "sip:1@pbx", json!({"campaign": "c1"})),
+        None,
+    );
+    let job = drive_until_job(&mut a, &mut r);
+    assert_eq!(job.command.id, "o1");
+    assert_eq!(gate_reads(&r), 1);
+    // Claim, then the gate, then the destination window, then the record.
+    let claim = r.position(|op| matches!(op, RedisOp::SetNx { key, .. } if key == "dialer:cmd:o1"));
+    let gate = r.position(|op| matches!(op, RedisOp::Get { key } if key == GATE));
+    let dest =
+        r.position(|op| matches!(op, RedisOp::SetNx { key, .. } if key == "dialer:dest:sip:1@pbx"));
+    let record = r.position(|op| matches!(op, RedisOp::HSetNx { .. }));
+    assert!(claim < gate && gate < dest && dest < record, "{:#?}", r.log);
+    assert_eq!(r.string("dialer:dest:sip:1@pbx").as_deref(), Some("o1"));
+    assert_eq!(
+        r.hash("dialer:call:o1").get("state").map(String::as_str),
+        Some("created")
+    );
+    a.completed(r.now, job.token, success(&job.command));
+    drive(&mut a, &mut r);
+    assert_eq!(r.result("o1").1["ok"], true);
+}
+
+#[test]
+fn originate_of_a_gated_campaign_is_refused_campaign_gated_and_leaves_nothing() {
+    let mut r = Fake::new();
+    let mut a = machine_a();
+    r.seed_string(GATE, "1");
+    a.receive(
+        r.now,
+        Source::Instance,
+        &cmd(
+            "o1",
+            "originate",
+            json!({"account": "acc-a", "to": "sip:1@pbx", "campaign": "c1"}),
+            json!({"reply_to": "dialer:reply:x"}),
+        ),
+        None,
+    );
+    assert!(settle(&mut a, &mut r).is_empty(), "no job");
+    let (channel, result) = r.result("o1");
+    assert_eq!(channel, "dialer:reply:x");
+    assert_eq!(error_code(&result), "campaign_gated");
+    assert_eq!(result["error"]["retryable"], false);
+    let message = result["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("\"c1\"") && message.contains(GATE),
+        "{message}"
+    );
+    // The result is stored under the id (a repeat is not run).
+    assert!(
+        r.string("dialer:cmd:o1")
+            .is_some_and(|s| s.contains("campaign_gated"))
+    );
+    assert_nothing_left(&a, &r, "o1", "sip:1@pbx");
+    assert!(r.events_of("call.created").is_empty());
+
+    // Once the flag is gone, a new command to the same destination is
+    // placed: the refusal held no destination key.
+    r.remove(GATE);
+    a.receive(
+        r.now,
+        Source::Instance,
+        &originate("o2", "acc-a", "sip:1@pbx", json!({"campaign": "c1"})),
+        None,
+    );
+    assert_eq!(ids(&settle(&mut a, &mut r)), ["o2"]);
+    assert_eq!(r.result("o2").1["ok"], true);
+}
+
+#[test]
+fn originate_whose_gate_cannot_be_read_is_refused_fail_closed() {
+    let mut r = Fake::new();
+    let mut a = machine_a();
+    // A hash under the flag's key: GET answers WRONGTYPE.
+    r.seed_hash(GATE, &[("a", "b")]);
+    a.receive(
+        r.now,
+        Source::Instance,
+        &originate("o1", "acc-a", "sip:1@pbx", json!({"campaign": "c1"})),
+        None,
+    );
+    assert!(settle(&mut a, &mut r).is_empty(), "no job");
+    let (_, result) = r.result("o1");
+    assert_eq!(error_code(&result), "campaign_gated");
+    let message = result["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("fail closed"), "{message}");
+    assert_nothing_left(&a, &r, "o1", "sip:1@pbx");
+
+    // Any error reply (here from a stream, which is answered and acked,
+    // not retried): refused the same way.
+    let mut r = Fake::new();
+    let mut a = machine_a();
+    a.receive(
+        r.now,
+        stream_source("dialer:a:cmdq", "1-0", false),
+        &originate("o2", "acc-a", "sip:2@pbx", json!({"campaign": "c1"})),
+        Some(r.now),
+    );
+    let mut jobs = 0;
+    loop {
+        let batch = a.take_batch(512);
+        if batch.is_empty() {
+            break;
+        }
+        for op in &batch {
+            let reply = match &op.op {
+                RedisOp::Get { key } if key == GATE => {
+                    Reply::Error("NOAUTH Authentication required.".into())
+                }
+                other => r.apply(other),
+            };
+            a.on_reply(r.now, op, reply);
+        }
+        jobs += std::iter::from_fn(|| a.poll_job()).count();
+    }
+    assert_eq!(jobs, 0);
+    let (_, result) = r.result("o2");
+    assert_eq!(error_code(&result), "campaign_gated");
+    assert!(r.acked("dialer:a:cmdq", "1-0"));
+    assert_nothing_left(&a, &r, "o2", "sip:2@pbx");
+}
+
+#[test]
+fn originate_without_a_campaign_reads_no_gate() {
+    let mut r = Fake::new();
+    let mut a = machine_a();
+    r.seed_string(GATE, "1");
+    a.receive(
+        r.now,
+        Source::Instance,
+        &originate("o1", "acc-a", "sip:1@pbx", json!({})),
+        None,
+    );
+    assert_eq!(ids(&settle(&mut a, &mut r)), ["o1"]);
+    assert_eq!(r.result("o1").1["ok"], true);
+    assert_eq!(gate_reads(&r), 0);
+    assert!(
+        !r.log.iter().any(|op| matches!(op, RedisOp::Get { .. })),
+        "{:#?}",
+        r.log
+    );
+}
+
+#[test]
+fn gate_read_lost_with_the_connection_is_sent_again_and_decides_then() {
+    let mut r = Fake::new();
+    let mut a = machine_a();
+    a.receive(
+        r.now,
+        Source::Instance,
+        &originate("o1", "acc-a", "sip:1@pbx", json!({"campaign": "c1"})),
+        None,
+    );
+    assert!(step(&mut a, &mut r), "the claim");
+    // The batch with the gate's GET goes with the connection: the shell
+    // puts it back; meanwhile the campaign is gated.
+    let batch = a.take_batch(512);
+    assert!(
+        batch
+            .iter()
+            .any(|op| matches!(&op.op, RedisOp::Get { key } if key == GATE) && op.waits()),
+        "{batch:#?}"
+    );
+    a.requeue(batch);
+    r.seed_string(GATE, "1");
+    assert!(r.results_for("o1").is_empty(), "not answered while away");
+    assert_eq!(a.in_flight(), 1, "still waiting for the gate");
+    a.connected(r.now, 1, 500);
+    assert!(settle(&mut a, &mut r).is_empty(), "no job");
+    assert_eq!(error_code(&r.result("o1").1), "campaign_gated");
+    assert_nothing_left(&a, &r, "o1", "sip:1@pbx");
+}
+
+#[test]
+fn shared_stream_originate_keeps_its_campaign_when_forwarded_and_is_gated_at_the_owner() {
+    let mut r = Fake::new();
+    let mut a = machine_a();
+    let mut b = machine_b();
+    a.heartbeat("{}".into(), 15_000);
+    drive(&mut a, &mut r);
+    let payload = originate(
+        "o1",
+        "acc-a",
+        "sip:1@pbx",
+        json!({"campaign": "c1", "campaign_max_calls": 3, "srtp": "optional"}),
+    );
+    b.receive(
+        r.now,
+        stream_source("dialer:cmdq", "1-0", true),
+        &payload,
+        Some(r.now),
+    );
+    assert!(settle(&mut b, &mut r).is_empty());
+    assert_eq!(gate_reads(&r), 0, "read by the owner, not the forwarder");
+    let forwarded = r.stream("dialer:a:cmdq");
+    assert_eq!(forwarded.len(), 1);
+    let original = command::parse(&payload, "dialer").expect("original");
+    let copy = command::parse(forwarded[0].payload.as_bytes(), "dialer").expect("forwarded");
+    // The copy also carries the entry's deadline as not_after.
+    assert_eq!(copy.kind, original.kind);
+
+    r.seed_string(GATE, "1");
+    let entry = forwarded[0].id.clone();
+    a.receive(
+        r.now,
+        stream_source("dialer:a:cmdq", &entry, false),
+        forwarded[0].payload.as_bytes(),
+        Some(r.now),
+    );
+    assert!(settle(&mut a, &mut r).is_empty());
+    assert_eq!(error_code(&r.result("o1").1), "campaign_gated");
+    assert!(r.acked("dialer:a:cmdq", &entry));
 }
 
 // 9. Streams: ack after the stored result; ids claimed elsewhere.

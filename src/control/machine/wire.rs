@@ -58,6 +58,24 @@ pub(super) fn envelope(command: &Command) -> Value {
                     ("display", opt(&o.display)),
                     ("call_id", opt(&o.call_id)),
                     ("bridge_to", opt(&o.bridge_to)),
+                    ("srtp", opt(&o.srtp)),
+                    ("campaign", opt(&o.campaign)),
+                    ("safe_harbor", opt(&o.safe_harbor)),
+                    (
+                        "abandon_ms",
+                        o.abandon_ms.map_or(Value::Null, Value::from),
+                    ),
+                    (
+                        "amd",
+                        o.amd
+                            .as_ref()
+                            .and_then(|a| serde_json::to_value(a).ok())
+                            .unwrap_or(Value::Null),
+                    ),
+                    (
+                        "campaign_max_calls",
+                        o.campaign_max_calls.map_or(Value::Null, Value::from),
+                    ),
                     (
                         "ring_timeout_secs",
                         o.ring_timeout_secs.map_or(Value::Null, Value::from),
