@@ -185,6 +185,25 @@ enum CtlAction {
         /// SRTP for this call (default: the account's).
         #[arg(long, value_parser = ["off", "optional", "required", "dtls"])]
         srtp: Option<String>,
+        /// Answering-machine detection: async (the agent at once, the
+        /// verdict as a call.amd event) or sync (the agent only after a
+        /// person answers).
+        #[arg(long, value_parser = ["off", "async", "sync"])]
+        amd: Option<String>,
+        /// What to do when a machine answers: hangup, prompt (leave
+        /// --machine-prompt after its greeting) or bridge.
+        #[arg(long, requires = "amd", value_parser = ["hangup", "prompt", "bridge"])]
+        on_machine: Option<String>,
+        /// The message left on a machine (a WAV in media.prompt_dir).
+        #[arg(long, requires = "amd")]
+        machine_prompt: Option<String>,
+        /// The campaign the call belongs to (its Redis gate and limit).
+        #[arg(long)]
+        campaign: Option<String>,
+        /// The abandon guard's safe-harbor recording (a WAV in
+        /// media.prompt_dir), played when the agent is late for a person.
+        #[arg(long)]
+        safe_harbor: Option<String>,
     },
     /// Hang a call up.
     Hangup {
@@ -308,6 +327,11 @@ impl CtlAction {
                 media_codec,
                 agent,
                 srtp,
+                amd,
+                on_machine,
+                machine_prompt,
+                campaign,
+                safe_harbor,
             } => {
                 let mut h = serde_json::Map::new();
                 for header in headers {
@@ -331,6 +355,14 @@ impl CtlAction {
                     ("media", media.map(|m| media_args(m, media_codec))),
                     ("media", agent.as_ref().map(|url| agent_args(url))),
                     ("srtp", srtp.as_ref().map(|v| json!(v))),
+                    (
+                        "amd",
+                        amd.as_ref().map(|mode| {
+                            json!({"mode": mode, "on_machine": on_machine, "machine_prompt": machine_prompt})
+                        }),
+                    ),
+                    ("campaign", campaign.as_ref().map(|v| json!(v))),
+                    ("safe_harbor", safe_harbor.as_ref().map(|v| json!(v))),
                 ] {
                     if let Some(v) = v {
                         args.insert(k.into(), v);
