@@ -35,7 +35,7 @@ enum Command {
     Probe(ProbeArgs),
     /// Send a command over the Redis control channel and print its result
     /// (exit 0 when ok, 1 on an error result or no result in time).
-    Ctl(CtlArgs),
+    Ctl(Box<CtlArgs>),
     /// Place one test call: originate, wait for the answer, hold, hang up,
     /// and print the outcome as JSON (exit 0 when answered).
     Call(CallArgs),
