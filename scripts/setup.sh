@@ -32,6 +32,8 @@ kamailio_tls_present || need+=(kamailio-tls-modules)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v baresip >/dev/null 2>&1 || need+=(baresip)
+command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+command -v sox >/dev/null 2>&1 || need+=(sox)
 
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}" >&2

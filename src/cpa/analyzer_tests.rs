@@ -91,12 +91,17 @@ fn a_beep_right_after_a_short_greeting_is_a_machine_at_once() {
     assert_eq!(outcome, Outcome::Machine, "{r:?}");
     assert!(at <= 1200, "at {at} ms");
     assert_eq!(end, Some(700));
-    assert!(matches!(machine_end(&r), Some((MachineEnd::Beep { .. }, _))));
+    assert!(matches!(
+        machine_end(&r),
+        Some((MachineEnd::Beep { .. }, _))
+    ));
 }
 
 #[test]
 fn fax_and_sit_decide_at_once() {
-    let fax = Signal::new(50.0).tones(&[(2100.0, LOUD)], 2500).silence(500);
+    let fax = Signal::new(50.0)
+        .tones(&[(2100.0, LOUD)], 2500)
+        .silence(500);
     assert_eq!(verdict(&reports(&fax)).map(|v| v.0), Some(Outcome::Fax));
     let sit = Signal::new(50.0)
         .tones(&[(913.8, LOUD)], 274)

@@ -67,7 +67,11 @@ impl Signal {
     pub fn frames(&self) -> Vec<Vec<i16>> {
         self.samples
             .chunks(160)
-            .map(|f| f.iter().map(|&x| x.clamp(-32768.0, 32767.0) as i16).collect())
+            .map(|f| {
+                f.iter()
+                    .map(|&x| x.clamp(-32768.0, 32767.0) as i16)
+                    .collect()
+            })
             .collect()
     }
 }

@@ -11,10 +11,15 @@
 //! Hz) are checked with filters at their exact frequencies and never count
 //! as single tones. Runs of single-tone frames at one frequency become
 //! events when they end: a voicemail beep (one tone held at least
-//! `min_beep`), a fax CED (2,100 Hz held about a second or more), a fax CNG
+//! `min_beep`, steady in frequency and level as a machine's tone is and a
+//! held vowel is not), a fax CED (2,100 Hz held about a second or more), a fax CNG
 //! burst (1,100 Hz for about half a second), and a special information tone
 //! (SIT: three tones in the 914-986, 1,371-1,429 and 1,777 Hz bands in a
 //! row, ITU-T E.180 / ATIS-0300020).
+//!
+//! Up to two silent frames inside a tone (lost packets, which the caller
+//! feeds as silence) do not cut it: the run goes on if the same tone
+//! follows, the lost frames counted in its length.
 //!
 //! Nothing here knows RTP or time beyond the frame count: the caller decodes
 //! G.711, feeds frames in order and treats a lost packet as a frame of
@@ -26,6 +31,15 @@ use std::f64::consts::PI;
 pub const FRAME: usize = 160;
 /// Milliseconds per frame.
 const FRAME_MS: u32 = 20;
+/// Silent frames (lost packets) a tone may span.
+const MAX_LOST: u32 = 2;
+/// A beep's frequency and power hold within these inside it (Hz, and a
+/// ratio: 1.8 dB). Beeps in the corpus of tests/integration/amd_corpus.rs
+/// (sine tones under noise 20 dB down, through G.711) hold within 1.1 Hz
+/// and 0.4 dB; the held vowels of a high synthetic voice that otherwise
+/// pass for beeps drift 7 to 40 Hz and 3.6 to 10 dB.
+const MAX_SPREAD_HZ: f64 = 8.0;
+const MAX_POWER_RATIO: f64 = 1.5;
 /// Lowest and highest bin, Hz, and their spacing.
 const LOW_HZ: f64 = 300.0;
 const HIGH_HZ: f64 = 2100.0;
@@ -86,7 +100,7 @@ impl Default for ToneConfig {
             silence_power: 3_000.0,
             tone_share: 0.7,
             max_drift_hz: 20.0,
-            min_beep_ms: 160,
+            min_beep_ms: 140,
         }
     }
 }
@@ -117,9 +131,63 @@ struct Run {
     frames: u32,
     hz_sum: f64,
     last_hz: f64,
+    /// Silent frames since the tone was last heard: lost frames if it
+    /// follows, its end otherwise.
+    gap: u32,
+    /// The last frame's power (it is inside the tone once another follows).
+    last_power: f64,
+    /// The lowest and highest frequency and power of the frames inside the
+    /// tone (all but its first and last, which may hold only part of it).
+    inner_hz: (f64, f64),
+    inner_power: (f64, f64),
 }
 
 impl Run {
+    fn new(start_ms: u32, hz: f64, power: f64) -> Run {
+        Run {
+            start_ms,
+            frames: 1,
+            hz_sum: hz,
+            last_hz: hz,
+            gap: 0,
+            last_power: power,
+            inner_hz: (f64::INFINITY, f64::NEG_INFINITY),
+            inner_power: (f64::INFINITY, f64::NEG_INFINITY),
+        }
+    }
+
+    /// The next frame of the tone (after the lost frames counted in `gap`).
+    fn push(&mut self, hz: f64, power: f64) {
+        if self.frames >= 2 {
+            // The frame before this one is inside the tone.
+            self.inner_hz = (
+                self.inner_hz.0.min(self.last_hz),
+                self.inner_hz.1.max(self.last_hz),
+            );
+            self.inner_power = (
+                self.inner_power.0.min(self.last_power),
+                self.inner_power.1.max(self.last_power),
+            );
+        }
+        // Lost frames count in its length, at its frequency.
+        self.frames += self.gap + 1;
+        self.hz_sum += self.last_hz * f64::from(self.gap) + hz;
+        self.gap = 0;
+        self.last_hz = hz;
+        self.last_power = power;
+    }
+
+    /// Whether the tone held its frequency and level, as a machine's does
+    /// and a voice's does not (a voice's pitch and loudness move even on a
+    /// held vowel).
+    fn steady(&self) -> bool {
+        let (low_hz, high_hz) = self.inner_hz;
+        let (low_power, high_power) = self.inner_power;
+        // Fewer than three frames: nothing inside to judge.
+        low_hz > high_hz
+            || (high_hz - low_hz <= MAX_SPREAD_HZ && high_power <= low_power * MAX_POWER_RATIO)
+    }
+
     fn hz(&self) -> f64 {
         self.hz_sum / f64::from(self.frames.max(1))
     }
@@ -191,23 +259,24 @@ impl ToneDetector {
         self.samples
             .extend(frame.iter().take(FRAME).map(|&s| f64::from(s)));
         self.samples.resize(FRAME, 0.0);
-        let tone = self.single_tone();
+        let power = self.samples.iter().map(|x| x * x).sum::<f64>() / self.samples.len() as f64;
+        let silent = power < self.config.silence_power;
+        let tone = if silent {
+            None
+        } else {
+            self.single_tone(power)
+        };
         let now_ms = self.elapsed_ms();
         self.frames += 1;
         match (tone, self.run.as_mut()) {
             (Some(hz), Some(run)) if (hz - run.last_hz).abs() <= self.config.max_drift_hz => {
-                run.frames += 1;
-                run.hz_sum += hz;
-                run.last_hz = hz;
+                run.push(hz, power);
             }
-            (tone, _) => {
-                self.end_run(now_ms);
-                self.run = tone.map(|hz| Run {
-                    start_ms: now_ms,
-                    frames: 1,
-                    hz_sum: hz,
-                    last_hz: hz,
-                });
+            (None, Some(run)) if silent && run.gap < MAX_LOST && run.frames >= 2 => run.gap += 1,
+            (tone, run) => {
+                let end = now_ms - run.map_or(0, |r| r.gap * FRAME_MS);
+                self.end_run(end);
+                self.run = tone.map(|hz| Run::new(now_ms, hz, power));
             }
         }
         // A SIT's next tone follows within 60 ms; past that, a held beep
@@ -227,7 +296,8 @@ impl ToneDetector {
     /// Ends the analysis: a tone still running is judged as it stands.
     pub fn finish(&mut self) {
         let now = self.elapsed_ms();
-        self.end_run(now);
+        let end = now - self.run.map_or(0, |r| r.gap * FRAME_MS);
+        self.end_run(end);
         self.events.extend(self.pending_beep.take());
     }
 
@@ -240,13 +310,10 @@ impl ToneDetector {
         }
     }
 
-    /// The frequency of the frame's single tone, if it is one.
-    fn single_tone(&self) -> Option<f64> {
+    /// The frequency of the frame's single tone, if it is one; `power` is
+    /// the frame's (over the silence power).
+    fn single_tone(&self, power: f64) -> Option<f64> {
         let samples = &self.samples;
-        let power = samples.iter().map(|x| x * x).sum::<f64>() / samples.len() as f64;
-        if power < self.config.silence_power {
-            return None;
-        }
         // Zero crossings estimate a tone's frequency (to within a bin or
         // two at 20 dB SNR): only the bins around it are computed, and the
         // dual-tone checks only where the network's dual tones lie.
@@ -344,7 +411,7 @@ impl ToneDetector {
             Some(ToneEvent::FaxCng {
                 start_ms: run.start_ms,
             })
-        } else if duration >= self.config.min_beep_ms {
+        } else if duration >= self.config.min_beep_ms && run.steady() {
             Some(ToneEvent::Beep {
                 hz,
                 start_ms: run.start_ms,

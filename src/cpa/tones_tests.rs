@@ -153,3 +153,49 @@ fn a_beep_under_noise_and_lost_frames_is_still_found() {
         "{events:?}"
     );
 }
+
+#[test]
+fn lost_frames_inside_a_tone_do_not_cut_it() {
+    // A fax answer tone with one and then two frames lost (as silence).
+    let s = Signal::new(200.0)
+        .silence(200)
+        .tones(&[(2100.0, LOUD)], 2600)
+        .silence(300);
+    let mut d = ToneDetector::new(ToneConfig::default());
+    for (i, frame) in s.frames().iter().enumerate() {
+        if [30, 70, 71].contains(&i) {
+            d.push_frame(&[0; FRAME]);
+        } else {
+            d.push_frame(frame);
+        }
+    }
+    d.finish();
+    let events: Vec<ToneEvent> = std::iter::from_fn(|| d.poll_event()).collect();
+    assert!(
+        matches!(events[..], [ToneEvent::FaxCed { start_ms: 200 }]),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_held_vowel_whose_loudness_moves_is_not_a_beep() {
+    // A high voice's vowel can be nearly a pure tone; its level swells and
+    // fades, a machine's beep holds it.
+    let vowel = Signal::new(100.0)
+        .silence(200)
+        .tones(&[(420.0, 3000.0)], 60)
+        .tones(&[(420.0, 6000.0)], 60)
+        .tones(&[(420.0, 2000.0)], 60)
+        .tones(&[(420.0, 5000.0)], 80)
+        .silence(500);
+    assert_eq!(events_of(&vowel), vec![]);
+    let beep = Signal::new(100.0)
+        .silence(200)
+        .tones(&[(420.0, 4000.0)], 260)
+        .silence(500);
+    assert!(
+        matches!(events_of(&beep)[..], [ToneEvent::Beep { .. }]),
+        "{:?}",
+        events_of(&beep)
+    );
+}

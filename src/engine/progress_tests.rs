@@ -135,10 +135,10 @@ fn an_agent_late_for_a_person_gets_the_safe_harbor_recording_then_dropped() {
         verdict(Outcome::Human, 1400, Some(600)),
     );
     assert!(
-        p.handle_timeout(t0 + Duration::from_millis(2599))
+        p.handle_timeout(t0 + Duration::from_millis(2499))
             .is_empty()
     );
-    let due = t0 + Duration::from_millis(2600);
+    let due = t0 + Duration::from_millis(2500);
     let a = p.handle_timeout(due);
     assert_eq!(kinds(&a), ["stop_agent", "dropped", "play"]);
     let Some(Action::Event(ProgressEvent::Dropped {

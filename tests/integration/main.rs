@@ -7,8 +7,11 @@
 mod support;
 
 mod agent;
+mod amd;
+mod amd_corpus;
 mod call_control;
 mod calls;
+mod campaign;
 mod check_config;
 mod control;
 mod daemon;
