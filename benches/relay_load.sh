@@ -14,6 +14,10 @@
 #   dialerd    benches/examples/dialerd_relay.rs: dialerd::media with one
 #              shard thread, legs opened, specified (PCMU/0, 20 ms) and
 #              connected through the library API, as the SIP core does;
+#   dialerd_amd  as dialerd, with answering-machine detection on leg A of
+#              every call (held undecided: both stages on every frame);
+#              compare with dialerd under RTP_LOAD_PAYLOAD=tone (the
+#              generator's payload a 1 kHz tone, not silence);
 #   naive      benches/examples/naive_relay.rs: tokio current-thread runtime;
 #   rtpengine  rtpengine --table=-1 (no kernel forwarding) --num-threads=1,
 #              ng listener on 127.0.0.1, RTP ports RTPENGINE_PORTS; calls set
@@ -157,8 +161,10 @@ run_one() {
     direct)
       gen_args+=(--direct)
       ;;
-    dialerd | naive)
-      $on_relay "$work/${relay}_relay" --calls "$calls" --base-port "$base_port" --addrs "$dir/addrs" \
+    dialerd | naive | dialerd_amd)
+      local binary=$relay amd=
+      if [ "$relay" = dialerd_amd ]; then binary=dialerd amd=1; fi
+      DIALERD_AMD=$amd $on_relay "$work/${binary}_relay" --calls "$calls" --base-port "$base_port" --addrs "$dir/addrs" \
         --ports "$dir/ports" >"$dir/relay.log" 2>&1 &
       relay_pid=$!
       wait_for 10 grep -q READY "$dir/relay.log" || { echo "$relay did not start"; cat "$dir/relay.log"; return 1; }

@@ -19,13 +19,16 @@
 //! and no port failed to bind, it writes `--ports` (one call a line:
 //! `127.0.0.1:PA 127.0.0.1:PB`, written whole and renamed into place),
 //! prints `SETUP` and relays until it is killed. The relay's reports are
-//! drained by a thread of their own.
+//! drained by a thread of their own. With `DIALERD_AMD` set, leg A of every
+//! call also runs answering-machine detection (held undecided, so every
+//! frame goes through both stages) on what its peer sends.
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dialerd::cpa::analyzer::AnalysisConfig;
 use dialerd::media::{AudioCodec, LegSpec, Media, MediaConfig, RelayConfig, ShardCounters};
 
 /// Calls set up between two round trips to the shard.
@@ -98,6 +101,23 @@ fn pcmu(remote: SocketAddr) -> LegSpec {
     }
 }
 
+/// Answering-machine detection that never decides while the bench runs
+/// (every limit two minutes): both stages analyse every frame, the
+/// costliest stretch of a real call's analysis.
+fn held_analysis() -> AnalysisConfig {
+    let mut c = AnalysisConfig::default();
+    let long = 120_000;
+    c.cadence.initial_silence = long;
+    c.cadence.greeting = long;
+    c.cadence.total_analysis = long;
+    c.cadence.max_word = long;
+    c.cadence.max_words = 1000;
+    c.cadence.after_greeting_silence = long;
+    c.machine_end_silence = long;
+    c.machine_end_timeout = long;
+    c
+}
+
 fn main() {
     let mut calls = None;
     let mut base = None;
@@ -164,6 +184,7 @@ fn main() {
     if pairs.len() != calls {
         fail(format!("{addrs}: {} calls, expected {calls}", pairs.len()));
     }
+    let analysis = (std::env::var("DIALERD_AMD").as_deref() == Ok("1")).then(held_analysis);
     let mut text = String::with_capacity(calls * 32);
     let mut next = base;
     for (c, (gen_a, gen_b)) in pairs.iter().enumerate() {
@@ -176,6 +197,9 @@ fn main() {
         media.spec(a, pcmu(*gen_a), None, None);
         media.spec(b, pcmu(*gen_b), None, None);
         media.connect(a, b);
+        if let Some(config) = analysis {
+            media.analyse(a, Some((config, true, 0)));
+        }
         text.push_str(&format!("127.0.0.1:{port_a} 127.0.0.1:{port_b}\n"));
         if (c + 1) % BATCH == 0 {
             legs_now();

@@ -12,6 +12,8 @@
 //! side and B side. A sends to PA, B to PB; the relay sends A's packets out
 //! of PB to B and B's out of PA to A (symmetric RTP: each socket is
 //! connected to its relay port and takes only what comes from it). With
+//! With `RTP_LOAD_PAYLOAD=tone` the rest of the payload is a 1 kHz tone
+//! instead of µ-law silence (for relays that analyse the audio). With
 //! `--direct` there is no relay: A sends straight to B and B to A (the cost
 //! of loopback and of this process, which a relay's latency is compared
 //! with).
@@ -321,6 +323,14 @@ fn load_loop(mut sockets: Vec<mio::net::UdpSocket>, t: Timeline) -> std::io::Res
     let mut seq: Vec<u16> = (0..n).map(|s| (s as u16).wrapping_mul(7919)).collect();
     let mut next_seq: Vec<Option<u16>> = vec![None; streams];
     let mut packet = [0xFFu8; PACKET]; // µ-law silence after the stamp
+    if std::env::var("RTP_LOAD_PAYLOAD").as_deref() == Ok("tone") {
+        // A 1 kHz tone at about -10 dBm0 (20 whole cycles a frame, so the
+        // same frame repeats seamlessly), for relays that analyse audio.
+        for (i, b) in packet.iter_mut().enumerate().skip(12) {
+            let t = (i - 12) as f64 / 8000.0;
+            *b = ulaw((8000.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16);
+        }
+    }
     packet[0] = 0x80;
     packet[1] = 0;
     let mut buf = [0u8; 2048];
@@ -651,6 +661,11 @@ fn sleep_until(at: Instant) {
     if at > now {
         std::thread::sleep(at - now);
     }
+}
+
+/// G.711 µ-law of a linear sample (the payload of `RTP_LOAD_PAYLOAD=tone`).
+fn ulaw(sample: i16) -> u8 {
+    dialerd::media::g711::Law::Mu.encode(sample)
 }
 
 fn main() {

@@ -105,23 +105,34 @@ impl Default for ToneConfig {
     }
 }
 
+/// Bins computed around the zero-crossing estimate.
+const WINDOW: usize = 7;
+
 /// One Goertzel filter's coefficient for `hz` over a frame.
 fn coefficient(hz: f64) -> f64 {
     2.0 * (2.0 * PI * hz / 8000.0).cos()
 }
 
-/// The power at the filter's frequency, normalised so that a sinusoid of
-/// amplitude A at that frequency gives A²/2 (its mean square).
-fn goertzel(samples: &[f64], coefficient: f64) -> f64 {
-    let (mut s1, mut s2) = (0.0, 0.0);
+/// The power at each of `N` filters' frequencies over the samples,
+/// normalised so that a sinusoid of amplitude A at a filter's frequency
+/// gives A²/2 (its mean square). One pass: the filters' recurrences are
+/// independent, so they run side by side instead of each waiting on its own
+/// previous step.
+fn goertzel_bank<const N: usize>(samples: &[f64], coefficients: [f64; N]) -> [f64; N] {
+    let (mut s1, mut s2) = ([0.0; N], [0.0; N]);
     for &x in samples {
-        let s = x + coefficient * s1 - s2;
-        s2 = s1;
-        s1 = s;
+        for ((c, a), b) in coefficients.iter().zip(s1.iter_mut()).zip(s2.iter_mut()) {
+            let s = x + c * *a - *b;
+            *b = *a;
+            *a = s;
+        }
     }
-    let magnitude2 = s1 * s1 + s2 * s2 - coefficient * s1 * s2;
     let n = samples.len() as f64;
-    2.0 * magnitude2 / (n * n)
+    let mut out = [0.0; N];
+    for (((o, c), a), b) in out.iter_mut().zip(coefficients).zip(s1).zip(s2) {
+        *o = 2.0 * (a * a + b * b - c * a * b) / (n * n);
+    }
+    out
 }
 
 /// A run of single-tone frames.
@@ -210,7 +221,8 @@ struct Segment {
 pub struct ToneDetector {
     config: ToneConfig,
     bins: Vec<(f64, f64)>,
-    duals: Vec<((f64, f64), (f64, f64))>,
+    /// The coefficients of the dual tones' frequencies, in pairs.
+    duals: [f64; 6],
     frames: u32,
     run: Option<Run>,
     segments: Vec<Segment>,
@@ -231,10 +243,10 @@ impl ToneDetector {
                 (hz, coefficient(hz))
             })
             .collect();
-        let duals = DUAL_TONES
-            .iter()
-            .map(|&(a, b)| ((a, coefficient(a)), (b, coefficient(b))))
-            .collect();
+        let mut duals = [0.0; 6];
+        for (pair, &(a, b)) in duals.chunks_exact_mut(2).zip(DUAL_TONES.iter()) {
+            pair.copy_from_slice(&[coefficient(a), coefficient(b)]);
+        }
         ToneDetector {
             config,
             bins,
@@ -327,32 +339,36 @@ impl ToneDetector {
             return None;
         }
         if estimate < 800.0 {
-            for &((_, ca), (_, cb)) in &self.duals {
-                let (pa, pb) = (goertzel(samples, ca), goertzel(samples, cb));
-                if pa > power * 0.2 && pb > power * 0.2 {
-                    return None;
-                }
+            let duals = goertzel_bank(samples, self.duals);
+            if duals
+                .chunks_exact(2)
+                .any(|pair| pair.iter().all(|&p| p > power * 0.2))
+            {
+                return None;
             }
         }
         let center = ((estimate - LOW_HZ) / STEP_HZ).round().max(0.0) as usize;
         let first = center.saturating_sub(3);
-        let last = (center + 3).min(self.bins.len().saturating_sub(1));
-        let powers: Vec<f64> = (0..self.bins.len())
-            .map(|i| match self.bins.get(i) {
-                Some(&(_, c)) if (first..=last).contains(&i) => goertzel(samples, c),
-                _ => 0.0,
-            })
-            .collect();
-        let (k, &peak) = powers
+        // The window's bins; those past the bank's end get a zero
+        // coefficient and are not looked at.
+        let mut coefficients = [0.0; WINDOW];
+        for (slot, &(_, c)) in coefficients.iter_mut().zip(self.bins.iter().skip(first)) {
+            *slot = c;
+        }
+        let in_bank = self.bins.len().saturating_sub(first).min(WINDOW);
+        let window = goertzel_bank(samples, coefficients);
+        let powers = window.get(..in_bank)?;
+        let (w, &peak) = powers
             .iter()
             .enumerate()
             .max_by(|a, b| a.1.total_cmp(b.1))?;
-        let left = k
+        let k = first + w;
+        let left = w
             .checked_sub(1)
             .and_then(|i| powers.get(i))
             .copied()
             .unwrap_or(0.0);
-        let right = powers.get(k + 1).copied().unwrap_or(0.0);
+        let right = powers.get(w + 1).copied().unwrap_or(0.0);
         if (peak + left.max(right)) < power * self.config.tone_share {
             return None;
         }

@@ -51,13 +51,13 @@ const BEEP_HZ_TOLERANCE: f64 = 50.0;
 
 /// One line of labels.tsv.
 #[derive(Debug, Clone)]
-struct Label {
-    name: String,
-    class: String,
-    variant: String,
+pub(crate) struct Label {
+    pub(crate) name: String,
+    pub(crate) class: String,
+    pub(crate) variant: String,
     /// Speech segments, ms.
     segments: Vec<(u32, u32)>,
-    greeting_end_ms: Option<u32>,
+    pub(crate) greeting_end_ms: Option<u32>,
     /// A machine's beep: Hz, start and length, ms.
     beep: Option<(f64, u32, u32)>,
     machine_end: Option<String>,
@@ -67,7 +67,7 @@ fn optional<T: std::str::FromStr>(field: &str) -> Option<T> {
     (field != "-").then(|| field.parse().ok()).flatten()
 }
 
-fn parse_labels(text: &str) -> Vec<Label> {
+pub(crate) fn parse_labels(text: &str) -> Vec<Label> {
     text.lines()
         .skip(1)
         .filter(|l| !l.trim().is_empty())
@@ -102,7 +102,7 @@ fn parse_labels(text: &str) -> Vec<Label> {
 }
 
 /// The samples of an 8 kHz mono 16-bit PCM WAV file.
-fn read_wav(path: &Path) -> Vec<i16> {
+pub(crate) fn read_wav(path: &Path) -> Vec<i16> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     assert!(
         bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WAVE",
@@ -144,14 +144,14 @@ fn fnv(bytes: &[u8]) -> u64 {
 }
 
 /// Whether `name` is a program on the PATH.
-fn on_path(name: &str) -> bool {
+pub(crate) fn on_path(name: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
 }
 
 /// The corpus directory (generated unless cached) and how long generating
 /// it took (`None` when cached).
-fn corpus() -> (PathBuf, Option<Duration>) {
+pub(crate) fn corpus() -> (PathBuf, Option<Duration>) {
     let script = repo_root().join("tests/cpa/make_corpus.sh");
     let text = std::fs::read(&script).expect("read make_corpus.sh");
     let script_key = format!("{:016x}", fnv(&text));
