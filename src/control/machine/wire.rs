@@ -61,10 +61,7 @@ pub(super) fn envelope(command: &Command) -> Value {
                     ("srtp", opt(&o.srtp)),
                     ("campaign", opt(&o.campaign)),
                     ("safe_harbor", opt(&o.safe_harbor)),
-                    (
-                        "abandon_ms",
-                        o.abandon_ms.map_or(Value::Null, Value::from),
-                    ),
+                    ("abandon_ms", o.abandon_ms.map_or(Value::Null, Value::from)),
                     (
                         "amd",
                         o.amd
