@@ -2,7 +2,7 @@
 //! 8 kHz linear audio in, tone events out.
 //!
 //! Each frame goes through a bank of Goertzel filters 50 Hz apart from 300
-//! to 2,100 Hz (only the seven bins around the frequency its zero crossings
+//! to 2,100 Hz (only the five bins around the frequency its zero crossings
 //! give, which keeps a frame at a few µs). A frame is a *single tone* when
 //! its strongest bin and that
 //! bin's stronger neighbour hold most of its power; the tone's frequency is
@@ -106,7 +106,7 @@ impl Default for ToneConfig {
 }
 
 /// Bins computed around the zero-crossing estimate.
-const WINDOW: usize = 7;
+const WINDOW: usize = 5;
 
 /// One Goertzel filter's coefficient for `hz` over a frame.
 fn coefficient(hz: f64) -> f64 {
@@ -348,7 +348,7 @@ impl ToneDetector {
             }
         }
         let center = ((estimate - LOW_HZ) / STEP_HZ).round().max(0.0) as usize;
-        let first = center.saturating_sub(3);
+        let first = center.saturating_sub(WINDOW / 2);
         // The window's bins; those past the bank's end get a zero
         // coefficient and are not looked at.
         let mut coefficients = [0.0; WINDOW];
