@@ -269,7 +269,7 @@ impl Shell {
                 }
             }
             Err(e) => {
-                self.machine.requeue(batch);
+                self.machine.requeue(unix_ms(), batch);
                 self.drop_link(format!("write failed: {e}"));
             }
         }
@@ -383,7 +383,7 @@ async fn run(
             }
             () = tokio::time::sleep_until(shell.next_connect), if shell.link.is_none() => {
                 if let Some(batch) = kept.take() {
-                    shell.machine.requeue(batch);
+                    shell.machine.requeue(unix_ms(), batch);
                 }
                 shell.flight = None;
                 shell.connect().await;
@@ -398,7 +398,7 @@ async fn run(
                     Ok(()) => shell.status().send_modify(|s| s.last_pong_unix_ms = Some(unix_ms())),
                     Err(e) => {
                         if let Some(batch) = kept.take() {
-                            shell.machine.requeue(batch);
+                            shell.machine.requeue(unix_ms(), batch);
                         }
                         shell.flight = None;
                         shell.drop_link(format!("keepalive PING failed: {e}"));
@@ -476,7 +476,7 @@ async fn run(
 fn requeue_kept(shell: &mut Shell, kept: &mut Option<Vec<Op>>) {
     shell.flight = None;
     if let Some(batch) = kept.take() {
-        shell.machine.requeue(batch);
+        shell.machine.requeue(unix_ms(), batch);
     }
 }
 

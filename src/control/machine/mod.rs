@@ -336,8 +336,10 @@ impl Machine {
     }
 
     /// Puts a batch that failed back in front, to run again after the
-    /// reconnection (so delivery is at least once, in order).
-    pub fn requeue(&mut self, batch: Vec<Op>) {
+    /// reconnection (so delivery is at least once, in order). Campaign
+    /// gates not read yet are not read later: their originates are refused
+    /// now (fail closed), whatever the flag will say.
+    pub fn requeue(&mut self, now_ms: u64, batch: Vec<Op>) {
         let (events, ops): (Vec<Op>, Vec<Op>) = batch.into_iter().partition(is_event);
         for op in ops.into_iter().rev() {
             self.ops.push_front(op);
@@ -345,6 +347,7 @@ impl Machine {
         for op in events.into_iter().rev() {
             self.events.push_front(op);
         }
+        self.refuse_unread_gates(now_ms);
     }
 
     /// The next command to execute.

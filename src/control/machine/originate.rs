@@ -26,17 +26,7 @@ impl Machine {
             _ => String::new(),
         };
         let message = match reply {
-            Reply::Error(e) => {
-                tracing::warn!(
-                    campaign = %campaign,
-                    command = %p.command.id,
-                    error = %e,
-                    "campaign gate unreadable; originate refused (fail closed)"
-                );
-                format!(
-                    "the gate of campaign {campaign:?} could not be read; refused (fail closed)"
-                )
-            }
+            Reply::Error(e) => return self.gate_unreadable(now_ms, token, e),
             _ => format!(
                 "campaign {campaign:?} is gated (its flag {} is set)",
                 self.cfg.gate_key(&campaign)
@@ -44,6 +34,49 @@ impl Machine {
         };
         let e = error_of(&p.command, ErrorCode::CampaignGated, &message);
         self.finish(now_ms, token, Err(e));
+    }
+
+    /// The campaign gate of `token`'s originate could not be read (`why`):
+    /// refused, fail closed.
+    pub(super) fn gate_unreadable(&mut self, now_ms: u64, token: u64, why: &str) {
+        let Some(p) = self.pending.get(&token) else {
+            return;
+        };
+        let campaign = match &p.command.kind {
+            CommandKind::Originate(o) => o.campaign.clone().unwrap_or_default(),
+            _ => String::new(),
+        };
+        tracing::warn!(
+            campaign = %campaign,
+            command = %p.command.id,
+            error = %why,
+            "campaign gate unreadable; originate refused (fail closed)"
+        );
+        let message =
+            format!("the gate of campaign {campaign:?} could not be read; refused (fail closed)");
+        let e = error_of(&p.command, ErrorCode::CampaignGated, &message);
+        self.finish(now_ms, token, Err(e));
+    }
+
+    /// Gate reads queued or in flight when the connection was lost: their
+    /// originates are refused rather than read after the reconnection.
+    pub(super) fn refuse_unread_gates(&mut self, now_ms: u64) {
+        let tokens: Vec<u64> = self
+            .ops
+            .iter()
+            .filter_map(|op| match op.wait {
+                Some((token, Step::Gate)) => Some(token),
+                _ => None,
+            })
+            .collect();
+        if tokens.is_empty() {
+            return;
+        }
+        self.ops
+            .retain(|op| !matches!(op.wait, Some((_, Step::Gate))));
+        for token in tokens {
+            self.gate_unreadable(now_ms, token, "the connection to Redis was lost");
+        }
     }
 
     /// The destination window (unless off or forced), then the record.

@@ -1308,7 +1308,7 @@ fn originate_record_write_lost_with_the_connection_still_hands_out_one_job() {
         a.poll_job().is_none(),
         "no job before the write is confirmed"
     );
-    a.requeue(batch);
+    a.requeue(r.now, batch);
     let jobs = drive(&mut a, &mut r);
     assert_eq!(jobs.len(), 1);
     assert_eq!(
@@ -1840,7 +1840,7 @@ fn originate_without_a_campaign_reads_no_gate() {
 }
 
 #[test]
-fn gate_read_lost_with_the_connection_is_sent_again_and_decides_then() {
+fn gate_read_lost_with_the_connection_refuses_the_originate_fail_closed() {
     let mut r = Fake::new();
     let mut a = machine_a();
     a.receive(
@@ -1851,7 +1851,7 @@ fn gate_read_lost_with_the_connection_is_sent_again_and_decides_then() {
     );
     assert!(step(&mut a, &mut r), "the claim");
     // The batch with the gate's GET goes with the connection: the shell
-    // puts it back; meanwhile the campaign is gated.
+    // puts it back; the gate is open, but it was not read in time.
     let batch = a.take_batch(512);
     assert!(
         batch
@@ -1859,13 +1859,20 @@ fn gate_read_lost_with_the_connection_is_sent_again_and_decides_then() {
             .any(|op| matches!(&op.op, RedisOp::Get { key } if key == GATE) && op.waits()),
         "{batch:#?}"
     );
-    a.requeue(batch);
-    r.seed_string(GATE, "1");
-    assert!(r.results_for("o1").is_empty(), "not answered while away");
-    assert_eq!(a.in_flight(), 1, "still waiting for the gate");
+    a.requeue(r.now, batch);
+    let again = a.take_batch(512);
+    assert!(
+        !again
+            .iter()
+            .any(|op| matches!(&op.op, RedisOp::Get { key } if key == GATE)),
+        "the gate is not read after the reconnection: {again:#?}"
+    );
+    a.requeue(r.now, again);
     a.connected(r.now, 1, 500);
     assert!(settle(&mut a, &mut r).is_empty(), "no job");
-    assert_eq!(error_code(&r.result("o1").1), "campaign_gated");
+    let result = r.result("o1").1;
+    assert_eq!(error_code(&result), "campaign_gated");
+    assert!(result.to_string().contains("could not be read"), "{result}");
     assert_nothing_left(&a, &r, "o1", "sip:1@pbx");
 }
 
@@ -2093,26 +2100,26 @@ fn requeued_batch_is_taken_again_in_the_same_order() {
 
     let first = a.take_batch(512);
     assert_eq!(first.len(), 10, "{first:#?}");
-    a.requeue(first.clone());
+    a.requeue(r.now, first.clone());
     let again = a.take_batch(512);
     assert_eq!(again, first);
 
     // Partly taken, partly failed: the failed part comes back first.
-    a.requeue(again);
+    a.requeue(r.now, again);
     let head = a.take_batch(5);
     let tail = a.take_batch(512);
-    a.requeue(head.clone());
+    a.requeue(r.now, head.clone());
     let again: Vec<Op> = a.take_batch(512);
     assert_eq!(again, head);
     let mut whole = head;
     whole.extend(tail.clone());
     assert_eq!(whole, first);
-    a.requeue(tail);
-    a.requeue(again);
+    a.requeue(r.now, tail);
+    a.requeue(r.now, again);
     assert_eq!(a.take_batch(512), first);
 
     // And it still works after all that.
-    a.requeue(first);
+    a.requeue(r.now, first);
     settle(&mut a, &mut r);
     for id in ["p1", "p2", "p3"] {
         assert_eq!(r.result(id).1["ok"], true, "{id}");
