@@ -337,6 +337,15 @@ mod tests {
 
     /// `ms` of uniform noise of peak `level` each (0: digital silence, a
     /// lost frame).
+    /// The default rules' verdict on `frames`.
+    fn verdict_on(frames: &[Vec<i16>]) -> Verdict {
+        let mut c = Cadence::new(CadenceConfig::default());
+        frames
+            .iter()
+            .find_map(|f| c.push_frame(f))
+            .expect("a verdict")
+    }
+
     fn noise(pattern: &[(f64, u32)]) -> Vec<Vec<i16>> {
         let mut state = 0x2545_F491_4F6C_DD1Du64;
         let mut frames = Vec::new();
@@ -462,11 +471,7 @@ mod tests {
             (0.0, 20),
             (800.0, 3000),
         ];
-        let mut c = Cadence::new(CadenceConfig::default());
-        let v = noise(&pattern)
-            .iter()
-            .find_map(|f| c.push_frame(f))
-            .unwrap();
+        let v = verdict_on(&noise(&pattern));
         assert_eq!(
             (v.answer, v.cause, v.words),
             (Answer::Human, Cause::AfterGreetingSilence, 1),
@@ -483,11 +488,7 @@ mod tests {
             pattern.push((1500.0, 500));
             pattern.push((0.0, 500));
         }
-        let mut c = Cadence::new(CadenceConfig::default());
-        let v = noise(&pattern)
-            .iter()
-            .find_map(|f| c.push_frame(f))
-            .unwrap();
+        let v = verdict_on(&noise(&pattern));
         assert_eq!(
             (v.answer, v.cause),
             (Answer::Machine, Cause::LongGreeting),
@@ -505,11 +506,7 @@ mod tests {
             (5000.0, 80),
             (60.0, 3000),
         ];
-        let mut c = Cadence::new(CadenceConfig::default());
-        let v = noise(&pattern)
-            .iter()
-            .find_map(|f| c.push_frame(f))
-            .unwrap();
+        let v = verdict_on(&noise(&pattern));
         assert_eq!((v.answer, v.words), (Answer::Human, 1), "{v:?}");
     }
 

@@ -585,21 +585,26 @@ impl Progress {
             recording_at: recording.is_some().then_some(now),
             connected_at: e.connected_at,
         }));
-        match recording {
+        self.play_then_end(now, call, recording, EndCause::Dropped, out);
+    }
+
+    /// Plays `source`, then ends the call with `cause`; at once without one.
+    fn play_then_end(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        source: Option<Box<Source>>,
+        cause: EndCause,
+        out: &mut Vec<Action>,
+    ) {
+        match source {
             Some(source) => {
                 out.push(Action::Play { call, source });
-                self.set_stage(
-                    call,
-                    Stage::Playing(EndCause::Dropped),
-                    Some(now + PROMPT_LIMIT),
-                );
+                self.set_stage(call, Stage::Playing(cause), Some(now + PROMPT_LIMIT));
             }
             None => {
                 self.set_stage(call, Stage::Settled, None);
-                out.push(Action::End {
-                    call,
-                    cause: EndCause::Dropped,
-                });
+                out.push(Action::End { call, cause });
             }
         }
     }
@@ -613,23 +618,7 @@ impl Progress {
             Some(OnMachine::Prompt(p)) => Some(p.clone()),
             _ => None,
         };
-        match prompt {
-            Some(source) => {
-                out.push(Action::Play { call, source });
-                self.set_stage(
-                    call,
-                    Stage::Playing(EndCause::Machine),
-                    Some(now + PROMPT_LIMIT),
-                );
-            }
-            None => {
-                self.set_stage(call, Stage::Settled, None);
-                out.push(Action::End {
-                    call,
-                    cause: EndCause::Machine,
-                });
-            }
-        }
+        self.play_then_end(now, call, prompt, EndCause::Machine, out);
     }
 }
 
