@@ -564,6 +564,22 @@ fn check_calls(s: &Settings, p: &mut Vec<Problem>) {
     if !(100..=60_000).contains(&c.abandon_ms) {
         p.push(Problem::new("calls.abandon_ms", "must be 100 to 60000"));
     }
+    if let Some(file) = &c.safe_harbor {
+        let name_ok = !file.is_empty()
+            && file.len() <= 128
+            && !file.starts_with('.')
+            && file
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'));
+        if !name_ok {
+            p.push(Problem::new(
+                "calls.safe_harbor",
+                "a file name (A-Z a-z 0-9 . _ -) in media.prompt_dir",
+            ));
+        } else if s.media.prompt_dir.is_none() {
+            p.push(Problem::new("calls.safe_harbor", "needs media.prompt_dir"));
+        }
+    }
     if c.session_expires_secs > 0 && c.session_expires_secs < c.min_se_secs {
         p.push(Problem::new(
             "calls.session_expires_secs",

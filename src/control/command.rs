@@ -1075,6 +1075,12 @@ fn check_progress(o: &OriginateArgs) -> Result<(), Problem> {
     if o.abandon_ms.is_some_and(|ms| !(100..=60_000).contains(&ms)) {
         return bad("args.abandon_ms: 100 to 60000");
     }
+    let agent = o.media.as_ref().is_some_and(|m| m.kind == "websocket");
+    if !agent && (o.safe_harbor.is_some() || o.abandon_ms.is_some()) {
+        return bad(
+            "args.safe_harbor, args.abandon_ms: the abandon guard needs a websocket media (an agent)",
+        );
+    }
     let Some(a) = &o.amd else {
         return Ok(());
     };
@@ -1124,8 +1130,10 @@ fn check_progress(o: &OriginateArgs) -> Result<(), Problem> {
     if a.max_words.is_some_and(|w| !(1..=100).contains(&w)) {
         return bad("args.amd.max_words: 1 to 100");
     }
-    if a.silence_threshold.is_some_and(|t| t > 32_767) {
-        return bad("args.amd.silence_threshold: 0 to 32767");
+    if a.silence_threshold
+        .is_some_and(|t| !(1..=32_767).contains(&t))
+    {
+        return bad("args.amd.silence_threshold: 1 to 32767");
     }
     Ok(())
 }

@@ -213,6 +213,41 @@ fn malformed_commands_get_their_error_codes() {
             "args.ring_timeout_secs: invalid value",
         ),
         (
+            r#"{"v":1,"id":"a","type":"originate","args":{"account":"a","to":"1","safe_harbor":"sh.wav"}}"#,
+            ErrorCode::BadField,
+            "the abandon guard needs a websocket media",
+        ),
+        (
+            r#"{"v":1,"id":"a","type":"originate","args":{"account":"a","to":"1","amd":{"silence_threshold":0}}}"#,
+            ErrorCode::BadField,
+            "args.amd.silence_threshold: 1 to 32767",
+        ),
+        (
+            r#"{"v":1,"id":"a","type":"originate","args":{"account":"a","to":"1","amd":{"mode":"sync"}}}"#,
+            ErrorCode::BadField,
+            "sync needs a websocket media",
+        ),
+        (
+            r#"{"v":1,"id":"a","type":"originate","args":{"account":"a","to":"1","amd":{"on_machine":"prompt"}}}"#,
+            ErrorCode::BadField,
+            "args.amd.machine_prompt: needed",
+        ),
+        (
+            r#"{"v":1,"id":"a","type":"originate","args":{"account":"a","to":"1","amd":{"greeting_ms":5}}}"#,
+            ErrorCode::BadField,
+            "args.amd.greeting_ms: 20 to 120000",
+        ),
+        (
+            r#"{"v":1,"id":"a","type":"originate","args":{"account":"a","to":"1","amd":{"colour":"red"}}}"#,
+            ErrorCode::BadField,
+            "unknown field",
+        ),
+        (
+            r#"{"v":1,"id":"a","type":"originate","args":{"account":"a","to":"1","campaign":"no spaces"}}"#,
+            ErrorCode::BadField,
+            "args.campaign:",
+        ),
+        (
             r#"{"v":1,"id":"a","type":"originate","args":{"account":"a","to":"1","call_id":"no spaces"}}"#,
             ErrorCode::BadField,
             "args.call_id: must be",

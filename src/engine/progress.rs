@@ -410,7 +410,22 @@ impl Progress {
                     words,
                     voice_ms,
                 }));
-                self.decided(now, call, outcome, greeting_end_at.unwrap_or(now), &mut out);
+                // The guard counts from the last voice: a person is decided
+                // `after_greeting_silence` after it (short sounds after the
+                // last word included), an `unknown` at the decision.
+                let quiet = e
+                    .plan
+                    .amd
+                    .as_ref()
+                    .map_or(0, |a| u64::from(a.config.cadence.after_greeting_silence));
+                let last_voice = match outcome {
+                    Outcome::Human => {
+                        let by_rule = now.checked_sub(Duration::from_millis(quiet));
+                        greeting_end_at.max(by_rule).unwrap_or(now)
+                    }
+                    _ => now,
+                };
+                self.decided(now, call, outcome, last_voice, &mut out);
             }
             Report::MachineEnd { end, .. } => {
                 out.push(Action::Event(ProgressEvent::MachineEnd {
@@ -422,7 +437,9 @@ impl Progress {
                     self.leave_message(now, call, &mut out);
                 }
             }
-            Report::Verdict { .. } => {}
+            Report::Verdict { outcome, .. } => {
+                tracing::debug!(call = %e.name, outcome = outcome.as_str(), "a verdict after the call's analysis deadline; ignored");
+            }
         }
         out
     }
@@ -447,8 +464,17 @@ impl Progress {
                     // No verdict came: no audio reached the analysis.
                     tracing::info!(call = %e.name, "no analysis verdict in time; treated as unknown");
                     e.outcome = Some(Outcome::Unknown);
-                    let end = now;
-                    self.decided(now, call, Outcome::Unknown, end, &mut out);
+                    out.push(Action::Event(ProgressEvent::Verdict {
+                        name: e.name.clone(),
+                        outcome: Outcome::Unknown,
+                        cause: "no_verdict",
+                        answered_at: e.answered_at.unwrap_or(now),
+                        decided_at: now,
+                        greeting_end_at: None,
+                        words: 0,
+                        voice_ms: 0,
+                    }));
+                    self.decided(now, call, Outcome::Unknown, now, &mut out);
                 }
                 Stage::Guarding => self.drop_call(now, call, &mut out),
                 Stage::AwaitingMachineEnd => self.leave_message(now, call, &mut out),

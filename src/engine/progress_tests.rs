@@ -225,7 +225,7 @@ fn no_verdict_in_time_counts_as_unknown_and_connects_the_agent() {
     p.answered(t0, CALL);
     let at = p.poll_timeout().expect("the analysis deadline");
     assert_eq!(at, t0 + Duration::from_millis(5000) + ANALYSIS_GRACE);
-    assert_eq!(kinds(&p.handle_timeout(at)), ["attach"]);
+    assert_eq!(kinds(&p.handle_timeout(at)), ["verdict", "attach"]);
     assert_eq!(p.finish(CALL, &ended(), true), Some(Disposition::Answered));
 }
 

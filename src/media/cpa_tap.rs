@@ -16,9 +16,14 @@ use crate::cpa::analyzer::{AnalysisConfig, Analyzer, FRAME, Report};
 /// How far behind the wall clock the analysis may lag before silence is
 /// fed for the audio that did not come.
 pub const JITTER: Duration = Duration::from_millis(200);
-/// A timestamp jump longer than this is a new timeline, not a gap.
+/// The longest gap fed as silence at once.
 const MAX_GAP: u64 = 8000 * 10;
 const RATE: u64 = 8000;
+
+/// Samples in `d` at 8 kHz.
+fn samples_in(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX / RATE) * RATE / 1_000_000
+}
 
 /// One leg's analysis and its timing.
 #[derive(Debug)]
@@ -26,6 +31,8 @@ pub struct Tap {
     analyzer: Analyzer,
     early: bool,
     started: Instant,
+    /// The source whose timeline is followed.
+    ssrc: Option<u32>,
     /// The RTP timestamp of the analysis's sample 0.
     base_ts: Option<u32>,
     /// Samples fed so far (whole frames plus `partial`).
@@ -48,6 +55,7 @@ impl Tap {
             },
             early: !answered,
             started: now,
+            ssrc: None,
             base_ts: None,
             fed: 0,
             partial: Vec::with_capacity(FRAME),
@@ -85,23 +93,37 @@ impl Tap {
         self.capture.take().filter(|c| !c.is_empty())
     }
 
-    /// A G.711 payload stamped `ts`.
-    pub fn on_audio(&mut self, ts: u32, payload: &[u8], law: Law) {
+    /// A G.711 payload of source `ssrc` stamped `ts`, arriving at `now`.
+    ///
+    /// A new source, a jump back beyond the jitter allowance, or a jump
+    /// ahead of what the wall clock allows starts a new timeline at the
+    /// audio fed so far; a packet a little behind is fed only for its part
+    /// not yet fed.
+    pub fn on_audio(&mut self, now: Instant, ssrc: u32, ts: u32, payload: &[u8], law: Law) {
+        if self.ssrc != Some(ssrc) {
+            self.ssrc = Some(ssrc);
+            self.base_ts = None;
+        }
         let base = *self
             .base_ts
             .get_or_insert_with(|| ts.wrapping_sub(self.fed as u32));
         let offset = ts.wrapping_sub(base);
-        if offset > u32::MAX / 2 {
-            // Behind the start: a late packet from before the analysis.
-            return;
-        }
-        let mut position = u64::from(offset);
-        if position > self.fed + MAX_GAP {
-            // A new timeline (the peer restarted its clock): continue from
-            // here.
+        let behind = u64::from(base.wrapping_sub(ts));
+        let jitter = samples_in(JITTER);
+        let wall = samples_in(now.saturating_duration_since(self.started)) + jitter;
+        let position = if offset > u32::MAX / 2 {
+            if behind <= jitter {
+                // Late, from before the start of this timeline.
+                return;
+            }
+            None
+        } else {
+            Some(u64::from(offset)).filter(|&p| p <= self.fed.max(wall))
+        };
+        let position = position.unwrap_or_else(|| {
             self.base_ts = Some(ts.wrapping_sub(self.fed as u32));
-            position = self.fed;
-        }
+            self.fed
+        });
         if position > self.fed {
             self.silence(position - self.fed);
         }
@@ -113,10 +135,10 @@ impl Tap {
 
     /// Feeds silence for audio that is [`JITTER`] overdue by `now`.
     pub fn on_tick(&mut self, now: Instant) {
-        let due = now
-            .saturating_duration_since(self.started)
-            .saturating_sub(JITTER);
-        let due = u64::try_from(due.as_micros()).unwrap_or(u64::MAX) * RATE / 1_000_000;
+        let due = samples_in(
+            now.saturating_duration_since(self.started)
+                .saturating_sub(JITTER),
+        );
         if due > self.fed {
             self.silence(due - self.fed);
         }
@@ -196,6 +218,11 @@ mod tests {
         assert!(late <= Duration::from_millis(2500) + JITTER + Duration::from_millis(40));
     }
 
+    /// When packet `k` of a 20 ms stream from `t0` arrives.
+    fn at(t0: Instant, k: u64) -> Instant {
+        t0 + Duration::from_millis(20 * k)
+    }
+
     #[test]
     fn timestamp_gaps_are_silence_and_repeats_are_not_fed_twice() {
         let t0 = Instant::now();
@@ -204,18 +231,18 @@ mod tests {
         // 300 ms of voice, one packet repeated, one lost, then silence by
         // timestamp only: a person.
         let mut ts = 1000u32;
-        for i in 0..16 {
-            if i != 7 {
-                tap.on_audio(ts, &word, Law::Mu);
+        for k in 0..16 {
+            if k != 7 {
+                tap.on_audio(at(t0, k), 7, ts, &word, Law::Mu);
             }
-            if i == 3 {
-                tap.on_audio(ts, &word, Law::Mu);
+            if k == 3 {
+                tap.on_audio(at(t0, k), 7, ts, &word, Law::Mu);
             }
             ts = ts.wrapping_add(160);
         }
         let quiet = vec![Law::Mu.silence(); 160];
-        for _ in 0..60 {
-            tap.on_audio(ts, &quiet, Law::Mu);
+        for k in 16..76 {
+            tap.on_audio(at(t0, k), 7, ts, &quiet, Law::Mu);
             ts = ts.wrapping_add(160);
         }
         let out = reports(&mut tap);
@@ -235,10 +262,34 @@ mod tests {
         let mut tap = Tap::new(t0, AnalysisConfig::default(), true, 1000);
         let quiet = vec![Law::Mu.silence(); 160];
         let mut ts = u32::MAX - 320;
-        for _ in 0..5 {
-            tap.on_audio(ts, &quiet, Law::Mu);
+        for k in 0..5 {
+            tap.on_audio(at(t0, k), 7, ts, &quiet, Law::Mu);
             ts = ts.wrapping_add(160);
         }
+        assert_eq!(tap.fed, 800);
+    }
+
+    #[test]
+    fn a_new_source_or_a_jump_back_or_far_ahead_continues_the_timeline() {
+        let t0 = Instant::now();
+        let mut tap = Tap::new(t0, AnalysisConfig::default(), true, 0);
+        let quiet = vec![Law::Mu.silence(); 160];
+        tap.on_audio(at(t0, 0), 7, 50_000, &quiet, Law::Mu);
+        tap.on_audio(at(t0, 1), 7, 50_160, &quiet, Law::Mu);
+        assert_eq!(tap.fed, 320);
+        // Another source (the phone after the PBX's early media), its
+        // timestamps far behind: appended, not dropped.
+        tap.on_audio(at(t0, 2), 9, 10, &quiet, Law::Mu);
+        assert_eq!(tap.fed, 480);
+        // A jump back on the same source beyond the jitter allowance.
+        let back = 10u32.wrapping_sub(40_000);
+        tap.on_audio(at(t0, 3), 9, back, &quiet, Law::Mu);
+        assert_eq!(tap.fed, 640);
+        // Slightly behind (a late packet): nothing new.
+        tap.on_audio(at(t0, 4), 9, back, &quiet, Law::Mu);
+        assert_eq!(tap.fed, 640);
+        // Five seconds ahead of the wall clock: not five seconds of silence.
+        tap.on_audio(at(t0, 4), 9, back.wrapping_add(40_160), &quiet, Law::Mu);
         assert_eq!(tap.fed, 800);
     }
 }

@@ -597,9 +597,35 @@ impl Relay {
         let slot = self.slot(id).ok_or(RelayError::UnknownLeg(id))?;
         let leg = self.leg_mut(slot).ok_or(RelayError::UnknownLeg(id))?;
         let old = leg.cpa.take();
-        leg.cpa = analysis.map(|(config, answered, capture_ms)| {
-            Box::new(super::cpa_tap::Tap::new(now, config, answered, capture_ms))
-        });
+        let g711 = leg.spec.is_some_and(|s| s.codec.law().is_some());
+        match analysis {
+            // Only G.711 is decoded: another codec's call gets `unknown`
+            // at once rather than a verdict on silence.
+            Some((_, answered, _)) if !g711 => {
+                if answered {
+                    let report = crate::cpa::analyzer::Report::Verdict {
+                        outcome: crate::cpa::analyzer::Outcome::Unknown,
+                        cause: "unsupported_codec",
+                        at_ms: 0,
+                        words: 0,
+                        voice_ms: 0,
+                        greeting_end_ms: None,
+                    };
+                    self.report(
+                        slot,
+                        MediaEventKind::Progress {
+                            report,
+                            early: false,
+                        },
+                    );
+                }
+            }
+            analysis => {
+                leg.cpa = analysis.map(|(config, answered, capture_ms)| {
+                    Box::new(super::cpa_tap::Tap::new(now, config, answered, capture_ms))
+                });
+            }
+        }
         if let Some(samples) = old.and_then(|mut t| t.take_capture()) {
             self.report(
                 slot,
@@ -853,7 +879,7 @@ impl Relay {
             && let (Some(tap), Some(law)) = (leg.cpa.as_mut(), spec.codec.law())
         {
             let payload = packet.get(h.payload_start..h.payload_end).unwrap_or(&[]);
-            tap.on_audio(h.timestamp, payload, law);
+            tap.on_audio(now, h.ssrc, h.timestamp, payload, law);
         }
         let peer = leg.peer;
         self.drain_tap(slot);

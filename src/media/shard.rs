@@ -451,7 +451,11 @@ impl Shard {
                 Ok(()) => {}
                 Err(tokio::sync::mpsc::error::TrySendError::Full(event)) => {
                     self.counters.events_dropped.inc();
-                    tracing::warn!(?event, "media report queue full; report dropped");
+                    tracing::warn!(
+                        leg = event.leg,
+                        call = %event.name,
+                        "media report queue full; report dropped"
+                    );
                 }
                 Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
             }

@@ -160,9 +160,14 @@ pub(crate) fn corpus() -> (PathBuf, Option<Duration>) {
     if dir.join("labels.tsv").is_file() {
         return (dir, None);
     }
-    // Corpora of older scripts, and what a run stopped half way left.
+    // Corpora of older scripts, and what a run stopped half way left (not
+    // what another test process is making now).
     for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(&script_key) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let running = name
+            .strip_prefix("partial-")
+            .is_some_and(|pid| Path::new("/proc").join(pid).exists());
+        if !name.starts_with(&script_key) && !running {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

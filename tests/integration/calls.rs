@@ -131,7 +131,12 @@ fn busy_is_reported_with_its_code() {
 #[test]
 fn no_answer_is_cancelled_at_the_ring_timeout() {
     let (sipp, uri) = callee("uas_ring_cancel.xml");
-    let out = dialerd_call(&uri, &["--ring-timeout-secs", "1"]);
+    let out = dialerd_call_env(
+        &uri,
+        &["--ring-timeout-secs", "1"],
+        // Below the 15 s floor: the configuration allows it.
+        &[("DIALERD__CALLS__MIN_RING_SECS", "0")],
+    );
     assert_outcome(&out, false, "no_answer", Some(487), "local");
     assert!(out.json["ringing_ms"].as_u64().is_some());
     sipp_ok(sipp, &out);
@@ -195,7 +200,12 @@ fn a_200_retransmitted_because_its_ack_was_lost_is_acknowledged_again() {
 #[test]
 fn a_200_crossing_the_cancel_is_acknowledged_and_ended_with_bye() {
     let (sipp, uri) = callee("uas_cancel_crossing.xml");
-    let out = dialerd_call(&uri, &["--ring-timeout-secs", "1"]);
+    let out = dialerd_call_env(
+        &uri,
+        &["--ring-timeout-secs", "1"],
+        // Below the 15 s floor: the configuration allows it.
+        &[("DIALERD__CALLS__MIN_RING_SECS", "0")],
+    );
     assert_outcome(&out, false, "no_answer", None, "local");
     let r = sipp_ok(sipp, &out);
     assert!(r.messages.contains("CANCEL sip:"), "{}", r.messages);

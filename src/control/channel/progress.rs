@@ -10,7 +10,7 @@ use crate::cpa::analyzer::AnalysisConfig;
 use crate::engine::progress::{AmdPlan, GuardPlan, Mode, OnMachine, Plan};
 
 /// What an originate's progress fields fall back on (`[calls]`, `[media]`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ProgressDefaults {
     /// `calls.abandon_ms`.
     pub abandon_ms: u64,
@@ -20,6 +20,19 @@ pub struct ProgressDefaults {
     pub campaign_max_calls: usize,
     /// Whether `media.amd_capture_dir` is set.
     pub capture: bool,
+}
+
+impl Default for ProgressDefaults {
+    /// The configuration's defaults.
+    fn default() -> Self {
+        let calls = crate::config::CallSettings::default();
+        Self {
+            abandon_ms: calls.abandon_ms,
+            safe_harbor: None,
+            campaign_max_calls: calls.campaign_max_calls,
+            capture: false,
+        }
+    }
 }
 
 /// The campaign of `o`, with its limit.
@@ -92,13 +105,31 @@ pub async fn plan(
     };
     let agent = o.media.as_ref().is_some_and(|m| m.kind == "websocket");
     let recording = o.safe_harbor.as_ref().or(d.safe_harbor.as_ref());
+    let within = Duration::from_millis(o.abandon_ms.unwrap_or(d.abandon_ms));
+    let field = if o.safe_harbor.is_some() {
+        "args.safe_harbor"
+    } else {
+        "calls.safe_harbor"
+    };
     let guard = match recording {
         Some(name) if agent => Some(GuardPlan {
-            within: Duration::from_millis(o.abandon_ms.unwrap_or(d.abandon_ms)),
-            safe_harbor: Some(prompt(prompt_dir, name, "args.safe_harbor").await?),
+            within,
+            safe_harbor: Some(prompt(prompt_dir, name, field).await?),
         }),
         _ => None,
     };
+    // A person is decided `after_greeting_silence` after their last word:
+    // a guard no longer than that (and its margin) would drop every one.
+    if let (Some(g), Some(a)) = (&guard, &amd) {
+        let quiet = Duration::from_millis(u64::from(a.config.cadence.after_greeting_silence));
+        if g.within <= quiet + Duration::from_millis(100) {
+            return Err(format!(
+                "args.abandon_ms: {} ms leaves no time after the {} ms of silence that decide a person",
+                g.within.as_millis(),
+                quiet.as_millis()
+            ));
+        }
+    }
     if amd.is_none() && guard.is_none() {
         return Ok(None);
     }
