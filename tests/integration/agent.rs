@@ -135,9 +135,14 @@ pub(crate) struct Rig {
 
 impl Rig {
     pub(crate) fn start(dir: &Scratch, extra_toml: &str, rtp_base: u16) -> Rig {
+        Self::start_on("media_pbx.xml", dir, extra_toml, rtp_base)
+    }
+
+    /// [`Rig::start`] with the PBX running scenario `file`.
+    pub(crate) fn start_on(file: &str, dir: &Scratch, extra_toml: &str, rtp_base: u16) -> Rig {
         let redis = RedisServer::start(&[]);
         let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let pbx = media_pbx(phone.local_addr().unwrap().port(), "0", "PCMU");
+        let pbx = crate::media::media_pbx_of(file, phone.local_addr().unwrap().port(), "0", "PCMU");
         let (d, _sip) = dialerd(&redis, &pbx, "ring", extra_toml, rtp_base, dir);
         let events = Events::new(&redis);
         let to = format!("sip:bob@{}", pbx.local_addr());

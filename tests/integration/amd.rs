@@ -579,3 +579,50 @@ fn report_live(verdicts: &[(String, String, Option<i64>)]) {
     );
     assert!(at(0.95) <= 1000, "p95 {} ms", at(0.95));
 }
+
+#[test]
+fn amd_a_sit_in_early_media_is_reported_and_makes_the_call_an_invalid_number() {
+    let dir = Scratch::new("amd-early-sit");
+    let mut rig = Rig::start_on("media_pbx_sit.xml", &dir, "", 24900);
+    let to = rig.to.clone();
+    command_ok(
+        &mut rig.events,
+        &rig.redis,
+        "sit1",
+        "originate",
+        json!({"account": "acct-a", "to": to, "call_id": "sit1", "amd": {}}),
+    );
+    seen_or_until(&mut rig.events, Duration::from_secs(15), |e| {
+        e["type"] == "call.early_media" && e["call_id"] == "sit1"
+    });
+    // Where the call's early media goes: the live call's media port.
+    command(&rig.redis, "calls1", "calls", json!({}));
+    let calls = seen_or_until(&mut rig.events, Duration::from_secs(10), |e| {
+        e["type"] == "command.result" && e["id"] == "calls1"
+    });
+    let port = calls["result"]["calls"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "sit1"))
+        .and_then(|c| c["media_port"].as_u64())
+        .unwrap_or_else(|| panic!("no media port for sit1: {calls}"));
+    let to = SocketAddr::from(([127, 0, 0, 1], port as u16));
+    // The carrier's announcement: the three SIT segments, then a voice.
+    let mut audio = silence(300);
+    audio.extend(tone(913.8, 274));
+    audio.extend(tone(1370.6, 274));
+    audio.extend(tone(1776.7, 380));
+    audio.extend(silence(2000));
+    talk(&rig.phone, to, &audio, Duration::from_millis(3300));
+    let tone_event = amd_event(&mut rig.events, "sit1", &["early_tone"]);
+    assert_eq!(tone_event["tone"], "sit", "{tone_event}");
+    let end = ended(&mut rig.events, "sit1", Duration::from_secs(10));
+    assert_eq!(end["code"], 404, "{end}");
+    assert_eq!(end["disposition"], "invalid_number", "{end}");
+    assert!(
+        !rig.events
+            .all
+            .iter()
+            .any(|e| e["call_id"] == "sit1" && e["type"] == "call.answered"),
+        "never answered"
+    );
+}

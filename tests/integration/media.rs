@@ -137,7 +137,12 @@ pub(crate) fn command_ok(
 /// A PBX like [`pbx`] whose callee answers with only `codec` (payload
 /// type `pt`) and media at 127.0.0.1:`rtp_port`.
 pub(crate) fn media_pbx(rtp_port: u16, pt: &str, codec: &str) -> SippRun {
-    Sipp::server(&scenario("media_pbx.xml"))
+    media_pbx_of("media_pbx.xml", rtp_port, pt, codec)
+}
+
+/// [`media_pbx`] running scenario `file` (one of its variants).
+pub(crate) fn media_pbx_of(file: &str, rtp_port: u16, pt: &str, codec: &str) -> SippRun {
+    Sipp::server(&scenario(file))
         .key("expires", "60")
         .key("rtp_port", &rtp_port.to_string())
         .key("pt", pt)
