@@ -34,8 +34,8 @@
 //! and writes them to `--ports` + `.stats` (the load waits for it).
 
 use std::collections::BTreeMap;
-use std::io::{ErrorKind, Write};
-use std::net::{SocketAddr, UdpSocket};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,8 +43,7 @@ use dialerd::agent::stream::{Protocol, StreamConfig};
 use dialerd::agent::twilio::StreamIds;
 use dialerd::media::agent_conn::AgentSpec;
 use dialerd::media::{
-    AudioCodec, ENDPOINT_BIT, LegSpec, Media, MediaConfig, MediaEventKind, RelayConfig,
-    ShardCounters,
+    ENDPOINT_BIT, Media, MediaConfig, MediaEventKind, RelayConfig, ShardCounters,
 };
 use serde_json::json;
 
@@ -53,71 +52,13 @@ const BATCH: usize = 250;
 /// Reports printed one by one (the rest are only counted).
 const EVENT_LINES: usize = 50;
 
+#[path = "common/setup.rs"]
+mod setup;
+use setup::{fail, free_pair, pcmu, wait_pairs};
+
 fn usage() -> ! {
     eprintln!("usage: dialerd_agent --streams N --base-port P --addrs FILE --ports FILE");
     std::process::exit(1);
-}
-
-fn fail(what: impl std::fmt::Display) -> ! {
-    eprintln!("{what}");
-    std::process::exit(1);
-}
-
-/// Waits for `path` (at most `limit`) and reads its `PHONE AGENT` pairs.
-fn wait_pairs(path: &str, limit: Duration) -> Result<Vec<(SocketAddr, SocketAddr)>, String> {
-    let deadline = Instant::now() + limit;
-    let text = loop {
-        match std::fs::read_to_string(path) {
-            Ok(text) => break text,
-            Err(e) if e.kind() == ErrorKind::NotFound && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(format!("{path}: {e}")),
-        }
-    };
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let mut words = line.split_whitespace().map(str::parse::<SocketAddr>);
-            match (words.next(), words.next()) {
-                (Some(Ok(a)), Some(Ok(b))) => Ok((a, b)),
-                _ => Err(format!("{path}: bad line {line:?}")),
-            }
-        })
-        .collect()
-}
-
-/// The next even port from `*next` on whose pair (RTP and RTCP) can be
-/// bound on 127.0.0.1 now, and moves `*next` past it.
-fn free_pair(next: &mut u16) -> Option<u16> {
-    while *next < u16::MAX - 1 {
-        let port = *next;
-        *next += 2;
-        let rtp = UdpSocket::bind(("127.0.0.1", port));
-        let rtcp = UdpSocket::bind(("127.0.0.1", port + 1));
-        if rtp.is_ok() && rtcp.is_ok() {
-            return Some(port);
-        }
-    }
-    None
-}
-
-/// The spec of a PCMU/0 20 ms sendrecv leg whose peer is `remote`: the
-/// phone's after an offer/answer, and the agent's (the same as
-/// `engine::media::agent_spec`, which is private to the engine).
-fn pcmu(remote: SocketAddr) -> LegSpec {
-    LegSpec {
-        remote,
-        rtcp: None,
-        codec: AudioCodec::Pcmu,
-        payload_type: 0,
-        dtmf_payload_type: None,
-        local_dtmf_payload_type: None,
-        ptime_ms: 20,
-        peer_sends: true,
-        peer_receives: true,
-        watched: false,
-    }
 }
 
 /// Random-ish bytes (no RNG crate here): a hash of the time, the process

@@ -23,82 +23,22 @@
 //! call also runs answering-machine detection (held undecided, so every
 //! frame goes through both stages) on what its peer sends.
 
-use std::io::ErrorKind;
-use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dialerd::cpa::analyzer::AnalysisConfig;
-use dialerd::media::{AudioCodec, LegSpec, Media, MediaConfig, RelayConfig, ShardCounters};
+use dialerd::media::{Media, MediaConfig, RelayConfig, ShardCounters};
 
 /// Calls set up between two round trips to the shard.
 const BATCH: usize = 250;
 
+#[path = "common/setup.rs"]
+mod setup;
+use setup::{fail, free_pair, pcmu, wait_pairs};
+
 fn usage() -> ! {
     eprintln!("usage: dialerd_relay --calls N --base-port P --addrs FILE --ports FILE");
     std::process::exit(1);
-}
-
-fn fail(what: impl std::fmt::Display) -> ! {
-    eprintln!("{what}");
-    std::process::exit(1);
-}
-
-/// Waits for `path` (at most `limit`) and reads its `A B` address pairs.
-fn wait_pairs(path: &str, limit: Duration) -> Result<Vec<(SocketAddr, SocketAddr)>, String> {
-    let deadline = Instant::now() + limit;
-    let text = loop {
-        match std::fs::read_to_string(path) {
-            Ok(text) => break text,
-            Err(e) if e.kind() == ErrorKind::NotFound && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(format!("{path}: {e}")),
-        }
-    };
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let mut words = line.split_whitespace().map(str::parse::<SocketAddr>);
-            match (words.next(), words.next()) {
-                (Some(Ok(a)), Some(Ok(b))) => Ok((a, b)),
-                _ => Err(format!("{path}: bad line {line:?}")),
-            }
-        })
-        .collect()
-}
-
-/// The next even port from `*next` on whose pair (RTP and RTCP) can be
-/// bound on 127.0.0.1 now (other programs may hold some of the range), and
-/// moves `*next` past it. The probe's sockets are closed before the shard
-/// binds the ports.
-fn free_pair(next: &mut u16) -> Option<u16> {
-    while *next < u16::MAX - 1 {
-        let port = *next;
-        *next += 2;
-        let rtp = UdpSocket::bind(("127.0.0.1", port));
-        let rtcp = UdpSocket::bind(("127.0.0.1", port + 1));
-        if rtp.is_ok() && rtcp.is_ok() {
-            return Some(port);
-        }
-    }
-    None
-}
-
-/// The spec of a PCMU leg whose peer is `remote`.
-fn pcmu(remote: SocketAddr) -> LegSpec {
-    LegSpec {
-        remote,
-        rtcp: None,
-        codec: AudioCodec::Pcmu,
-        payload_type: 0,
-        dtmf_payload_type: None,
-        local_dtmf_payload_type: None,
-        ptime_ms: 20,
-        peer_sends: true,
-        peer_receives: true,
-        watched: false,
-    }
 }
 
 /// Answering-machine detection that never decides while the bench runs
