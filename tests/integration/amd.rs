@@ -69,6 +69,21 @@ fn tone(hz: f64, ms: usize) -> Vec<i16> {
         .collect()
 }
 
+/// The samples of 20 ms frame `k` of `audio` (silence past its end).
+fn frame_of(audio: &[i16], k: usize) -> impl Iterator<Item = i16> + '_ {
+    (0..160).map(move |i| audio.get(k * 160 + i).copied().unwrap_or(0))
+}
+
+/// RTP packet `k` (PCMU, 20 ms, SSRC ending in `ssrc`) carrying frame `k`
+/// of `audio`.
+fn packet(k: usize, ssrc: u8, audio: &[i16]) -> Vec<u8> {
+    let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ssrc];
+    packet[2..4].copy_from_slice(&(k as u16).to_be_bytes());
+    packet[4..8].copy_from_slice(&((k * 160) as u32).to_be_bytes());
+    packet.extend(frame_of(audio, k).map(mu));
+    packet
+}
+
 /// What the phone did and heard.
 struct Talk {
     /// When the end of its last voiced frame was sent.
@@ -89,15 +104,8 @@ fn talk(phone: &UdpSocket, to: SocketAddr, audio: &[i16], total: Duration) -> Ta
     let mut buf = [0u8; 2048];
     let frames = (total.as_millis() / 20) as usize;
     for k in 0..frames {
-        let frame: Vec<i16> = (0..160)
-            .map(|i| audio.get(k * 160 + i).copied().unwrap_or(0))
-            .collect();
-        let level = frame.iter().map(|&s| i32::from(s).abs()).sum::<i32>() / 160;
-        let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0x0a, 0x0b, 0x0c, 0x0d];
-        packet[2..4].copy_from_slice(&(k as u16).to_be_bytes());
-        packet[4..8].copy_from_slice(&((k * 160) as u32).to_be_bytes());
-        packet.extend(frame.iter().map(|&s| mu(s)));
-        phone.send_to(&packet, to).unwrap();
+        let level = frame_of(audio, k).map(|s| i32::from(s).abs()).sum::<i32>() / 160;
+        phone.send_to(&packet(k, 0x0d, audio), to).unwrap();
         if level > 300 {
             voice_end = Instant::now() + Duration::from_millis(20);
         }
@@ -515,11 +523,7 @@ fn play_all(
             if p.seed % 1000 < 30 {
                 continue;
             }
-            let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, p.ssrc];
-            packet[2..4].copy_from_slice(&(k as u16).to_be_bytes());
-            packet[4..8].copy_from_slice(&((k * 160) as u32).to_be_bytes());
-            packet.extend((0..160).map(|n| mu(p.audio.get(k * 160 + n).copied().unwrap_or(0))));
-            let _ = phone.send_to(&packet, p.to);
+            let _ = phone.send_to(&packet(k, p.ssrc, &p.audio), p.to);
         }
         if !open && playing.iter().all(|p| p.sent >= frames) {
             break;
