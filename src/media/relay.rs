@@ -882,7 +882,10 @@ impl Relay {
             tap.on_audio(now, h.ssrc, h.timestamp, payload, law);
         }
         let peer = leg.peer;
-        self.drain_tap(slot);
+        // Only an analysed leg pays for the reports' look-up.
+        if leg.cpa.is_some() {
+            self.drain_tap(slot);
+        }
         if latched_now {
             self.report(slot, MediaEventKind::Latched { address: from });
         }
@@ -1063,10 +1066,10 @@ impl Relay {
             }
         }
         let due = leg.gen_next.is_some_and(|at| at <= now);
-        if let Some(tap) = leg.cpa.as_mut() {
-            tap.on_tick(now);
+        let tapped = leg.cpa.as_mut().map(|tap| tap.on_tick(now)).is_some();
+        if tapped {
+            self.drain_tap(slot);
         }
-        self.drain_tap(slot);
         if let Some(kind) = report {
             self.report(slot, kind);
         }
